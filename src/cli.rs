@@ -1,0 +1,157 @@
+//! Command-line arguments (clap). Parsing only: `main.rs` hands them to the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use dedup_lab::config::Overrides;
+use dedup_lab::dataset::SizeSpec;
+
+/// Where does deduplication happen — inside a data system, in the storage under it, or
+/// nowhere? Loads seeded data sets with an exact share of duplicate files into data systems,
+/// stage by stage, and measures their physical storage.
+#[derive(Debug, Parser)]
+#[command(name = "dedup-lab", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). Logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run (or resume) an experiment and print the summary table.
+    Run(RunArgs),
+    /// Write data sets and their manifests without running anything.
+    Generate(GenerateArgs),
+    /// Reach every selected system; print its version and probes, or why not.
+    Preflight(ConfigArgs),
+    /// Summarize an experiment's journal (finished or partial) and rewrite its exports.
+    Report(ReportArgs),
+    /// List known systems, whether each is configured, and whether it is reachable.
+    Systems(ConfigArgs),
+    /// Start, stop or inspect the local lab servers used by the tests.
+    Lab(LabArgs),
+}
+
+/// Config file and overrides shared by the commands.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML config file; without it the embedded default (sqlite + fs) is used.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Experiment id (names the results directory); default derived from the config.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Directory for experiment directories.
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+    /// Repetitions of the whole matrix.
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// Experiment seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Systems, comma-separated, or `all` (every configured system).
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Option<Vec<String>>,
+    /// Payload types, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',')]
+    pub payloads: Option<Vec<String>>,
+    /// Grades in percent (0–99), comma-separated.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub grades: Option<Vec<i64>>,
+    /// Files per data set.
+    #[arg(long)]
+    pub files: Option<u32>,
+    /// File size, e.g. 64KiB, or a seeded range 4KiB..1MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub file_size: Option<SizeSpec>,
+}
+
+impl ConfigArgs {
+    /// The overrides these flags make to the config file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            id: self.id.clone(),
+            results_dir: self.results_dir.clone(),
+            runs: self.runs,
+            seed: self.seed,
+            systems: self.systems.clone(),
+            payloads: self.payloads.clone(),
+            grades: self.grades.clone(),
+            files: self.files,
+            file_size: self.file_size,
+        }
+    }
+}
+
+/// `run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Show the plan (cells, stages, bytes) and write nothing anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Measure this system's cells again even if the journal has them complete.
+    #[arg(long, value_name = "SYSTEM")]
+    pub repeat: Vec<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `generate`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Config and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output directory; default `<results-dir>/<id>/datasets`.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Experiment directory; default: the one the config selects.
+    pub dir: Option<PathBuf>,
+    /// Config and overrides (to find the experiment directory).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `lab`
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: LabAction,
+    /// Lab directory: data directories, logs, secrets and the generated config.
+    #[arg(long, default_value = ".lab", global = true)]
+    pub dir: PathBuf,
+    /// Servers, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', global = true)]
+    pub systems: Option<Vec<String>>,
+}
+
+/// `lab` actions.
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Install what is missing, start every server, write `<dir>/lab.toml`.
+    Up,
+    /// Stop what `up` started.
+    Down,
+    /// Show which lab servers run.
+    Status,
+}

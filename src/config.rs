@@ -1,0 +1,521 @@
+//! The experiment config: a TOML file, overridden by flags, validated once.
+//!
+//! Secrets are never part of the config: system sections name an environment variable or a
+//! file holding them. The config therefore can be written to the results as it is.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{PayloadType, SizeSpec};
+use crate::error::usage;
+use crate::systems;
+
+/// The whole config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What to run.
+    pub experiment: ExperimentConfig,
+    /// How data sets look.
+    pub dataset: DatasetConfig,
+    /// How failures are retried.
+    pub retry: RetryConfig,
+    /// One `[systems.<name>]` table per configured system, parsed by its adapter.
+    pub systems: BTreeMap<String, toml::Table>,
+}
+
+/// `[experiment]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Experiment id: names its results directory. Default: derived from the config, so the
+    /// same config resumes the same experiment and a different one starts a new one.
+    pub id: Option<String>,
+    /// Where experiment directories go.
+    pub results_dir: PathBuf,
+    /// Repetitions of the whole matrix.
+    pub runs: u32,
+    /// Experiment seed; every run and data set derives its own seed from it.
+    pub seed: u64,
+    /// Systems to measure; `all` means every configured system.
+    pub systems: Vec<String>,
+    /// Payload types; `all` means every synthetic type.
+    pub payloads: Vec<String>,
+    /// Grades in percent (0–99).
+    pub grades: Vec<i64>,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig {
+            id: None,
+            results_dir: PathBuf::from("results"),
+            runs: 3,
+            seed: 1,
+            systems: vec!["sqlite".into(), "fs".into()],
+            payloads: vec!["all".into()],
+            grades: vec![0, 50, 90],
+        }
+    }
+}
+
+/// `[dataset]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Files per data set.
+    pub files: u32,
+    /// File size: `64KiB`, or a seeded range `4KiB..1MiB`.
+    pub file_size: SizeSpec,
+    /// Keep data set files after their cells are done (manifests are always kept).
+    pub keep: bool,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        DatasetConfig {
+            files: 100,
+            file_size: SizeSpec::Fixed(64 * 1024),
+            keep: false,
+        }
+    }
+}
+
+/// `[retry]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per cell before it is recorded as failed.
+    pub max_attempts: u32,
+    /// First reconnect delay, seconds; doubles each time.
+    pub backoff_initial_s: f64,
+    /// Largest reconnect delay, seconds.
+    pub backoff_max_s: f64,
+    /// Reconnect tries after a lost connection before the system counts as down.
+    pub reconnect_tries: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff_initial_s: 1.0,
+            backoff_max_s: 30.0,
+            reconnect_tries: 6,
+        }
+    }
+}
+
+/// Command-line overrides; `None` keeps the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--id`
+    pub id: Option<String>,
+    /// `--results-dir`
+    pub results_dir: Option<PathBuf>,
+    /// `--runs`
+    pub runs: Option<u32>,
+    /// `--seed`
+    pub seed: Option<u64>,
+    /// `--systems`
+    pub systems: Option<Vec<String>>,
+    /// `--payloads`
+    pub payloads: Option<Vec<String>>,
+    /// `--grades`
+    pub grades: Option<Vec<i64>>,
+    /// `--files`
+    pub files: Option<u32>,
+    /// `--file-size`
+    pub file_size: Option<SizeSpec>,
+}
+
+/// The config after validation: names resolved, ranges checked.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The config as given (after flags), for the results' metadata.
+    pub config: Config,
+    /// Experiment id.
+    pub id: String,
+    /// Systems to measure, in registry order.
+    pub systems: Vec<&'static systems::SystemDef>,
+    /// Payload types.
+    pub payloads: Vec<PayloadType>,
+    /// Grades.
+    pub grades: Vec<u8>,
+}
+
+impl Resolved {
+    /// The experiment directory.
+    pub fn experiment_dir(&self) -> PathBuf {
+        self.config.experiment.results_dir.join(&self.id)
+    }
+}
+
+impl Config {
+    /// Reads a config file. A path that does not exist is an error, never a fallback.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "cannot read config file {}: {e}; check the path given to --config",
+                path.display()
+            ))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            usage(format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                e.to_string().trim()
+            ))
+        })
+    }
+
+    /// Loads the file (if any), applies the overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Resolved> {
+        let mut config = match path {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.resolve()
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        let e = &mut self.experiment;
+        if let Some(v) = &o.id {
+            e.id = Some(v.clone());
+        }
+        if let Some(v) = &o.results_dir {
+            e.results_dir = v.clone();
+        }
+        if let Some(v) = o.runs {
+            e.runs = v;
+        }
+        if let Some(v) = o.seed {
+            e.seed = v;
+        }
+        if let Some(v) = &o.systems {
+            e.systems = v.clone();
+        }
+        if let Some(v) = &o.payloads {
+            e.payloads = v.clone();
+        }
+        if let Some(v) = &o.grades {
+            e.grades = v.clone();
+        }
+        if let Some(v) = o.files {
+            self.dataset.files = v;
+        }
+        if let Some(v) = o.file_size {
+            self.dataset.file_size = v;
+        }
+    }
+
+    /// Validates everything and resolves names.
+    pub fn resolve(self) -> anyhow::Result<Resolved> {
+        let e = &self.experiment;
+        if e.runs == 0 || e.runs > 1000 {
+            return Err(usage(format!(
+                "runs = {} is out of range; use 1 to 1000",
+                e.runs
+            )));
+        }
+        if self.dataset.files == 0 {
+            return Err(usage(
+                "dataset files = 0: a data set needs at least one file; set --files 1 or more",
+            ));
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0
+            || r.backoff_initial_s.is_nan()
+            || r.backoff_initial_s <= 0.0
+            || r.backoff_max_s.is_nan()
+            || r.backoff_max_s < r.backoff_initial_s
+        {
+            return Err(usage(
+                "[retry] needs max_attempts >= 1 and 0 < backoff_initial_s <= backoff_max_s",
+            ));
+        }
+        for name in self.systems.keys() {
+            if systems::lookup(name).is_none() {
+                return Err(usage(format!(
+                    "config has a section [systems.{name}] but there is no system '{name}'; valid names: {}",
+                    systems::names()
+                )));
+            }
+        }
+        let systems = self.resolve_systems()?;
+        let payloads = resolve_payloads(&e.payloads)?;
+        let grades = resolve_grades(&e.grades)?;
+        let id = match &e.id {
+            Some(id) => {
+                check_id(id)?;
+                id.clone()
+            }
+            None => format!("exp-{}", &self.fingerprint()[..10]),
+        };
+        Ok(Resolved {
+            config: self,
+            id,
+            systems,
+            payloads,
+            grades,
+        })
+    }
+
+    fn resolve_systems(&self) -> anyhow::Result<Vec<&'static systems::SystemDef>> {
+        let wanted = &self.experiment.systems;
+        if wanted.is_empty() {
+            return Err(usage(format!(
+                "no systems selected; name at least one of: {}",
+                systems::names()
+            )));
+        }
+        let mut out = Vec::new();
+        for name in wanted {
+            if name == "all" {
+                out.extend(
+                    systems::REGISTRY
+                        .iter()
+                        .filter(|d| d.embedded || self.systems.contains_key(d.name)),
+                );
+                continue;
+            }
+            let def = systems::lookup(name).ok_or_else(|| {
+                usage(format!(
+                    "unknown system '{name}'; valid names: {}, or all",
+                    systems::names()
+                ))
+            })?;
+            if !def.embedded && !self.systems.contains_key(name) {
+                return Err(usage(format!(
+                    "system '{name}' is not configured: add a [systems.{name}] section to the \
+                     config file (see the README), or run `dedup-lab lab up` and use its config"
+                )));
+            }
+            out.push(def);
+        }
+        // Registry order, each once.
+        Ok(systems::REGISTRY
+            .iter()
+            .filter(|d| out.iter().any(|o| o.name == d.name))
+            .collect())
+    }
+
+    /// A hash of everything that decides what is measured (not where results go, not how
+    /// failures are retried): equal fingerprints mean comparable measurements.
+    pub fn fingerprint(&self) -> String {
+        let v = self.identity();
+        blake3::hash(v.to_string().as_bytes()).to_hex().to_string()
+    }
+
+    /// The measurement-deciding part of the config as JSON (sorted keys).
+    pub fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("retry");
+            if let Some(e) = obj.get_mut("experiment").and_then(|e| e.as_object_mut()) {
+                e.remove("results_dir");
+                e.remove("id");
+            }
+            if let Some(d) = obj.get_mut("dataset").and_then(|d| d.as_object_mut()) {
+                d.remove("keep");
+            }
+        }
+        v
+    }
+}
+
+fn resolve_payloads(names: &[String]) -> anyhow::Result<Vec<PayloadType>> {
+    let valid = || {
+        PayloadType::ALL
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if names.is_empty() {
+        return Err(usage(format!(
+            "no payload types selected; name at least one of: {}, or all",
+            valid()
+        )));
+    }
+    let mut out = Vec::new();
+    for n in names {
+        if n == "all" {
+            out.extend(PayloadType::ALL);
+            continue;
+        }
+        out.push(PayloadType::from_name(n).ok_or_else(|| {
+            usage(format!(
+                "unknown payload type '{n}'; valid names: {}, or all",
+                valid()
+            ))
+        })?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn resolve_grades(grades: &[i64]) -> anyhow::Result<Vec<u8>> {
+    if grades.is_empty() {
+        return Err(usage("no grades given; use e.g. --grades 0,50,90"));
+    }
+    let mut out = Vec::new();
+    for &g in grades {
+        if !(0..=99).contains(&g) {
+            return Err(usage(format!(
+                "grade {g} is out of range: a grade is the percent of duplicate files, 0 to 99"
+            )));
+        }
+        out.push(g as u8);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn check_id(id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "experiment id '{id}' is not valid: use letters, digits, '-', '_' and '.', \
+             starting with a letter or digit, at most 64 characters"
+        )))
+    }
+}
+
+/// Lists the dotted keys whose values differ between two JSON values, as `key: old -> new`.
+pub fn diff(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = serde_json::Value::Null;
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve_to_embedded_matrix() {
+        let r = Config::default().resolve().unwrap();
+        assert_eq!(
+            r.systems.iter().map(|d| d.name).collect::<Vec<_>>(),
+            ["sqlite", "fs"]
+        );
+        assert_eq!(r.payloads.len(), 6);
+        assert_eq!(r.grades, [0, 50, 90]);
+        assert!(r.id.starts_with("exp-"));
+    }
+
+    #[test]
+    fn id_follows_measurement_config_only() {
+        let a = Config::default().resolve().unwrap().id;
+        let mut c = Config::default();
+        c.experiment.results_dir = "elsewhere".into();
+        c.retry.max_attempts = 9;
+        assert_eq!(c.resolve().unwrap().id, a);
+        let mut c = Config::default();
+        c.experiment.runs = 5;
+        assert_ne!(c.resolve().unwrap().id, a);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_with_the_fix() {
+        let cases: Vec<(Overrides, &str)> = vec![
+            (
+                Overrides {
+                    systems: Some(vec!["postgress".into()]),
+                    ..Default::default()
+                },
+                "valid names: sqlite, fs, postgres",
+            ),
+            (
+                Overrides {
+                    systems: Some(vec!["postgres".into()]),
+                    ..Default::default()
+                },
+                "[systems.postgres]",
+            ),
+            (
+                Overrides {
+                    payloads: Some(vec!["jpeg".into()]),
+                    ..Default::default()
+                },
+                "random_binary",
+            ),
+            (
+                Overrides {
+                    grades: Some(vec![100]),
+                    ..Default::default()
+                },
+                "0 to 99",
+            ),
+            (
+                Overrides {
+                    grades: Some(vec![-5]),
+                    ..Default::default()
+                },
+                "0 to 99",
+            ),
+            (
+                Overrides {
+                    files: Some(0),
+                    ..Default::default()
+                },
+                "at least one file",
+            ),
+            (
+                Overrides {
+                    id: Some("../x".into()),
+                    ..Default::default()
+                },
+                "not valid",
+            ),
+        ];
+        for (o, want) in cases {
+            let err = Config::load(None, &o).unwrap_err();
+            assert_eq!(crate::error::exit_code(&err), 2, "{err}");
+            assert!(err.to_string().contains(want), "{err} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn diff_names_changed_keys() {
+        let a = serde_json::json!({"experiment": {"runs": 3, "seed": 1}});
+        let b = serde_json::json!({"experiment": {"runs": 5, "seed": 1}});
+        assert_eq!(diff(&a, &b), ["experiment.runs: 3 -> 5"]);
+    }
+}

@@ -1,0 +1,458 @@
+//! The experiment: the cell loop over runs × payloads × grades × systems, with resume,
+//! retries and reconnects; the journal records everything.
+
+mod cell;
+pub mod journal;
+mod metadata;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{self, Resolved};
+use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
+use crate::error::usage;
+use crate::results::record::{CellKey, Record, Stage};
+use crate::systems::{ErrorKind, ProbeSet, ServerInfo, SysError, System, SystemContext};
+use cell::{Attempt, CellError};
+use journal::Journal;
+pub use metadata::Metadata;
+
+/// File names inside an experiment directory.
+pub const JOURNAL: &str = "journal.jsonl";
+/// The config the experiment was started with.
+pub const CONFIG: &str = "config.json";
+
+/// How `run` behaves beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Systems whose cells are redone even if complete.
+    pub repeat: Vec<String>,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The experiment directory.
+    pub dir: PathBuf,
+    /// Cells completed in this invocation.
+    pub completed: usize,
+    /// Cells skipped because the journal had them complete.
+    pub skipped: usize,
+    /// Cells that failed in this invocation, with the last error.
+    pub failed: Vec<(CellKey, String)>,
+}
+
+/// The seed of run `run` (from 1).
+pub fn run_seed(config: &Resolved, run: u32) -> u64 {
+    derive_seed(config.config.experiment.seed, "run", u64::from(run))
+}
+
+/// The data set spec of one (run, payload, grade).
+pub fn dataset_spec(config: &Resolved, run: u32, payload: PayloadType, grade: u8) -> DataSetSpec {
+    DataSetSpec {
+        payload,
+        grade,
+        files: config.config.dataset.files,
+        sizes: config.config.dataset.file_size,
+        seed: derive_seed(run_seed(config, run), payload.name(), u64::from(grade)),
+    }
+}
+
+/// Where a data set lives inside an experiment directory (or a `generate` output directory).
+pub fn dataset_dir(root: &Path, run: u32, payload: PayloadType, grade: u8) -> PathBuf {
+    root.join(format!("run-{run}"))
+        .join(format!("{}-U{grade}", payload.name()))
+}
+
+/// Builds every selected system from its config section (no connection yet).
+pub fn build_systems(
+    config: &Resolved,
+    experiment_dir: &Path,
+) -> anyhow::Result<Vec<Box<dyn System>>> {
+    config
+        .systems
+        .iter()
+        .map(|def| {
+            (def.build)(&SystemContext {
+                section: config.config.systems.get(def.name),
+                experiment_dir,
+            })
+        })
+        .collect()
+}
+
+/// Prints what a run would do, touching nothing.
+pub fn plan(config: &Resolved) -> anyhow::Result<String> {
+    let dir = config.experiment_dir();
+    let systems = build_systems(config, &dir)?;
+    let c = &config.config;
+    let mut out = format!(
+        "experiment {} -> {}\n{} runs x {} payloads x {} grades x {} systems = {} cells, {} stages each ({})\n\
+         data sets: {} files of {} bytes each\n\nsystems:\n",
+        config.id,
+        dir.display(),
+        c.experiment.runs,
+        config.payloads.len(),
+        config.grades.len(),
+        systems.len(),
+        c.experiment.runs as usize * config.payloads.len() * config.grades.len() * systems.len(),
+        Stage::ALL.len(),
+        Stage::ALL.map(|s| s.name()).join(", "),
+        c.dataset.files,
+        c.dataset.file_size,
+    );
+    for s in &systems {
+        let p = s.probes();
+        out.push_str(&format!(
+            "  {:<12} {}  probes: {}{}\n",
+            s.name(),
+            s.target(),
+            if p.native { "native " } else { "" },
+            if p.fs.is_empty() { "" } else { "fs" }
+        ));
+    }
+    let mut total = 0u64;
+    for run in 1..=c.experiment.runs {
+        for &payload in &config.payloads {
+            for &grade in &config.grades {
+                let (logical, unique) = dataset_spec(config, run, payload, grade).byte_counts();
+                // Per system: bulk insert, per-file insert and per-file delete each move L.
+                total += 3 * logical * systems.len() as u64;
+                if run == 1 {
+                    out.push_str(&format!(
+                        "\n  {payload:<16} U{grade:<2}  L = {logical} bytes, U = {unique} bytes"
+                    ));
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n\n(data sets shown for run 1)\ntotal bytes moved: {total} ({:.1} MiB)\n\
+         dry run: nothing was written to any system or disk.\n",
+        total as f64 / (1024.0 * 1024.0)
+    ));
+    Ok(out)
+}
+
+/// Creates the experiment directory, or checks that an existing one was started with the same
+/// measurement config; returns its path.
+pub fn prepare_dir(config: &Resolved) -> anyhow::Result<PathBuf> {
+    let dir = config.experiment_dir();
+    let path = dir.join(CONFIG);
+    let new = config.config.identity();
+    if path.exists() {
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let old: config::Config =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let diff = config::diff(&old.identity(), &new);
+        if !diff.is_empty() {
+            return Err(usage(format!(
+                "experiment {} in {} was started with a different config:\n  {}\n\
+                 use the original settings to resume it, or choose a new --id",
+                config.id,
+                dir.display(),
+                diff.join("\n  ")
+            )));
+        }
+    } else {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            usage(format!(
+                "cannot create results directory {}: {e}; choose a writable --results-dir",
+                dir.display()
+            ))
+        })?;
+        metadata::write_json(&path, &config.config)?;
+    }
+    Ok(dir)
+}
+
+/// A system with its state in this run.
+struct Live {
+    sys: Box<dyn System>,
+    probes: ProbeSet,
+    /// Set when the system is unusable for the rest of the run: why.
+    down: Option<String>,
+}
+
+/// Runs (or resumes) the experiment.
+pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome> {
+    for name in &opts.repeat {
+        if !config.systems.iter().any(|d| d.name == name) {
+            return Err(usage(format!(
+                "--repeat {name}: '{name}' is not among the systems of this experiment ({})",
+                config
+                    .systems
+                    .iter()
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let systems = build_systems(config, &config.experiment_dir())?;
+    let dir = prepare_dir(config)?;
+    let (mut journal, records) = Journal::open(&dir.join(JOURNAL))?;
+    let mut state = JournalState::new(&records);
+    for name in &opts.repeat {
+        state.forget(name);
+    }
+    journal.append(&Record::Session {
+        started_at: Utc::now(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+    })?;
+
+    let mut live = Vec::new();
+    let mut servers: BTreeMap<String, Result<ServerInfo, String>> = BTreeMap::new();
+    for mut sys in systems {
+        let connected = sys.connect().await;
+        servers.insert(
+            sys.name().to_string(),
+            connected.clone().map_err(|e| e.message.clone()),
+        );
+        let down = match connected {
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!("{}: cannot connect: {}", sys.name(), e.message);
+                Some(format!("cannot connect: {}", e.message))
+            }
+        };
+        live.push(Live {
+            probes: sys.probes(),
+            sys,
+            down,
+        });
+    }
+    let mut meta = Metadata::new(config, servers);
+    meta.write(&dir)?;
+
+    let c = &config.config;
+    let total = c.experiment.runs as u64
+        * (config.payloads.len() * config.grades.len() * live.len()) as u64;
+    let bar = progress_bar(opts.progress, total);
+    let mut outcome = Outcome {
+        dir: dir.clone(),
+        completed: 0,
+        skipped: 0,
+        failed: Vec::new(),
+    };
+    for run in 1..=c.experiment.runs {
+        for &payload in &config.payloads {
+            for &grade in &config.grades {
+                let keys: Vec<CellKey> = live
+                    .iter()
+                    .map(|l| CellKey {
+                        system: l.sys.name().to_string(),
+                        payload,
+                        grade,
+                        run,
+                    })
+                    .collect();
+                if keys.iter().all(|k| state.complete(k)) {
+                    outcome.skipped += keys.len();
+                    bar.inc(keys.len() as u64);
+                    continue;
+                }
+                let spec = dataset_spec(config, run, payload, grade);
+                let ds_dir = dataset_dir(&dir.join("datasets"), run, payload, grade);
+                bar.set_message(format!("generating {payload} U{grade} run {run}"));
+                let ds = {
+                    let (spec, ds_dir) = (spec.clone(), ds_dir.clone());
+                    tokio::task::spawn_blocking(move || DataSet::ensure(&spec, &ds_dir)).await??
+                };
+                for (l, key) in live.iter_mut().zip(&keys) {
+                    if state.complete(key) {
+                        outcome.skipped += 1;
+                        bar.inc(1);
+                        continue;
+                    }
+                    bar.set_message(key.to_string());
+                    let result = run_cell(l, &ds, key, &mut state, &mut journal, &c.retry).await?;
+                    match result {
+                        Ok(()) => {
+                            outcome.completed += 1;
+                            if bar.is_hidden() {
+                                tracing::info!("{key} complete");
+                            }
+                        }
+                        Err(e) => outcome.failed.push((key.clone(), e)),
+                    }
+                    bar.inc(1);
+                }
+                if !c.dataset.keep {
+                    dataset::remove_files(&ds)?;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    meta.finish(&dir)?;
+    Ok(outcome)
+}
+
+fn progress_bar(show: bool, total: u64) -> ProgressBar {
+    if !show || !console_is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} cells  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn console_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// Runs one cell with bounded attempts; returns `Err(last error)` when it failed for good.
+/// A journal failure is returned as the outer error: the run cannot go on without it.
+async fn run_cell(
+    l: &mut Live,
+    ds: &DataSet,
+    key: &CellKey,
+    state: &mut JournalState,
+    journal: &mut Journal,
+    retry: &config::RetryConfig,
+) -> anyhow::Result<Result<(), String>> {
+    let mut last = String::new();
+    for _ in 0..retry.max_attempts {
+        let attempt = state.next_attempt(key);
+        if let Some(why) = &l.down {
+            journal.append(&Record::AttemptFailed {
+                cell: key.clone(),
+                attempt,
+                stage: None,
+                kind: ErrorKind::ConnectionLost,
+                error: format!("{} is down: {why}", key.system),
+                at: Utc::now(),
+            })?;
+            return Ok(Err(format!("{} is down: {why}", key.system)));
+        }
+        let result = Attempt {
+            sys: l.sys.as_mut(),
+            probes: &l.probes,
+            ds,
+            key,
+            attempt,
+            journal,
+        }
+        .run()
+        .await;
+        let (stage, error) = match result {
+            Ok(()) => {
+                journal.append(&Record::CellDone {
+                    cell: key.clone(),
+                    attempt,
+                    at: Utc::now(),
+                })?;
+                state.done.insert(key.clone());
+                return Ok(Ok(()));
+            }
+            Err(CellError::Journal(e)) => return Err(e),
+            Err(CellError::System { stage, error }) => (stage, error),
+        };
+        tracing::warn!(
+            "{key} attempt {attempt} failed{}: {}",
+            stage.map(|s| format!(" in {s}")).unwrap_or_default(),
+            error.message
+        );
+        journal.append(&Record::AttemptFailed {
+            cell: key.clone(),
+            attempt,
+            stage,
+            kind: error.kind,
+            error: error.message.clone(),
+            at: Utc::now(),
+        })?;
+        last = error.message.clone();
+        match error.kind {
+            ErrorKind::Unsafe => {
+                l.down = Some(error.message);
+                return Ok(Err(last));
+            }
+            ErrorKind::ConnectionLost => {
+                if let Err(e) = reconnect(l.sys.as_mut(), retry).await {
+                    l.down = Some(format!("connection lost and not regained: {}", e.message));
+                }
+            }
+            ErrorKind::Failed => {}
+        }
+    }
+    Ok(Err(last))
+}
+
+/// Reconnects with exponential backoff (initial, doubled, capped) for a bounded number of
+/// tries; returns the last error if the system stays away.
+async fn reconnect(sys: &mut dyn System, retry: &config::RetryConfig) -> Result<(), SysError> {
+    let mut delay = retry.backoff_initial_s;
+    let mut last = SysError::connection("no reconnect tries configured");
+    for n in 1..=retry.reconnect_tries {
+        tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        match sys.connect().await {
+            Ok(_) => {
+                tracing::info!("{}: reconnected after {n} tries", sys.name());
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!("{}: reconnect {n} failed: {}", sys.name(), e.message);
+                last = e;
+            }
+        }
+        delay = (delay * 2.0).min(retry.backoff_max_s);
+    }
+    Err(last)
+}
+
+/// What the journal says about cells: which are complete, how many attempts each had.
+struct JournalState {
+    done: HashSet<CellKey>,
+    attempts: HashMap<CellKey, u32>,
+}
+
+impl JournalState {
+    fn new(records: &[Record]) -> Self {
+        let mut done = HashSet::new();
+        let mut attempts: HashMap<CellKey, u32> = HashMap::new();
+        for r in records {
+            let (cell, attempt) = match r {
+                Record::Stage(s) => (&s.cell, s.attempt),
+                Record::CellDone { cell, attempt, .. } => {
+                    done.insert(cell.clone());
+                    (cell, *attempt)
+                }
+                Record::AttemptFailed { cell, attempt, .. } => (cell, *attempt),
+                Record::Session { .. } => continue,
+            };
+            let a = attempts.entry(cell.clone()).or_default();
+            *a = (*a).max(attempt);
+        }
+        JournalState { done, attempts }
+    }
+
+    fn complete(&self, key: &CellKey) -> bool {
+        self.done.contains(key)
+    }
+
+    /// Makes a system's cells incomplete so they are measured again (`--repeat`).
+    fn forget(&mut self, system: &str) {
+        self.done.retain(|k| k.system != system);
+    }
+
+    fn next_attempt(&mut self, key: &CellKey) -> u32 {
+        let a = self.attempts.entry(key.clone()).or_default();
+        *a += 1;
+        *a
+    }
+}

@@ -1,0 +1,257 @@
+//! The local lab: private server instances on loopback for tests and local experiments.
+//!
+//! `lab up` installs what is missing (Debian packages), starts every server in its own
+//! directory under the lab directory on non-standard ports, and writes `lab.toml`, a config
+//! that `dedup-lab run --config` uses. Passwords are generated into `secrets/` (mode 0600)
+//! and referenced by path. `lab down` stops exactly what `up` started. Each server is one
+//! file implementing [`Server`].
+
+mod postgres;
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::error::usage;
+
+/// Every lab server, in start order.
+static SERVERS: &[&dyn Server] = &[&postgres::Postgres];
+
+/// A server the lab can run.
+trait Server: Sync {
+    /// The system name it serves (its `[systems.<name>]` section).
+    fn name(&self) -> &'static str;
+    /// Debian packages that provide it.
+    fn packages(&self) -> &'static [&'static str];
+    /// Whether its programs are installed.
+    fn installed(&self) -> bool;
+    /// Starts it if it is not running (idempotent) and returns its config section.
+    fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table>;
+    /// Stops it if it runs.
+    fn down(&self, lab: &Lab) -> anyhow::Result<()>;
+    /// Whether it runs, with details.
+    fn status(&self, lab: &Lab) -> anyhow::Result<String>;
+}
+
+/// A lab directory and the servers selected in it.
+pub struct Lab {
+    dir: PathBuf,
+    servers: Vec<&'static dyn Server>,
+}
+
+/// Name of the generated config inside the lab directory.
+pub const CONFIG: &str = "lab.toml";
+
+impl Lab {
+    /// Selects servers by name (all when `None`).
+    pub fn new(dir: &Path, names: Option<&[String]>) -> anyhow::Result<Lab> {
+        let servers = match names {
+            None => SERVERS.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    SERVERS
+                        .iter()
+                        .copied()
+                        .find(|s| s.name() == n)
+                        .ok_or_else(|| {
+                            usage(format!(
+                                "the lab has no server '{n}'; lab servers: {}",
+                                SERVERS
+                                    .iter()
+                                    .map(|s| s.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| {
+            usage(format!(
+                "cannot create lab directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        Ok(Lab { dir, servers })
+    }
+
+    /// A server's own directory.
+    fn server_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Installs missing packages, starts every server, writes and returns `lab.toml`.
+    pub async fn up(&self) -> anyhow::Result<PathBuf> {
+        let missing: Vec<&str> = self
+            .servers
+            .iter()
+            .filter(|s| !s.installed())
+            .flat_map(|s| s.packages().iter().copied())
+            .collect();
+        if !missing.is_empty() {
+            install_packages(&missing)?;
+        }
+        let mut doc = toml::Table::new();
+        let mut experiment = toml::Table::new();
+        experiment.insert("systems".into(), toml::Value::Array(vec!["all".into()]));
+        doc.insert("experiment".into(), toml::Value::Table(experiment));
+        let mut systems = toml::Table::new();
+        for s in &self.servers {
+            let section = s
+                .up(self)
+                .with_context(|| format!("lab: starting {}", s.name()))?;
+            systems.insert(s.name().into(), toml::Value::Table(section));
+        }
+        doc.insert("systems".into(), toml::Value::Table(systems));
+        let path = self.dir.join(CONFIG);
+        let text = format!(
+            "# Written by `dedup-lab lab up`: local servers on loopback. Secrets are referenced\n\
+             # by file, never written here.\n{}",
+            toml::to_string_pretty(&doc)?
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Stops every selected server (in reverse start order).
+    pub fn down(&self) -> anyhow::Result<()> {
+        let mut failed = Vec::new();
+        for s in self.servers.iter().rev() {
+            if let Err(e) = s.down(self) {
+                failed.push(format!("{}: {e:#}", s.name()));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!("lab down: {}", failed.join("; "))
+        }
+    }
+
+    /// One line per server.
+    pub fn status(&self) -> anyhow::Result<String> {
+        let mut out = String::new();
+        for s in &self.servers {
+            out.push_str(&format!("{:<12} {}\n", s.name(), s.status(self)?));
+        }
+        Ok(out)
+    }
+
+    /// The path of a generated secret, creating it (random, mode 0600) on first use.
+    fn secret(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("secrets");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.join(format!("{name}.password"));
+        if !path.exists() {
+            let mut bytes = [0u8; 18];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+            let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, value)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(path)
+    }
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a command, failing with its exit status and the end of its output.
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!("{:?} failed ({}):\n{tail}", cmd.get_program(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command run as `user` when we are root (servers refuse to run as root), else as us.
+fn as_user(user: &str, program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg(user).arg("--").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Gives a directory tree to `user` when we are root.
+fn chown_to(user: &str, path: &Path) -> anyhow::Result<()> {
+    if is_root() {
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(path))?;
+    }
+    Ok(())
+}
+
+/// Installs Debian packages without starting their services (the lab runs private instances).
+fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
+    if !is_root() {
+        return Err(usage(format!(
+            "missing packages: {0}; install them with `sudo apt-get install {0}` or run \
+             `dedup-lab lab up` as root",
+            pkgs.join(" ")
+        )));
+    }
+    eprintln!("lab: installing {}", pkgs.join(" "));
+    // A policy-rc.d answering 101 keeps package scripts from starting system services.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let placed = !policy.exists();
+    if placed {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = (|| {
+        let apt = |args: &[&str]| {
+            run(Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        };
+        let install = || apt(&[&["install", "-y", "--no-install-recommends"][..], pkgs].concat());
+        if install().is_err() {
+            apt(&["update"])?;
+            install()?;
+        }
+        Ok(())
+    })();
+    if placed {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}

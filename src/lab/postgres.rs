@@ -1,0 +1,146 @@
+//! Lab PostgreSQL: a private cluster (initdb) on 127.0.0.1:55432 with SCRAM passwords.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use super::{Lab, Server, as_user, chown_to, run};
+
+/// Loopback port of the lab server.
+pub const PORT: u16 = 55432;
+/// Role the lab creates (the cluster's bootstrap superuser).
+pub const USER: &str = "dedup_lab";
+const OS_USER: &str = "postgres";
+
+/// The PostgreSQL lab server.
+pub struct Postgres;
+
+/// The newest installed server's `bin` directory.
+fn bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, p)| p)
+}
+
+fn bin() -> anyhow::Result<PathBuf> {
+    bin_dir().context("PostgreSQL server programs not found under /usr/lib/postgresql")
+}
+
+fn data_dir(lab: &Lab) -> PathBuf {
+    lab.server_dir("postgres").join("data")
+}
+
+fn pg_ctl(lab: &Lab, args: &[&str]) -> anyhow::Result<Command> {
+    let mut c = as_user(OS_USER, &bin()?.join("pg_ctl"));
+    c.arg("-D").arg(data_dir(lab)).args(args);
+    Ok(c)
+}
+
+fn running(lab: &Lab) -> bool {
+    data_dir(lab).join("PG_VERSION").exists()
+        && pg_ctl(lab, &["status"])
+            .and_then(|mut c| Ok(c.output()?.status.success()))
+            .unwrap_or(false)
+}
+
+fn init(lab: &Lab, root: &Path, password_file: &Path) -> anyhow::Result<()> {
+    let data = data_dir(lab);
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    // initdb reads the password from a file the server user can read; it is removed after.
+    let pwfile = root.join("initdb.pw");
+    std::fs::copy(password_file, &pwfile)?;
+    chown_to(OS_USER, root)?;
+    let result = run(as_user(OS_USER, &bin()?.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .arg("-U")
+        .arg(USER)
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .arg("--auth=scram-sha-256")
+        .arg("-E")
+        .arg("UTF8"));
+    let _ = std::fs::remove_file(&pwfile);
+    result?;
+    let conf = format!(
+        "\n# dedup-lab lab settings\nport = {PORT}\nlisten_addresses = '127.0.0.1'\n\
+         unix_socket_directories = '{}'\n",
+        run_dir.display()
+    );
+    let path = data.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push_str(&conf);
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+impl Server for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn packages(&self) -> &'static [&'static str] {
+        &["postgresql", "postgresql-client"]
+    }
+
+    fn installed(&self) -> bool {
+        bin_dir().is_some()
+    }
+
+    fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
+        let root = lab.server_dir("postgres");
+        let password_file = lab.secret("postgres")?;
+        if !data_dir(lab).join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&root)?;
+            init(lab, &root, &password_file)?;
+        }
+        if !running(lab) {
+            let log = root.join("postgres.log");
+            run(pg_ctl(lab, &["-w", "-t", "60", "-l"])?
+                .arg(&log)
+                .arg("start"))
+            .with_context(|| format!("see {}", log.display()))?;
+        }
+        if !super::port_open(PORT) {
+            bail!("postgres runs but 127.0.0.1:{PORT} does not accept connections");
+        }
+        let mut t = toml::Table::new();
+        t.insert("host".into(), "127.0.0.1".into());
+        t.insert("port".into(), i64::from(PORT).into());
+        t.insert("user".into(), USER.into());
+        t.insert("database".into(), "postgres".into());
+        t.insert(
+            "password_file".into(),
+            password_file.display().to_string().into(),
+        );
+        t.insert(
+            "fs_probe".into(),
+            toml::Value::Array(vec![data_dir(lab).display().to_string().into()]),
+        );
+        Ok(t)
+    }
+
+    fn down(&self, lab: &Lab) -> anyhow::Result<()> {
+        if running(lab) {
+            run(&mut pg_ctl(lab, &["-m", "fast", "-w", "stop"])?)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, lab: &Lab) -> anyhow::Result<String> {
+        Ok(if running(lab) {
+            format!("running on 127.0.0.1:{PORT} ({})", data_dir(lab).display())
+        } else {
+            "stopped".into()
+        })
+    }
+}

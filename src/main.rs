@@ -1,0 +1,192 @@
+//! The `dedup-lab` binary: parses arguments and calls the library.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, LabAction};
+use dedup_lab::config::{Config, Resolved};
+use dedup_lab::error::exit_code;
+use dedup_lab::experiment::{self, RunOptions};
+use dedup_lab::results::export::table::{Style, render};
+use dedup_lab::secret::redact;
+use dedup_lab::{dataset, lab, preflight, results, systems};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", redact(&format!("{e:#}")));
+            ExitCode::from(exit_code(&e) as u8)
+        }
+    }
+}
+
+fn load(args: &cli::ConfigArgs) -> anyhow::Result<Resolved> {
+    Config::load(args.config.as_deref(), &args.overrides())
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = load(&args.config)?;
+            if args.dry_run {
+                print!("{}", experiment::plan(&config)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let outcome = experiment::run(
+                &config,
+                &RunOptions {
+                    repeat: args.repeat,
+                    progress: !args.no_progress && !cli.quiet,
+                },
+            )
+            .await?;
+            let report = results::report(&outcome.dir)?;
+            println!("{}", render(&report.summary, Style::Terminal));
+            println!(
+                "{} cells measured, {} already complete; results in {}",
+                outcome.completed,
+                outcome.skipped,
+                outcome.dir.display()
+            );
+            if outcome.failed.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} cells FAILED:", outcome.failed.len());
+                for (cell, error) in &outcome.failed {
+                    eprintln!("  {cell}: {}", redact(error));
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Generate(args) => {
+            let config = load(&args.config)?;
+            let out = args
+                .out
+                .unwrap_or_else(|| config.experiment_dir().join("datasets"));
+            for run in 1..=config.config.experiment.runs {
+                for &payload in &config.payloads {
+                    for &grade in &config.grades {
+                        let spec = experiment::dataset_spec(&config, run, payload, grade);
+                        let dir = experiment::dataset_dir(&out, run, payload, grade);
+                        let clock = std::time::Instant::now();
+                        let ds = dataset::DataSet::generate(&spec, &dir)?;
+                        let m = &ds.manifest;
+                        println!(
+                            "{}: {} files, {} unique, {} duplicates, achieved grade {:.1} %, L {} B, U {} B, {:.0} MB/s",
+                            dir.display(),
+                            m.files.len(),
+                            m.uniques,
+                            m.duplicates,
+                            m.achieved_grade,
+                            m.logical_bytes,
+                            m.unique_bytes,
+                            m.logical_bytes as f64 / clock.elapsed().as_secs_f64() / 1e6
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preflight(args) => {
+            let config = load(&args)?;
+            let (text, ok) = preflight::render(&preflight::check(&config).await?);
+            print!("{text}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Report(args) => {
+            let dir = match args.dir {
+                Some(d) => d,
+                None => load(&args.config)?.experiment_dir(),
+            };
+            let report = results::report(&dir)?;
+            println!("{}", render(&report.summary, Style::Terminal));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Systems(args) => {
+            let mut config = args
+                .config
+                .as_deref()
+                .map(Config::from_file)
+                .transpose()?
+                .unwrap_or_default();
+            let names: Vec<String> = systems::REGISTRY
+                .iter()
+                .filter(|d| d.embedded || config.systems.contains_key(d.name))
+                .map(|d| d.name.to_string())
+                .collect();
+            config.experiment.systems = names;
+            let checks = preflight::check(&config.resolve()?).await?;
+            for def in systems::REGISTRY {
+                let status = match checks.iter().find(|c| c.system == def.name) {
+                    None => "not configured".to_string(),
+                    Some(c) => match &c.server {
+                        Ok(info) => format!("reachable: {} {}", info.product, info.version),
+                        Err(e) => format!("UNREACHABLE: {e}"),
+                    },
+                };
+                println!("{:<12} {:<60} {status}", def.name, def.about);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab(args) => {
+            let lab = lab::Lab::new(&args.dir, args.systems.as_deref())?;
+            match args.action {
+                LabAction::Up => {
+                    let config = lab.up().await?;
+                    println!("lab is up; config written to {}", config.display());
+                }
+                LabAction::Down => lab.down()?,
+                LabAction::Status => print!("{}", lab.status()?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Logs go to stderr with every known secret redacted.
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("DEDUP_LAB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_postgres=warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(|| RedactingStderr)
+        .init();
+}
+
+/// Writes to stderr with secrets replaced; tracing writes one whole event per call.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}

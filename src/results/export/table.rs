@@ -1,0 +1,111 @@
+//! The summary table, for the terminal and for Markdown: means over runs, one row per
+//! system × payload × grade × stage; probe pairs are shown as `native/fs`.
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, ContentArrangement, Table};
+
+use crate::probe::{FS, NATIVE};
+use crate::results::stats::Stats;
+use crate::results::summary::{Group, ProbeStats, Summary};
+
+/// Where the table goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Box drawing for a terminal.
+    Terminal,
+    /// A Markdown table.
+    Markdown,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Renders the table, a legend, and the list of failed cells.
+pub fn render(s: &Summary, style: Style) -> String {
+    let mut t = Table::new();
+    t.load_style(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    t.set_content_arrangement(ContentArrangement::Disabled);
+    t.set_header(vec![
+        "system",
+        "payload",
+        "grade",
+        "stage",
+        "runs",
+        "L MiB",
+        "ΔP MiB n/fs",
+        "EDR n/fs",
+        "capture n/fs",
+        "reclaim n/fs",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+    ]);
+    for g in &s.groups {
+        t.add_row(vec![
+            g.system.clone(),
+            g.payload.clone(),
+            format!("U{}", g.grade),
+            g.stage.to_string(),
+            g.runs.to_string(),
+            num(g.logical_bytes.as_ref().map(|x| x.mean / MIB), 2),
+            pair(g, |p| p.delta_bytes.as_ref().map(|x| x.mean / MIB), 2),
+            pair(g, |p| mean(&p.edr), 2),
+            pair(g, |p| mean(&p.dedup_capture), 2),
+            pair(g, |p| mean(&p.reclaim), 2),
+            num(g.throughput_bps.as_ref().map(|x| x.mean / 1e6), 1),
+            num(g.p50_us.as_ref().map(|x| x.mean / 1e3), 3),
+            num(g.p99_us.as_ref().map(|x| x.mean / 1e3), 3),
+        ]);
+    }
+    for i in 4..13 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut out = t.to_string();
+    out.push_str(
+        "\nn = native probe, fs = allocated bytes on disk; – = not applicable or not measured; \
+         ! = runs disagree (CV > 10 %).\n",
+    );
+    out.push_str(&format!(
+        "{} cells complete, {} failed attempts.\n",
+        s.cells_done, s.failed_attempts
+    ));
+    if !s.failures.is_empty() {
+        out.push_str(&format!("\nFAILED cells ({}):\n", s.failures.len()));
+        for f in &s.failures {
+            out.push_str(&format!(
+                "- {} after {} attempt(s), {:?}: {}\n",
+                f.cell, f.attempts, f.kind, f.error
+            ));
+        }
+    }
+    out
+}
+
+fn mean(s: &Option<Stats>) -> Option<f64> {
+    s.as_ref().map(|x| x.mean)
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.decimals$}"),
+        None => "–".to_string(),
+    }
+}
+
+fn pair(g: &Group, f: impl Fn(&ProbeStats) -> Option<f64>, decimals: usize) -> String {
+    let one = |name: &str| match g.probes.get(name) {
+        Some(p) => {
+            let mut s = num(f(p), decimals);
+            if p.noisy {
+                s.push('!');
+            }
+            s
+        }
+        None => "–".to_string(),
+    };
+    format!("{}/{}", one(NATIVE), one(FS))
+}

@@ -1,0 +1,39 @@
+//! Results: journal records, derived metrics, statistics and exporters.
+
+pub mod derive;
+pub mod export;
+pub mod record;
+pub mod stats;
+pub mod summary;
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::error::usage;
+use crate::experiment::{JOURNAL, journal::Journal};
+use export::Report;
+
+/// Builds the report of an experiment directory from its journal and writes every export
+/// into it. Works on finished and on partial experiments.
+pub fn report(dir: &Path) -> anyhow::Result<Report> {
+    let path = dir.join(JOURNAL);
+    if !path.exists() {
+        return Err(usage(format!(
+            "{} has no journal ({JOURNAL}): it is not an experiment directory; \
+             give the directory `dedup-lab run` printed",
+            dir.display()
+        )));
+    }
+    let records = Journal::read(&path)?;
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rows = derive::rows(&records);
+    let summary = summary::summarize(&id, &records, &rows);
+    let report = Report { rows, summary };
+    export::write_all(dir, &report)
+        .with_context(|| format!("writing exports into {}", dir.display()))?;
+    Ok(report)
+}

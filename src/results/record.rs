@@ -1,0 +1,187 @@
+//! Journal records: what the engine writes, what reports and resume read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::PayloadType;
+use crate::probe::Reading;
+use crate::systems::ErrorKind;
+
+/// The four stages of a cell, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// All files with the fastest native path.
+    BulkInsert,
+    /// One request per file.
+    PerfileInsert,
+    /// One delete per file.
+    PerfileDelete,
+    /// The system's space-reclaiming operation.
+    Maintenance,
+}
+
+impl Stage {
+    /// All stages in cell order.
+    pub const ALL: [Stage; 4] = [
+        Stage::BulkInsert,
+        Stage::PerfileInsert,
+        Stage::PerfileDelete,
+        Stage::Maintenance,
+    ];
+
+    /// Name in records and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::BulkInsert => "bulk_insert",
+            Stage::PerfileInsert => "perfile_insert",
+            Stage::PerfileDelete => "perfile_delete",
+            Stage::Maintenance => "maintenance",
+        }
+    }
+
+    /// Whether the stage writes the data set (EDR and dedup capture apply).
+    pub fn inserts(self) -> bool {
+        matches!(self, Stage::BulkInsert | Stage::PerfileInsert)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One cell: the unit of work, resume and retry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CellKey {
+    /// System name.
+    pub system: String,
+    /// Payload type.
+    pub payload: PayloadType,
+    /// Grade in percent.
+    pub grade: u8,
+    /// Run number, from 1.
+    pub run: u32,
+}
+
+impl fmt::Display for CellKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/U{}/run{}",
+            self.system, self.payload, self.grade, self.run
+        )
+    }
+}
+
+/// Latency distribution of a per-file stage, in microseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Fastest request.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest request.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Readings of one probe around a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// Before the stage.
+    pub before: Reading,
+    /// After the stage and the settle step.
+    pub after: Reading,
+    /// Full copies of the data the probe counts (replicas); EDR_replica divides by it once.
+    pub copies: u32,
+}
+
+/// Measurements of one stage of one cell attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The cell.
+    pub cell: CellKey,
+    /// Attempt number of the cell, from 1.
+    pub attempt: u32,
+    /// The stage.
+    pub stage: Stage,
+    /// When the stage began.
+    pub started_at: DateTime<Utc>,
+    /// Files written or deleted.
+    pub files: u64,
+    /// L: logical bytes written or deleted (sum of file sizes).
+    pub logical_bytes: u64,
+    /// U: unique bytes of the data set.
+    pub unique_bytes: u64,
+    /// Files present after the stage, as the system counts them.
+    pub rows_after: u64,
+    /// Time of the stage's own work, without settling.
+    pub duration_s: f64,
+    /// Time the settle step took.
+    pub settle_s: f64,
+    /// L / duration, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_bps: Option<f64>,
+    /// Per-file latency distribution (per-file stages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Latency>,
+    /// Probe readings by probe name.
+    pub probes: BTreeMap<String, ProbeRecord>,
+    /// What the stage did, when that is not obvious (maintenance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One line of the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// A `run` invocation began.
+    Session {
+        /// When.
+        started_at: DateTime<Utc>,
+        /// dedup-lab version.
+        tool_version: String,
+        /// Process id.
+        pid: u32,
+    },
+    /// A stage finished and was measured.
+    Stage(StageRecord),
+    /// All stages of a cell attempt succeeded; only such attempts count in reports.
+    CellDone {
+        /// The cell.
+        cell: CellKey,
+        /// The attempt that completed.
+        attempt: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A cell attempt failed; its stage records (if any) do not count.
+    AttemptFailed {
+        /// The cell.
+        cell: CellKey,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The stage it failed in, if it got that far.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<Stage>,
+        /// Kind of failure.
+        kind: ErrorKind,
+        /// The error.
+        error: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}

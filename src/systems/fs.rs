@@ -1,0 +1,212 @@
+//! `fs`: a plain directory used as an object store (one file per object).
+//!
+//! The namespace is one directory whose name starts with `dedup_lab` and which holds a marker
+//! file; reset empties it. Files are written with plain reads and writes (never
+//! `copy_file_range`, which could share extents on reflink filesystems and fake dedup).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{
+    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    failed, parse_section,
+};
+use crate::dataset::{DataSet, FileEntry};
+
+/// Registry entry.
+pub const DEF: SystemDef = SystemDef {
+    name: "fs",
+    embedded: true,
+    about: "a plain directory as object store (no server)",
+    build,
+};
+
+const MARKER: &str = ".dedup-lab-owned";
+
+/// `[systems.fs]`
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// The store directory; its name must start with `dedup_lab`. Default
+    /// `<experiment>/systems/fs/dedup_lab_store`.
+    dir: Option<PathBuf>,
+    /// fsync every file of the per-file stages before acknowledging it (as object stores do).
+    fsync_each: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dir: None,
+            fsync_each: true,
+        }
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let s: Settings = parse_section(DEF.name, ctx.section)?;
+    let dir = s.dir.unwrap_or_else(|| {
+        ctx.experiment_dir
+            .join("systems")
+            .join("fs")
+            .join("dedup_lab_store")
+    });
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    check_namespace(DEF.name, "dir (its last component)", &name)?;
+    Ok(Box::new(Fs {
+        dir,
+        fsync_each: s.fsync_each,
+    }))
+}
+
+/// The directory adapter.
+struct Fs {
+    dir: PathBuf,
+    fsync_each: bool,
+}
+
+fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> SysError + '_ {
+    failed(context)
+}
+
+impl Fs {
+    fn write(&self, f: &FileEntry, content: &[u8], sync: bool) -> SysResult<()> {
+        let path = self.dir.join(&f.name);
+        let mut file = std::fs::File::create(&path).map_err(io_err("fs: create"))?;
+        file.write_all(content).map_err(io_err("fs: write"))?;
+        if sync {
+            file.sync_all().map_err(io_err("fs: fsync"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Names a filesystem type from its `statfs` magic number.
+fn fs_type(dir: &Path) -> String {
+    let Ok(st) = rustix::fs::statfs(dir) else {
+        return "unknown".into();
+    };
+    match st.f_type as u64 {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x2FC1_2FC1 => "zfs".into(),
+        0xF2F5_2010 => "f2fs".into(),
+        other => format!("type {other:#x}"),
+    }
+}
+
+#[async_trait]
+impl System for Fs {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn probes(&self) -> ProbeSet {
+        ProbeSet {
+            native: false,
+            fs: vec![self.dir.clone()],
+            copies: 1,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("directory {}", self.dir.display())
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        // Nothing to connect to; report the filesystem of the nearest existing ancestor.
+        let existing = self
+            .dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("."));
+        Ok(ServerInfo {
+            product: "filesystem".into(),
+            version: fs_type(existing),
+        })
+    }
+
+    async fn reset(&mut self) -> SysResult<()> {
+        tokio::task::block_in_place(|| {
+            if self.dir.exists() {
+                let owned = self.dir.join(MARKER).exists();
+                let empty = std::fs::read_dir(&self.dir)
+                    .map_err(io_err("fs: reading store"))?
+                    .next()
+                    .is_none();
+                if !owned && !empty {
+                    return Err(SysError::unsafe_namespace(format!(
+                        "fs: {} is not empty and has no {MARKER} marker: it was not created by \
+                         dedup-lab; refusing to empty it — choose another directory",
+                        self.dir.display()
+                    )));
+                }
+                std::fs::remove_dir_all(&self.dir).map_err(io_err("fs: emptying store"))?;
+            }
+            std::fs::create_dir_all(&self.dir).map_err(io_err("fs: creating store"))?;
+            std::fs::write(
+                self.dir.join(MARKER),
+                "created by dedup-lab; emptied by its resets\n",
+            )
+            .map_err(io_err("fs: writing marker"))
+        })
+    }
+
+    async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
+        tokio::task::block_in_place(|| {
+            for f in &ds.manifest.files {
+                let content = ds.read(f).map_err(|e| SysError::failed(format!("{e:#}")))?;
+                self.write(f, &content, false)?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
+        tokio::task::block_in_place(|| self.write(file, &content, self.fsync_each))
+    }
+
+    async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
+        tokio::task::block_in_place(|| {
+            std::fs::remove_file(self.dir.join(&file.name)).map_err(io_err("fs: delete"))
+        })
+    }
+
+    async fn maintenance(&mut self) -> SysResult<String> {
+        Ok("none: a plain directory has no space-reclaiming operation".into())
+    }
+
+    async fn settle(&mut self) -> SysResult<()> {
+        tokio::task::block_in_place(|| {
+            let d = std::fs::File::open(&self.dir).map_err(io_err("fs: open store"))?;
+            rustix::fs::syncfs(&d).map_err(|e| SysError::failed(format!("fs: syncfs: {e}")))
+        })
+    }
+
+    async fn count(&mut self) -> SysResult<u64> {
+        tokio::task::block_in_place(|| {
+            let mut n = 0;
+            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
+                let e = e.map_err(io_err("fs: listing store"))?;
+                if e.file_name() != MARKER {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        Err(SysError::failed("fs: no native size function"))
+    }
+}
