@@ -76,7 +76,7 @@ pub struct DatasetConfig {
 impl Default for DatasetConfig {
     fn default() -> Self {
         DatasetConfig {
-            files: 100,
+            files: 50,
             file_size: SizeSpec::Fixed(64 * 1024),
             keep: false,
         }

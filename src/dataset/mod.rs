@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{FORMAT, FileEntry, Manifest};
-pub use payload::PayloadType;
+pub use payload::{PayloadType, content};
 pub use plan::{GradePlan, plan, split};
 
 /// File name of the manifest inside a data set directory.
@@ -225,51 +225,19 @@ impl DataSet {
             .to_string_lossy();
         let partial = parent.join(format!(".{name}.partial"));
         remove_dir_if_exists(&partial)?;
-        std::fs::create_dir_all(&partial)
-            .with_context(|| format!("creating data set directory {}", partial.display()))?;
-
-        let (plan, sizes) = spec.layout();
-
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut files: Vec<FileEntry> = Vec::with_capacity(plan.slots.len());
-        let mut first_of: HashMap<u32, usize> = HashMap::new();
-        for (pos, &content) in plan.slots.iter().enumerate() {
-            let name = format!("{pos:06}.{}", spec.payload.extension());
-            let size = sizes[content as usize];
-            let seed = rng::derive_seed(spec.seed, "content", u64::from(content));
-            let hash = write_content(
-                &partial.join(&name),
-                payload::content(spec.payload, seed, size),
-                &mut buf,
-            )?;
-            let copy_of = match first_of.get(&content) {
-                Some(&orig) => Some(files[orig].name.clone()),
-                None => {
-                    first_of.insert(content, pos);
-                    None
-                }
-            };
-            files.push(FileEntry {
-                id: pos as u32,
-                name,
-                size,
-                blake3: hash,
-                copy_of,
-            });
+        let result = write_partial(spec, &partial).and_then(|manifest| {
+            remove_dir_if_exists(dir)?;
+            std::fs::rename(&partial, dir)
+                .with_context(|| format!("moving data set into {}", dir.display()))?;
+            Ok(DataSet {
+                dir: dir.to_path_buf(),
+                manifest,
+            })
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
         }
-        let manifest = verify(spec, &plan, &sizes, files)?;
-        let text = serde_json::to_vec_pretty(&manifest)?;
-        let mpath = partial.join(MANIFEST);
-        let mut f = File::create(&mpath)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        remove_dir_if_exists(dir)?;
-        std::fs::rename(&partial, dir)
-            .with_context(|| format!("moving data set into {}", dir.display()))?;
-        Ok(DataSet {
-            dir: dir.to_path_buf(),
-            manifest,
-        })
+        result
     }
 
     /// Path of one file.
@@ -328,6 +296,45 @@ impl FileStream {
     pub async fn next(&mut self) -> Option<anyhow::Result<(FileEntry, Bytes)>> {
         self.rx.recv().await
     }
+}
+
+/// Writes every file and the manifest into `partial`; returns the verified manifest.
+fn write_partial(spec: &DataSetSpec, partial: &Path) -> anyhow::Result<Manifest> {
+    std::fs::create_dir_all(partial)
+        .with_context(|| format!("creating data set directory {}", partial.display()))?;
+    let (plan, sizes) = spec.layout();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut files: Vec<FileEntry> = Vec::with_capacity(plan.slots.len());
+    let mut first_of: HashMap<u32, usize> = HashMap::new();
+    for (pos, &content) in plan.slots.iter().enumerate() {
+        let name = format!("{pos:06}.{}", spec.payload.extension());
+        let size = sizes[content as usize];
+        let seed = rng::derive_seed(spec.seed, "content", u64::from(content));
+        let hash = write_content(
+            &partial.join(&name),
+            payload::content(spec.payload, seed, size),
+            &mut buf,
+        )?;
+        let copy_of = match first_of.get(&content) {
+            Some(&orig) => Some(files[orig].name.clone()),
+            None => {
+                first_of.insert(content, pos);
+                None
+            }
+        };
+        files.push(FileEntry {
+            id: pos as u32,
+            name,
+            size,
+            blake3: hash,
+            copy_of,
+        });
+    }
+    let manifest = verify(spec, &plan, &sizes, files)?;
+    let mut f = File::create(partial.join(MANIFEST))?;
+    f.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
+    f.sync_all()?;
+    Ok(manifest)
 }
 
 /// Deletes the files of a data set but keeps its manifest; [`DataSet::ensure`] regenerates

@@ -166,6 +166,22 @@ impl SysError {
 /// Result of an adapter operation.
 pub type SysResult<T> = Result<T, SysError>;
 
+/// An error with all its causes, `outer: inner: innermost`, skipping causes the outer
+/// message already contains (drivers differ in whether `Display` includes the source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Maps any displayable error to a [`ErrorKind::Failed`] error with context.
 pub fn failed<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> SysError + '_ {
     move |e| SysError::failed(format!("{context}: {e}"))

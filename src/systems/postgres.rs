@@ -101,7 +101,7 @@ fn classify(context: &str, e: tokio_postgres::Error) -> SysError {
         || code.starts_with("08")
         || code.starts_with("57P")
         || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    let msg = format!("postgres: {context}: {e}");
+    let msg = format!("postgres: {context}: {}", super::error_chain(&e));
     if lost {
         SysError::connection(msg)
     } else {

@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: the binary, the lab config, journals.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dedup_lab::experiment::{JOURNAL, journal::Journal};
+use dedup_lab::results::record::Record;
+
+/// The `dedup-lab` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dedup-lab"))
+}
+
+/// Runs the binary with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run dedup-lab")
+}
+
+/// Stdout and stderr as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The lab config written by `dedup-lab lab up` (scripts/test starts the lab and exports
+/// `DEDUP_LAB_LAB_CONFIG`). Tests that need servers fail with the fix when it is missing.
+pub fn lab_config() -> PathBuf {
+    let path = std::env::var_os("DEDUP_LAB_LAB_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".lab/lab.toml"));
+    assert!(
+        path.exists(),
+        "no lab config at {}: run the tests with scripts/test (it starts the lab servers), \
+         or run `dedup-lab lab up` first",
+        path.display()
+    );
+    path
+}
+
+/// One `[systems.<name>]` table of the lab config.
+pub fn lab_section(name: &str) -> toml::Table {
+    let text = std::fs::read_to_string(lab_config()).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    doc["systems"][name]
+        .as_table()
+        .unwrap_or_else(|| panic!("lab config has no [systems.{name}]"))
+        .clone()
+}
+
+/// Writes a config holding one system section (with `changes` applied) into `dir`, so that
+/// tests running in parallel each use their own namespace.
+pub fn config_with(dir: &Path, name: &str, changes: &[(&str, toml::Value)]) -> PathBuf {
+    let mut section = lab_section(name);
+    for (k, v) in changes {
+        section.insert((*k).to_string(), v.clone());
+    }
+    let mut systems = toml::Table::new();
+    systems.insert(name.to_string(), toml::Value::Table(section));
+    let mut doc = toml::Table::new();
+    doc.insert("systems".into(), toml::Value::Table(systems));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+/// The single experiment directory under a results directory.
+pub fn experiment_dir(results: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(results)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "expected one experiment in {}",
+        results.display()
+    );
+    dirs[0].clone()
+}
+
+/// Every record of an experiment's journal.
+pub fn journal(exp: &Path) -> Vec<Record> {
+    Journal::read(&exp.join(JOURNAL)).expect("journal parses")
+}

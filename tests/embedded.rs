@@ -1,0 +1,185 @@
+//! The embedded default (sqlite + fs) end to end through the binary, and bad input.
+
+mod common;
+
+use common::{experiment_dir, journal, run, text};
+use dedup_lab::dataset::{Manifest, PayloadType};
+use dedup_lab::results::record::{Record, Stage};
+
+#[test]
+fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let args = [
+        "run",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--payloads",
+        "random_binary,structured_json",
+        "--runs",
+        "2",
+        "--files",
+        "24",
+        "--no-progress",
+    ];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("perfile_delete") && stdout.contains("24 cells measured"),
+        "{stdout}"
+    );
+
+    let exp = experiment_dir(&results);
+    let records = journal(&exp);
+    // 2 systems x 2 payloads x 3 grades x 2 runs = 24 cells, 4 stage records and 1 done each.
+    let stages: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let done = records
+        .iter()
+        .filter(|r| matches!(r, Record::CellDone { .. }))
+        .count();
+    assert_eq!((stages.len(), done), (96, 24));
+    for s in &stages {
+        let manifest = Manifest::read(
+            &exp.join("datasets")
+                .join(format!("run-{}", s.cell.run))
+                .join(format!("{}-U{}", s.cell.payload, s.cell.grade)),
+        )
+        .unwrap();
+        let expect_rows = match s.stage {
+            Stage::BulkInsert | Stage::PerfileInsert => 24,
+            _ => 0,
+        };
+        assert_eq!(s.rows_after, expect_rows, "{} {}", s.cell, s.stage);
+        if s.stage != Stage::Maintenance {
+            assert_eq!(
+                s.logical_bytes, manifest.logical_bytes,
+                "{} {}",
+                s.cell, s.stage
+            );
+        }
+        assert_eq!(s.unique_bytes, manifest.unique_bytes);
+        assert!(
+            s.probes["fs"].after.bytes().is_some(),
+            "fs probe failed: {s:?}"
+        );
+        // EDR of random data on a plain directory: stored as written.
+        if s.cell.system == "fs" && s.cell.payload == PayloadType::RandomBinary && s.stage.inserts()
+        {
+            let p = &s.probes["fs"];
+            let delta = p.after.bytes().unwrap() as f64 - p.before.bytes().unwrap() as f64;
+            let edr = s.logical_bytes as f64 / delta;
+            assert!(
+                (0.9..=1.1).contains(&edr),
+                "{} {}: EDR {edr}",
+                s.cell,
+                s.stage
+            );
+        }
+        // SQLite's own size function agrees with the file it reports on.
+        if s.cell.system == "sqlite" {
+            assert!(s.probes["native"].after.bytes().is_some());
+        }
+    }
+    // Data set files were removed after use; manifests stay.
+    let ds = exp.join("datasets/run-1/random_binary-U50");
+    assert!(ds.join("manifest.json").exists());
+    assert!(!ds.join("000000.bin").exists());
+    for f in [
+        "results.csv",
+        "summary.json",
+        "summary.md",
+        "metadata.json",
+        "config.json",
+    ] {
+        assert!(exp.join(f).exists(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(exp.join("results.csv")).unwrap();
+    // One line per stage record and probe: sqlite has 2 probes, fs 1.
+    assert_eq!(csv.lines().count() - 1, 48 * 2 + 48);
+
+    // Running again resumes: nothing left to do, same journal measurements.
+    let again = run(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("0 cells measured, 24 already complete")
+    );
+    let stages_after = journal(&exp)
+        .iter()
+        .filter(|r| matches!(r, Record::Stage(_)))
+        .count();
+    assert_eq!(stages_after, 96);
+
+    // The same id with a different config is refused, naming what differs.
+    let id = exp.file_name().unwrap().to_str().unwrap().to_string();
+    let mut changed: Vec<&str> = args.to_vec();
+    changed.extend(["--id", &id, "--seed", "99"]);
+    let refused = run(&changed);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("experiment.seed: 1 -> 99"),
+        "{}",
+        text(&refused)
+    );
+
+    // report re-derives the same table from the journal.
+    let rep = run(&["report", exp.to_str().unwrap()]);
+    assert!(rep.status.success(), "{}", text(&rep));
+    assert!(String::from_utf8_lossy(&rep.stdout).contains("24 cells complete"));
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--dry-run",
+        "--results-dir",
+        results.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("108 cells") && t.contains("nothing was written"),
+        "{t}"
+    );
+    assert!(!results.exists(), "dry run created {}", results.display());
+}
+
+#[test]
+fn bad_input_exits_2_with_the_fix() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "--systems", "postgress"],
+            "valid names: sqlite, fs, postgres",
+        ),
+        (&["run", "--payloads", "jpeg"], "valid names: random_binary"),
+        (
+            &["run", "--config", "/nonexistent/dedup.toml"],
+            "/nonexistent/dedup.toml",
+        ),
+        (&["run", "--grades", "0,100"], "0 to 99"),
+        (&["run", "--grades", "-5"], "0 to 99"),
+        (&["run", "--files", "0"], "at least one file"),
+        (&["run", "--file-size", "0"], "zero"),
+        (&["run", "--systems", "postgres"], "[systems.postgres]"),
+        (&["report", "/nonexistent"], "no journal"),
+    ];
+    for (args, want) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(want), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).lines().count() < 10,
+            "one clear message: {}",
+            text(&out)
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! PostgreSQL against the lab server: counts, sizes checked by independent queries, reclaim,
+//! the journal, and an unreachable server.
+
+mod common;
+
+use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::systems::{self, SystemContext};
+use tokio_postgres::NoTls;
+
+/// An independent connection to the lab server, typed by hand from the lab config.
+async fn independent() -> tokio_postgres::Client {
+    let s = lab_section("postgres");
+    let password = std::fs::read_to_string(s["password_file"].as_str().unwrap()).unwrap();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(s["host"].as_str().unwrap())
+        .port(s["port"].as_integer().unwrap() as u16)
+        .user(s["user"].as_str().unwrap())
+        .dbname(s["database"].as_str().unwrap())
+        .password(password.trim());
+    let (client, conn) = cfg.connect(NoTls).await.expect("connect to lab postgres");
+    tokio::spawn(conn);
+    client
+}
+
+async fn total_relation_size(c: &tokio_postgres::Client, schema: &str) -> i64 {
+    c.query_one(
+        &format!("SELECT pg_total_relation_size('{schema}.files')"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn run_against_postgres_records_honest_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "postgres",
+        &[("schema", "dedup_lab_t_run".into())],
+    );
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "postgres",
+        "--payloads",
+        "random_binary",
+        "--grades",
+        "0,90",
+        "--runs",
+        "1",
+        "--files",
+        "40",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = experiment_dir(&results);
+    let records = journal(&exp);
+    let stages: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages.len(), 8, "one record per stage per cell");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| matches!(r, Record::CellDone { .. }))
+            .count(),
+        2
+    );
+    for grade in [0u8, 90] {
+        let manifest = dedup_lab::dataset::Manifest::read(
+            &exp.join(format!("datasets/run-1/random_binary-U{grade}")),
+        )
+        .unwrap();
+        let get = |st: Stage| {
+            stages
+                .iter()
+                .find(|s| s.cell.grade == grade && s.stage == st)
+                .unwrap()
+        };
+        let native = |st: Stage| {
+            let p = &get(st).probes["native"];
+            (p.before.bytes().unwrap(), p.after.bytes().unwrap())
+        };
+        let bulk = get(Stage::BulkInsert);
+        assert_eq!(bulk.rows_after, 40);
+        assert_eq!(bulk.logical_bytes, manifest.logical_bytes);
+        assert_eq!(bulk.logical_bytes, 40 * 64 * 1024);
+        let (b0, b1) = native(Stage::BulkInsert);
+        assert!(
+            (b1 - b0) as f64 >= 0.9 * bulk.logical_bytes as f64,
+            "incompressible data must be stored: grew {} for L {}",
+            b1 - b0,
+            bulk.logical_bytes
+        );
+        assert_eq!(get(Stage::PerfileInsert).rows_after, 40);
+        assert_eq!(get(Stage::PerfileDelete).rows_after, 0);
+        let (empty, full) = native(Stage::PerfileInsert);
+        let (_, after_delete) = native(Stage::PerfileDelete);
+        let (_, after_maintenance) = native(Stage::Maintenance);
+        assert!(full - empty >= 40 * 64 * 1024 * 9 / 10);
+        assert!(
+            after_delete >= full * 9 / 10,
+            "DELETE alone gives no space back"
+        );
+        assert!(
+            after_maintenance <= empty + 64 * 1024,
+            "VACUUM FULL returns to near empty: empty {empty}, after {after_maintenance}"
+        );
+        assert!(get(Stage::PerfileInsert).latency_us.as_ref().unwrap().p50 > 0.0);
+        assert!(
+            get(Stage::Maintenance)
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("VACUUM FULL")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_probe_and_counts_match_independent_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut section = lab_section("postgres");
+    section.insert("schema".into(), "dedup_lab_t_native".into());
+    let def = systems::lookup("postgres").unwrap();
+    let mut sys = (def.build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: tmp.path(),
+    })
+    .unwrap();
+    let info = sys.connect().await.unwrap();
+    assert_eq!(info.product, "PostgreSQL");
+    let ds = DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::StructuredJson,
+            grade: 50,
+            files: 30,
+            sizes: SizeSpec::Range {
+                min: 10_000,
+                max: 100_000,
+            },
+            seed: 4,
+        },
+        &tmp.path().join("ds"),
+    )
+    .unwrap();
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let c = independent().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM dedup_lab_t_native.files", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 30);
+    assert_eq!(sys.count().await.unwrap(), 30);
+    let native = sys.native_size().await.unwrap();
+    assert_eq!(
+        native as i64,
+        total_relation_size(&c, "dedup_lab_t_native").await
+    );
+    // The bytes stored are the files' bytes.
+    let row = c
+        .query_one(
+            "SELECT content FROM dedup_lab_t_native.files WHERE id = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    let content: Vec<u8> = row.get(0);
+    assert_eq!(
+        blake3::hash(&content).to_hex().as_str(),
+        ds.manifest.files[7].blake3
+    );
+    for f in &ds.manifest.files[..5] {
+        sys.delete_one(f).await.unwrap();
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM dedup_lab_t_native.files", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 25);
+    sys.reset().await.unwrap();
+    assert_eq!(sys.count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_schema_is_never_dropped() {
+    let c = independent().await;
+    c.batch_execute(
+        "DROP SCHEMA IF EXISTS dedup_lab_foreign CASCADE;
+         CREATE SCHEMA dedup_lab_foreign;
+         CREATE TABLE dedup_lab_foreign.precious (x int);
+         INSERT INTO dedup_lab_foreign.precious VALUES (42);",
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "postgres",
+        &[("schema", "dedup_lab_foreign".into())],
+    );
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "postgres",
+        "--payloads",
+        "uuid_keys",
+        "--runs",
+        "1",
+        "--files",
+        "5",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("not created by dedup-lab"),
+        "{}",
+        text(&out)
+    );
+    let x: i32 = c
+        .query_one("SELECT x FROM dedup_lab_foreign.precious", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(x, 42);
+    c.batch_execute("DROP SCHEMA dedup_lab_foreign CASCADE")
+        .await
+        .unwrap();
+}
+
+#[test]
+fn unreachable_server_is_named_and_recorded_as_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(tmp.path(), "postgres", &[("port", 1.into())]);
+    let out = run(&[
+        "preflight",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "postgres",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("127.0.0.1:1") && t.contains("Connection refused"),
+        "preflight must name host, port and the OS error: {t}"
+    );
+
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "postgres",
+        "--payloads",
+        "random_binary",
+        "--runs",
+        "1",
+        "--files",
+        "5",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let records = journal(&experiment_dir(&results));
+    let failed = records
+        .iter()
+        .filter(|r| matches!(r, Record::AttemptFailed { .. }))
+        .count();
+    assert_eq!(failed, 3, "one failure per cell (3 grades)");
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::Stage(_) | Record::CellDone { .. })),
+        "no successful-looking records"
+    );
+}
