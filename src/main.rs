@@ -14,7 +14,7 @@ use dedup_lab::error::exit_code;
 use dedup_lab::experiment::{self, RunOptions};
 use dedup_lab::results::export::table::{Style, render};
 use dedup_lab::secret::redact;
-use dedup_lab::{dataset, lab, preflight, results, systems};
+use dedup_lab::{dataset, lab, preflight, results};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -118,30 +118,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", render(&report.summary, Style::Terminal));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Systems(args) => {
-            let mut config = args
-                .config
-                .as_deref()
-                .map(Config::from_file)
-                .transpose()?
-                .unwrap_or_default();
-            let names: Vec<String> = systems::REGISTRY
-                .iter()
-                .filter(|d| d.embedded || config.systems.contains_key(d.name))
-                .map(|d| d.name.to_string())
-                .collect();
-            config.experiment.systems = names;
-            let checks = preflight::check(&config.resolve()?).await?;
-            for def in systems::REGISTRY {
-                let status = match checks.iter().find(|c| c.system == def.name) {
-                    None => "not configured".to_string(),
-                    Some(c) => match &c.server {
-                        Ok(info) => format!("reachable: {} {}", info.product, info.version),
-                        Err(e) => format!("UNREACHABLE: {e}"),
-                    },
-                };
-                println!("{:<12} {:<60} {status}", def.name, def.about);
-            }
+        Command::Systems(mut args) => {
+            args.systems = Some(vec!["all".into()]);
+            let checks = preflight::check(&load(&args)?).await?;
+            print!("{}", preflight::render_registry(&checks));
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab(args) => {

@@ -86,3 +86,19 @@ pub fn render(checks: &[Check]) -> (String, bool) {
     }
     (out, ok)
 }
+
+/// One line per registered system: what it is, and whether it is configured and reachable.
+pub fn render_registry(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for def in crate::systems::REGISTRY {
+        let status = match checks.iter().find(|c| c.system == def.name) {
+            None => "not configured".to_string(),
+            Some(c) => match &c.server {
+                Ok(info) => format!("reachable: {} {}", info.product, info.version),
+                Err(e) => format!("UNREACHABLE: {e}"),
+            },
+        };
+        let _ = writeln!(out, "{:<12} {:<60} {status}", def.name, def.about);
+    }
+    out
+}
