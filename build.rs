@@ -10,6 +10,12 @@ fn main() {
         let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
         println!("cargo:rustc-env=DEDUP_LAB_GIT_COMMIT={commit}");
     }
+    // Integration tests against CockroachDB run only when a server is given.
+    println!("cargo::rustc-check-cfg=cfg(cockroach)");
+    println!("cargo:rerun-if-env-changed=DEDUP_LAB_COCKROACH_URL");
+    if std::env::var_os("DEDUP_LAB_COCKROACH_URL").is_some() {
+        println!("cargo:rustc-cfg=cockroach");
+    }
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
 }

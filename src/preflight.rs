@@ -66,7 +66,7 @@ pub fn render(checks: &[Check]) -> (String, bool) {
                 let _ = writeln!(out, "{:<12} FAILED  {why}", c.system);
             }
         }
-        let native = if c.probes.native {
+        let native = if c.probes.native_copies.is_some() {
             "native: available"
         } else {
             "native: none"

@@ -107,15 +107,12 @@ impl Attempt<'_> {
         let probes = before
             .into_iter()
             .filter_map(|(name, before)| {
-                let after = after.get(&name)?.clone();
-                Some((
-                    name,
-                    ProbeRecord {
-                        before,
-                        after,
-                        copies: self.probes.copies,
-                    },
-                ))
+                let record = ProbeRecord {
+                    before,
+                    after: after.get(&name)?.clone(),
+                    copies: self.probes.copies(&name),
+                };
+                Some((name, record))
             })
             .collect();
         let record = StageRecord {

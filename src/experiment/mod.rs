@@ -114,7 +114,11 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
             "  {:<12} {}  probes: {}{}\n",
             s.name(),
             s.target(),
-            if p.native { "native " } else { "" },
+            if p.native_copies.is_some() {
+                "native "
+            } else {
+                ""
+            },
             if p.fs.is_empty() { "" } else { "fs" }
         ));
     }

@@ -49,7 +49,7 @@ pub async fn read_all(
     set: &ProbeSet,
 ) -> Result<BTreeMap<String, Reading>, SysError> {
     let mut out = BTreeMap::new();
-    if set.native {
+    if set.native_copies.is_some() {
         let r = match sys.native_size().await {
             Ok(bytes) => Reading::Bytes { bytes },
             Err(e) if e.kind == ErrorKind::ConnectionLost => return Err(e),

@@ -113,9 +113,8 @@ impl System for Fs {
 
     fn probes(&self) -> ProbeSet {
         ProbeSet {
-            native: false,
+            native_copies: None,
             fs: vec![self.dir.clone()],
-            copies: 1,
         }
     }
 

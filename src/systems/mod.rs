@@ -4,7 +4,9 @@
 //! its settle condition and its probes. The engine calls only the [`System`] trait; adding a
 //! system means adding a file and a line in [`REGISTRY`].
 
+pub mod cockroachdb;
 pub mod fs;
+pub mod pgwire;
 pub mod postgres;
 pub mod sqlite;
 
@@ -19,7 +21,7 @@ use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 
 /// Every known system, in report order.
-pub static REGISTRY: &[SystemDef] = &[sqlite::DEF, fs::DEF, postgres::DEF];
+pub static REGISTRY: &[SystemDef] = &[sqlite::DEF, fs::DEF, postgres::DEF, cockroachdb::DEF];
 
 /// Prefix every lab-owned namespace name starts with.
 pub const LAB_PREFIX: &str = "dedup_lab";
@@ -107,12 +109,22 @@ pub struct ServerInfo {
 /// The probes a system offers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProbeSet {
-    /// The system has its own size function ([`System::native_size`]).
-    pub native: bool,
-    /// Directories (or files) on local disk whose allocated bytes the `fs` probe sums.
+    /// `Some(R)`: the system has its own size function ([`System::native_size`]) and it
+    /// counts R full copies of the data (replicas); `None`: no native probe.
+    pub native_copies: Option<u32>,
+    /// Directories (or files) on local disk whose allocated bytes the `fs` probe sums; they
+    /// hold one copy of the data.
     pub fs: Vec<PathBuf>,
-    /// How many full copies of the data the probes count (replicas); 1 locally.
-    pub copies: u32,
+}
+
+impl ProbeSet {
+    /// Full copies of the data that probe `name` counts.
+    pub fn copies(&self, name: &str) -> u32 {
+        match name {
+            crate::probe::NATIVE => self.native_copies.unwrap_or(1),
+            _ => 1,
+        }
+    }
 }
 
 /// How an operation failed, which decides what the engine does next.

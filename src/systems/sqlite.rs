@@ -147,9 +147,8 @@ impl System for Sqlite {
 
     fn probes(&self) -> ProbeSet {
         ProbeSet {
-            native: true,
+            native_copies: Some(1),
             fs: vec![self.dir.clone()],
-            copies: 1,
         }
     }
 
