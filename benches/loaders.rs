@@ -26,12 +26,20 @@ struct Native {
     load: fn(&toml::Table, &Path) -> Command,
 }
 
-const NATIVE: &[Native] = &[Native {
-    system: "postgres",
-    tool: "psql \\copy (FORMAT binary)",
-    prepare: pg_copy_file,
-    load: psql_copy,
-}];
+const NATIVE: &[Native] = &[
+    Native {
+        system: "postgres",
+        tool: "psql \\copy (FORMAT binary)",
+        prepare: pg_copy_file,
+        load: psql_copy,
+    },
+    Native {
+        system: "redis",
+        tool: "redis-cli --pipe",
+        prepare: resp_file,
+        load: redis_pipe,
+    },
+];
 
 fn main() {
     let config = std::env::var("DEDUP_LAB_LAB_CONFIG").unwrap_or_else(|_| ".lab/lab.toml".into());
@@ -173,5 +181,34 @@ fn psql_copy(section: &toml::Table, input: &Path) -> Command {
             "\\copy {schema}.files (id, name, content) FROM '{}' (FORMAT binary)",
             input.display()
         ));
+    c
+}
+
+/// SET commands in RESP, as `redis-cli --pipe` reads them.
+fn resp_file(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join("files.resp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for f in &ds.manifest.files {
+        let content = ds.read(f).map_err(std::io::Error::other)?;
+        let key = format!("dedup_lab:files:{}", f.name);
+        write!(w, "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), content.len())?;
+        w.write_all(&content)?;
+        w.write_all(b"\r\n")?;
+    }
+    w.flush()?;
+    Ok(path)
+}
+
+fn redis_pipe(section: &toml::Table, input: &Path) -> Command {
+    let db = section.get("db").and_then(|d| d.as_integer()).unwrap_or(15);
+    let mut c = Command::new("sh");
+    c.env("REDISCLI_AUTH", secret(section))
+        .arg("-c")
+        .arg("exec redis-cli -h \"$1\" -p \"$2\" -n \"$3\" --pipe < \"$4\"")
+        .arg("redis-cli")
+        .arg(section["host"].as_str().unwrap())
+        .arg(section["port"].as_integer().unwrap().to_string())
+        .arg(db.to_string())
+        .arg(input);
     c
 }

@@ -7,6 +7,8 @@
 //! file implementing [`Server`].
 
 mod postgres;
+mod process;
+mod redis;
 
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +21,7 @@ use anyhow::{Context as _, bail};
 use crate::error::usage;
 
 /// Every lab server, in start order.
-static SERVERS: &[&dyn Server] = &[&postgres::Postgres];
+static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis];
 
 /// A server the lab can run.
 trait Server: Sync {

@@ -8,6 +8,7 @@ pub mod cockroachdb;
 pub mod fs;
 pub mod pgwire;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,13 @@ use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 
 /// Every known system, in report order.
-pub static REGISTRY: &[SystemDef] = &[sqlite::DEF, fs::DEF, postgres::DEF, cockroachdb::DEF];
+pub static REGISTRY: &[SystemDef] = &[
+    sqlite::DEF,
+    fs::DEF,
+    postgres::DEF,
+    cockroachdb::DEF,
+    redis::DEF,
+];
 
 /// Prefix every lab-owned namespace name starts with.
 pub const LAB_PREFIX: &str = "dedup_lab";

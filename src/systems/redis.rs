@@ -1,0 +1,393 @@
+//! `redis`: Redis (any RESP server). Namespace: keys under a lab prefix in a dedicated
+//! logical database, with a marker key. Bulk path: pipelined `SET`s; per-file `SET` / `DEL`;
+//! maintenance: `BGREWRITEAOF` (when the AOF is on) and `MEMORY PURGE`; settle: wait until no
+//! AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over the lab's
+//! keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo};
+use serde::Deserialize;
+
+use super::{
+    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    error_chain, parse_section,
+};
+use crate::dataset::{DataSet, FileEntry};
+use crate::secret::{Secret, SecretSource};
+
+/// Registry entry.
+pub const DEF: SystemDef = SystemDef {
+    name: "redis",
+    embedded: false,
+    about: "Redis: pipelined SET bulk load, BGREWRITEAOF maintenance",
+    build,
+};
+
+/// `[systems.redis]`
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    host: String,
+    port: u16,
+    /// Logical database used only by dedup-lab.
+    db: i64,
+    /// ACL user (default: the default user).
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Key prefix (without the trailing `:`); must start with `dedup_lab`.
+    prefix: String,
+    /// Directories for the `fs` probe: the server's RDB/AOF directory.
+    fs_probe: Vec<PathBuf>,
+    /// Files per pipelined round trip of the bulk path.
+    pipeline_files: usize,
+    /// Seconds to wait for the server's background work when settling.
+    settle_timeout_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            db: 15,
+            username: None,
+            password_env: None,
+            password_file: None,
+            prefix: "dedup_lab".into(),
+            fs_probe: Vec::new(),
+            pipeline_files: 64,
+            settle_timeout_s: 300,
+        }
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let s: Settings = parse_section(DEF.name, ctx.section)?;
+    check_namespace(DEF.name, "prefix", &s.prefix)?;
+    if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 {
+        crate::bail_usage!(
+            "config [systems.redis]: db must be 0 or more and pipeline_files at least 1"
+        );
+    }
+    let password = SecretSource::from_keys(s.password_env.clone(), s.password_file.clone())
+        .resolve("config [systems.redis] password")?;
+    Ok(Box::new(Redis {
+        settings: s,
+        password,
+        conn: None,
+        aof: false,
+    }))
+}
+
+/// The Redis adapter.
+struct Redis {
+    settings: Settings,
+    password: Option<Secret>,
+    conn: Option<MultiplexedConnection>,
+    /// Whether the server keeps an append-only file (decides the maintenance).
+    aof: bool,
+}
+
+/// A lost connection (dropped, refused, timed out, I/O) or any other failure.
+fn classify(context: &str, e: redis::RedisError) -> SysError {
+    let msg = format!("redis: {context}: {}", error_chain(&e));
+    if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() || e.is_timeout() {
+        SysError::connection(msg)
+    } else {
+        SysError::failed(msg)
+    }
+}
+
+fn err(context: &str) -> impl FnOnce(redis::RedisError) -> SysError + '_ {
+    move |e| classify(context, e)
+}
+
+/// Value of `field:` in an `INFO` section.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+impl Redis {
+    fn conn(&self) -> SysResult<MultiplexedConnection> {
+        self.conn
+            .clone()
+            .ok_or_else(|| SysError::connection("redis: not connected"))
+    }
+
+    fn marker(&self) -> String {
+        format!("{}:owner", self.settings.prefix)
+    }
+
+    fn key(&self, f: &FileEntry) -> String {
+        format!("{}:files:{}", self.settings.prefix, f.name)
+    }
+
+    async fn info(&self, section: &str) -> SysResult<String> {
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut self.conn()?)
+            .await
+            .map_err(err("INFO"))
+    }
+
+    /// Every key matching `pattern`, by SCAN (never KEYS, which blocks the server).
+    async fn scan(&self, pattern: &str) -> SysResult<Vec<String>> {
+        let mut conn = self.conn()?;
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(err("SCAN"))?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Waits until the server has no AOF rewrite or RDB save running or scheduled.
+    async fn wait_background(&self) -> SysResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        loop {
+            let info = self.info("persistence").await?;
+            let busy = [
+                "aof_rewrite_in_progress",
+                "aof_rewrite_scheduled",
+                "rdb_bgsave_in_progress",
+            ]
+            .iter()
+            .any(|f| info_field(&info, f).is_some_and(|v| v != "0"));
+            if !busy {
+                if info_field(&info, "aof_last_bgrewrite_status").is_some_and(|v| v != "ok") {
+                    return Err(SysError::failed(
+                        "redis: the last AOF rewrite failed (aof_last_bgrewrite_status)",
+                    ));
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SysError::failed(format!(
+                    "redis: background persistence still running after {} s",
+                    self.settings.settle_timeout_s
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl System for Redis {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn probes(&self) -> ProbeSet {
+        ProbeSet {
+            native_copies: Some(1),
+            fs: self.settings.fs_probe.clone(),
+        }
+    }
+
+    fn target(&self) -> String {
+        let s = &self.settings;
+        format!("{}:{} db {} keys {}:*", s.host, s.port, s.db, s.prefix)
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        let s = &self.settings;
+        let mut redis = RedisConnectionInfo::default().set_db(s.db);
+        if let Some(u) = &s.username {
+            redis = redis.set_username(u);
+        }
+        if let Some(pw) = &self.password {
+            redis = redis.set_password(pw.expose());
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info((s.host.clone(), s.port))
+            .map_err(err("address"))?
+            .set_redis_settings(redis);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(600)));
+        let conn = Client::open(info)
+            .map_err(err("client"))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| {
+                let mut se = classify(&format!("cannot connect to {}:{}", s.host, s.port), e);
+                if se.message.contains("WRONGPASS") || se.message.contains("NOAUTH") {
+                    se.kind = super::ErrorKind::Failed;
+                }
+                se
+            })?;
+        self.conn = Some(conn);
+        let server = self.info("server").await?;
+        let persistence = self.info("persistence").await?;
+        self.aof = info_field(&persistence, "aof_enabled") == Some("1");
+        Ok(ServerInfo {
+            product: "Redis".into(),
+            version: info_field(&server, "redis_version")
+                .unwrap_or("unknown")
+                .to_string(),
+        })
+    }
+
+    async fn reset(&mut self) -> SysResult<()> {
+        let prefix = &self.settings.prefix;
+        let keys = self.scan(&format!("{prefix}:*")).await?;
+        let marker = self.marker();
+        if !keys.is_empty() && !keys.contains(&marker) {
+            return Err(SysError::unsafe_namespace(format!(
+                "redis: db {} holds keys under {prefix}: but no {marker} marker: they were not \
+                 written by dedup-lab; refusing to delete them — configure another prefix or db",
+                self.settings.db
+            )));
+        }
+        // The marker stays, so a reset cut short never leaves unmarked lab keys behind.
+        let keys: Vec<String> = keys.into_iter().filter(|k| *k != marker).collect();
+        let mut conn = self.conn()?;
+        for chunk in keys.chunks(1000) {
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(err("UNLINK"))?;
+        }
+        redis::cmd("SET")
+            .arg(&marker)
+            .arg("created by dedup-lab; its keys are deleted by its resets")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(err("SET marker"))
+    }
+
+    async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
+        let mut conn = self.conn()?;
+        let mut files = ds.stream();
+        let mut pipe = redis::pipe();
+        let mut queued = 0;
+        loop {
+            let next = files.next().await;
+            let done = next.is_none();
+            if let Some(item) = next {
+                let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
+                pipe.cmd("SET").arg(self.key(&f)).arg(&content[..]).ignore();
+                queued += 1;
+            }
+            if queued > 0 && (done || queued >= self.settings.pipeline_files) {
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(err("pipelined SET"))?;
+                pipe.clear();
+                queued = 0;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
+        redis::cmd("SET")
+            .arg(self.key(file))
+            .arg(&content[..])
+            .query_async::<()>(&mut self.conn()?)
+            .await
+            .map_err(err("SET"))
+    }
+
+    async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
+        let n: u64 = redis::cmd("DEL")
+            .arg(self.key(file))
+            .query_async(&mut self.conn()?)
+            .await
+            .map_err(err("DEL"))?;
+        if n != 1 {
+            return Err(SysError::failed(format!(
+                "redis: DEL of {} removed {n} keys",
+                file.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn maintenance(&mut self) -> SysResult<String> {
+        let mut conn = self.conn()?;
+        let mut done = Vec::new();
+        if self.aof {
+            redis::cmd("BGREWRITEAOF")
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(err("BGREWRITEAOF"))?;
+            self.wait_background().await?;
+            done.push("BGREWRITEAOF");
+        }
+        redis::cmd("MEMORY")
+            .arg("PURGE")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(err("MEMORY PURGE"))?;
+        done.push("MEMORY PURGE");
+        Ok(done.join("; "))
+    }
+
+    async fn settle(&mut self) -> SysResult<()> {
+        self.wait_background().await
+    }
+
+    async fn count(&mut self) -> SysResult<u64> {
+        Ok(self
+            .scan(&format!("{}:files:*", self.settings.prefix))
+            .await?
+            .len() as u64)
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let keys = self
+            .scan(&format!("{}:files:*", self.settings.prefix))
+            .await?;
+        let mut conn = self.conn()?;
+        let mut total = 0u64;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(err("MEMORY USAGE"))?;
+            total += sizes.into_iter().flatten().sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::info_field;
+
+    #[test]
+    fn reads_info_fields() {
+        let info = "# Persistence\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n";
+        assert_eq!(info_field(info, "aof_enabled"), Some("1"));
+        assert_eq!(info_field(info, "aof_rewrite_in_progress"), Some("0"));
+        assert_eq!(info_field(info, "aof_rewrite"), None);
+    }
+}
