@@ -191,7 +191,12 @@ fn resp_file(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
     for f in &ds.manifest.files {
         let content = ds.read(f).map_err(std::io::Error::other)?;
         let key = format!("dedup_lab:files:{}", f.name);
-        write!(w, "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), content.len())?;
+        write!(
+            w,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            content.len()
+        )?;
         w.write_all(&content)?;
         w.write_all(b"\r\n")?;
     }

@@ -137,27 +137,35 @@ impl System for Fs {
 
     async fn reset(&mut self) -> SysResult<()> {
         tokio::task::block_in_place(|| {
+            let marker = self.dir.join(MARKER);
             if self.dir.exists() {
-                let owned = self.dir.join(MARKER).exists();
-                let empty = std::fs::read_dir(&self.dir)
+                let entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)
                     .map_err(io_err("fs: reading store"))?
-                    .next()
-                    .is_none();
-                if !owned && !empty {
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<_, _>>()
+                    .map_err(io_err("fs: reading store"))?;
+                if !marker.exists() && !entries.is_empty() {
                     return Err(SysError::unsafe_namespace(format!(
                         "fs: {} is not empty and has no {MARKER} marker: it was not created by \
                          dedup-lab; refusing to empty it — choose another directory",
                         self.dir.display()
                     )));
                 }
-                std::fs::remove_dir_all(&self.dir).map_err(io_err("fs: emptying store"))?;
+                // The marker goes last (it stays), so a reset cut short never leaves an
+                // unmarked store behind.
+                for p in entries.iter().filter(|p| **p != marker) {
+                    let removed = if p.is_dir() {
+                        std::fs::remove_dir_all(p)
+                    } else {
+                        std::fs::remove_file(p)
+                    };
+                    removed.map_err(io_err("fs: emptying store"))?;
+                }
+            } else {
+                std::fs::create_dir_all(&self.dir).map_err(io_err("fs: creating store"))?;
             }
-            std::fs::create_dir_all(&self.dir).map_err(io_err("fs: creating store"))?;
-            std::fs::write(
-                self.dir.join(MARKER),
-                "created by dedup-lab; emptied by its resets\n",
-            )
-            .map_err(io_err("fs: writing marker"))
+            std::fs::write(&marker, "created by dedup-lab; emptied by its resets\n")
+                .map_err(io_err("fs: writing marker"))
         })
     }
 
@@ -186,9 +194,18 @@ impl System for Fs {
     }
 
     async fn settle(&mut self) -> SysResult<()> {
+        // fsync every file and the directory, not syncfs: syncfs would also wait for every
+        // other writer on the filesystem and make settle times meaningless.
         tokio::task::block_in_place(|| {
-            let d = std::fs::File::open(&self.dir).map_err(io_err("fs: open store"))?;
-            rustix::fs::syncfs(&d).map_err(|e| SysError::failed(format!("fs: syncfs: {e}")))
+            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
+                let path = e.map_err(io_err("fs: listing store"))?.path();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err("fs: fsync"))?;
+            }
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("fs: fsync store directory"))
         })
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Deserialize;
 
 use super::{
@@ -85,24 +85,27 @@ impl Sqlite {
         if !self.path.exists() {
             return Ok(());
         }
-        let owned = Connection::open(&self.path)
+        // A file with no tables at all (a reset cut short before the marker) is safe to delete.
+        let (tables, marked): (i64, i64) = Connection::open(&self.path)
             .and_then(|c| {
                 c.query_row(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    "SELECT count(*), count(*) FILTER (WHERE name = ?1) FROM sqlite_master \
+                     WHERE type = 'table'",
                     [MARKER_TABLE],
-                    |r| r.get::<_, String>(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()
             })
             .map_err(sql_err("sqlite: inspecting existing database"))?;
-        if owned.is_none() {
+        if tables > 0 && marked == 0 {
             return Err(SysError::unsafe_namespace(format!(
                 "sqlite: {} exists but was not created by dedup-lab (no {MARKER_TABLE} table); \
                  refusing to delete it — move it away or configure another file",
                 self.path.display()
             )));
         }
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        // The database (holding the marker) goes last, so a reset cut short never leaves
+        // lab files without their marker.
+        for suffix in ["-wal", "-shm", "-journal", ""] {
             let p = PathBuf::from(format!("{}{suffix}", self.path.display()));
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -121,9 +124,11 @@ impl Sqlite {
         c.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {};
+             BEGIN;
              CREATE TABLE {MARKER_TABLE} (note TEXT NOT NULL);
              INSERT INTO {MARKER_TABLE} VALUES ('created by dedup-lab; deleted by its resets');
-             CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL);",
+             CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL);
+             COMMIT;",
             self.synchronous
         ))
         .map_err(sql_err("sqlite: creating tables"))?;
