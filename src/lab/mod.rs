@@ -101,11 +101,20 @@ impl Lab {
         if !missing.is_empty() {
             install_packages(&missing)?;
         }
-        let mut doc = toml::Table::new();
+        // Merge into an existing lab.toml so `lab up --systems x` keeps the other sections.
+        let path = self.dir.join(CONFIG);
+        let mut doc: toml::Table = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML; delete it", path.display()))?,
+            Err(_) => toml::Table::new(),
+        };
         let mut experiment = toml::Table::new();
         experiment.insert("systems".into(), toml::Value::Array(vec!["all".into()]));
         doc.insert("experiment".into(), toml::Value::Table(experiment));
-        let mut systems = toml::Table::new();
+        let mut systems = match doc.remove("systems") {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
         for s in &self.servers {
             let section = s
                 .up(self)
@@ -113,7 +122,6 @@ impl Lab {
             systems.insert(s.name().into(), toml::Value::Table(section));
         }
         doc.insert("systems".into(), toml::Value::Table(systems));
-        let path = self.dir.join(CONFIG);
         let text = format!(
             "# Written by `dedup-lab lab up`: local servers on loopback. Secrets are referenced\n\
              # by file, never written here.\n{}",

@@ -238,7 +238,19 @@ impl System for Redis {
             })?;
         self.conn = Some(conn);
         let server = self.info("server").await?;
-        let persistence = self.info("persistence").await?;
+        // A restarted server answers INFO while it loads its data but refuses everything
+        // else: connected means loaded.
+        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        let persistence = loop {
+            let p = self.info("persistence").await?;
+            if info_field(&p, "loading") != Some("1") {
+                break p;
+            }
+            if Instant::now() > deadline {
+                return Err(SysError::connection("redis: still loading its data set"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         self.aof = info_field(&persistence, "aof_enabled") == Some("1");
         Ok(ServerInfo {
             product: "Redis".into(),
