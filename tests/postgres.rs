@@ -161,6 +161,17 @@ async fn native_probe_and_counts_match_independent_queries() {
     sys.bulk_insert(&ds).await.unwrap();
     sys.settle().await.unwrap();
     let c = independent().await;
+    // The lab config asks for TLS: the adapter's sessions are encrypted.
+    let tls: bool = c
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'dedup-lab'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls);
     let n: i64 = c
         .query_one("SELECT count(*) FROM dedup_lab_t_native.files", &[])
         .await
@@ -248,6 +259,33 @@ async fn foreign_schema_is_never_dropped() {
     c.batch_execute("DROP SCHEMA dedup_lab_foreign CASCADE")
         .await
         .unwrap();
+}
+
+#[test]
+fn unverifiable_tls_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Without ca_file the lab's own CA is unknown: verification must fail, not be skipped.
+    let mut section = lab_section("postgres");
+    section.remove("ca_file");
+    let mut systems = toml::Table::new();
+    systems.insert("postgres".into(), section.into());
+    let mut doc = toml::Table::new();
+    doc.insert("systems".into(), systems.into());
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, toml::to_string(&doc).unwrap()).unwrap();
+    let out = run(&[
+        "preflight",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "postgres",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("certificate") && text(&out).contains("UnknownIssuer"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -39,6 +39,11 @@ fn data_dir(lab: &Lab) -> PathBuf {
     lab.server_dir("postgres").join("data")
 }
 
+/// The lab server's certificate, trusted through `ca_file` (clients connect with TLS).
+fn ca_file(lab: &Lab) -> PathBuf {
+    lab.server_dir("postgres").join("ca.crt")
+}
+
 fn pg_ctl(lab: &Lab, args: &[&str]) -> anyhow::Result<Command> {
     let mut c = as_user(OS_USER, &bin()?.join("pg_ctl"));
     c.arg("-D").arg(data_dir(lab)).args(args);
@@ -71,9 +76,44 @@ fn init(lab: &Lab, root: &Path, password_file: &Path) -> anyhow::Result<()> {
         .arg("UTF8"));
     let _ = std::fs::remove_file(&pwfile);
     result?;
+    // A lab CA and a server certificate for 127.0.0.1 signed by it, so that TLS with full
+    // verification is what the tests exercise; clients trust ca.crt. The CA key is removed.
+    let ca_key = root.join("ca.key");
+    let openssl = |args: &[&str]| {
+        let mut c = as_user(OS_USER, Path::new("openssl"));
+        c.arg("req")
+            .args(["-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650"]);
+        c.args(args);
+        run(&mut c)
+    };
+    openssl(&[
+        "-subj",
+        "/CN=dedup-lab lab CA",
+        "-keyout",
+        &ca_key.to_string_lossy(),
+        "-out",
+        &ca_file(lab).to_string_lossy(),
+    ])?;
+    openssl(&[
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-CA",
+        &ca_file(lab).to_string_lossy(),
+        "-CAkey",
+        &ca_key.to_string_lossy(),
+        "-keyout",
+        &data.join("server.key").to_string_lossy(),
+        "-out",
+        &data.join("server.crt").to_string_lossy(),
+    ])?;
+    std::fs::remove_file(&ca_key)?;
     let conf = format!(
         "\n# dedup-lab lab settings\nport = {PORT}\nlisten_addresses = '127.0.0.1'\n\
-         unix_socket_directories = '{}'\n",
+         unix_socket_directories = '{}'\nssl = on\n",
         run_dir.display()
     );
     let path = data.join("postgresql.conf");
@@ -89,11 +129,11 @@ impl Server for Postgres {
     }
 
     fn packages(&self) -> &'static [&'static str] {
-        &["postgresql", "postgresql-client"]
+        &["postgresql", "postgresql-client", "openssl"]
     }
 
     fn installed(&self) -> bool {
-        bin_dir().is_some()
+        bin_dir().is_some() && super::process::on_path("openssl")
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
@@ -126,6 +166,8 @@ impl Server for Postgres {
             "fs_probe".into(),
             toml::Value::Array(vec![data_dir(lab).display().to_string().into()]),
         );
+        t.insert("tls".into(), true.into());
+        t.insert("ca_file".into(), ca_file(lab).display().to_string().into());
         Ok(t)
     }
 

@@ -3,20 +3,27 @@
 //! (bulk path, maintenance, settle, size function, version).
 
 use std::marker::PhantomData;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     ErrorKind, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, check_namespace,
     error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
+use crate::error::usage;
 use crate::secret::{Secret, SecretSource};
 
 /// Table inside the lab schema whose presence marks the schema as created by dedup-lab.
@@ -72,6 +79,10 @@ pub struct Settings {
     pub connect_timeout_s: u64,
     /// Full copies the native size counts; default: asked of the server.
     pub replicas: Option<u32>,
+    /// Connect over TLS, always verifying the server certificate and host name.
+    pub tls: bool,
+    /// PEM file of the CA(s) to trust for TLS; default: the Mozilla roots (webpki-roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -87,6 +98,8 @@ impl Default for Settings {
             fs_probe: Vec::new(),
             connect_timeout_s: 10,
             replicas: None,
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -100,9 +113,20 @@ pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn Syst
         settings.password_file.clone(),
     )
     .resolve(&format!("config [systems.{}] password", D::NAME))?;
+    let tls = match (settings.tls, &settings.ca_file) {
+        (true, ca) => Some(tls_connector(D::NAME, ca.as_deref())?),
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(usage(format!(
+                "config [systems.{}]: ca_file is set but tls = false; set tls = true or remove ca_file",
+                D::NAME
+            )));
+        }
+    };
     Ok(Box::new(PgWire::<D> {
         settings,
         password,
+        tls,
         client: None,
         insert: None,
         delete: None,
@@ -115,11 +139,64 @@ pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn Syst
 pub struct PgWire<D: Dialect> {
     settings: Settings,
     password: Option<Secret>,
+    tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
     insert: Option<Statement>,
     delete: Option<Statement>,
     copies: u32,
     dialect: PhantomData<D>,
+}
+
+/// A TLS connector that verifies the server's certificate chain and host name against the
+/// CAs in `ca_file`, or against the Mozilla roots.
+fn tls_connector(system: &str, ca_file: Option<&Path>) -> anyhow::Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    usage(format!(
+                        "config [systems.{system}] ca_file {}: {e}; give a PEM file of CA certificates",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(usage(format!(
+                    "config [systems.{system}] ca_file {} holds no usable CA certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Opens a connection and drives it on its own task.
+async fn open<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    system: &'static str,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = cfg.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("{system} connection ended: {e}");
+        }
+    });
+    Ok(client)
 }
 
 /// Classifies a driver error: a closed connection, an I/O failure, or a server-side
@@ -249,12 +326,13 @@ impl<D: Dialect> System for PgWire<D> {
     fn target(&self) -> String {
         let s = &self.settings;
         format!(
-            "{}:{} database {} schema {} as {}",
+            "{}:{} database {} schema {} as {}{}",
             s.host,
             s.port.unwrap_or(D::DEFAULT_PORT),
             s.database.as_deref().unwrap_or(D::DEFAULT_DATABASE),
             s.schema,
-            s.user.as_deref().unwrap_or(D::DEFAULT_USER)
+            s.user.as_deref().unwrap_or(D::DEFAULT_USER),
+            if s.tls { ", TLS verified" } else { "" }
         )
     }
 
@@ -271,19 +349,22 @@ impl<D: Dialect> System for PgWire<D> {
         if let Some(pw) = &self.password {
             cfg.password(pw.expose());
         }
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        let opened = match &self.tls {
+            Some(tls) => {
+                cfg.ssl_mode(SslMode::Require);
+                open(&cfg, tls.clone(), D::NAME).await
+            }
+            None => open(&cfg, NoTls, D::NAME).await,
+        };
+        let client = opened.map_err(|e| {
             let mut se = classify(D::NAME, &format!("cannot connect to {}:{port}", s.host), e);
-            // Authentication and unknown-database errors do not heal by reconnecting.
-            if se.message.contains("password") || se.message.contains("does not exist") {
+            // Authentication, unknown-database and TLS errors do not heal by reconnecting.
+            let permanent = ["password", "does not exist", "TLS", "certificate"];
+            if permanent.iter().any(|p| se.message.contains(p)) {
                 se.kind = ErrorKind::Failed;
             }
             se
         })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("{} connection ended: {e}", D::NAME);
-            }
-        });
         let info = D::server_info(&client).await?;
         self.copies = match self.settings.replicas {
             Some(r) => r,
