@@ -88,10 +88,30 @@ pub fn build_systems(
         .collect()
 }
 
+/// Builds the systems for a run and refuses configured `fs` probe paths that do not exist
+/// (embedded systems create theirs on first use).
+fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Box<dyn System>>> {
+    let systems = build_systems(config, &config.experiment_dir())?;
+    for (def, sys) in config.systems.iter().zip(&systems) {
+        if def.embedded {
+            continue;
+        }
+        if let Some(p) = sys.probes().fs.iter().find(|p| !p.exists()) {
+            return Err(usage(format!(
+                "config [systems.{}] fs_probe: {} does not exist; point it at the server's data \
+                 directory on this machine, or remove fs_probe",
+                def.name,
+                p.display()
+            )));
+        }
+    }
+    Ok(systems)
+}
+
 /// Prints what a run would do, touching nothing.
 pub fn plan(config: &Resolved) -> anyhow::Result<String> {
     let dir = config.experiment_dir();
-    let systems = build_systems(config, &dir)?;
+    let systems = build_for_run(config)?;
     let c = &config.config;
     let mut out = format!(
         "experiment {} -> {}\n{} runs x {} payloads x {} grades x {} systems = {} cells, {} stages each ({})\n\
@@ -200,7 +220,7 @@ pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome
             )));
         }
     }
-    let systems = build_systems(config, &config.experiment_dir())?;
+    let systems = build_for_run(config)?;
     let dir = prepare_dir(config)?;
     let (mut journal, records) = Journal::open(&dir.join(JOURNAL))?;
     let mut state = JournalState::new(&records);

@@ -70,6 +70,8 @@ pub struct Row {
     pub dedup_capture: Option<f64>,
     /// Share of the per-file insert's growth given back (delete and maintenance stages).
     pub reclaim: Option<f64>,
+    /// Why the reading looks wrong, e.g. growth too small for incompressible data.
+    pub flag: Option<String>,
     /// Stage duration without settling.
     pub duration_s: f64,
     /// Settle time.
@@ -122,6 +124,7 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 edr_replica: edr.map(|e| e * f64::from(pr.copies)),
                 dedup_capture: capture(s, probe, delta, &index),
                 reclaim: reclaim(s, probe, after, &index),
+                flag: partial_load(s, delta),
                 duration_s: s.duration_s,
                 settle_s: s.settle_s,
                 throughput_bps: s.throughput_bps,
@@ -140,6 +143,25 @@ fn delta_of(before: Option<u64>, after: Option<u64>) -> Option<i64> {
 /// `num / den` when the denominator is a positive number.
 fn ratio(num: f64, den: Option<i64>) -> Option<f64> {
     den.filter(|&d| d > 0).map(|d| num / d as f64)
+}
+
+/// Share of the unique bytes that incompressible data must at least occupy after an insert:
+/// even perfect deduplication stores every unique byte once.
+pub const PLAUSIBLE_SHARE: f64 = 0.5;
+
+/// Flags an insert of incompressible data whose physical growth is below
+/// [`PLAUSIBLE_SHARE`] × U: a partial load, or a probe that lags behind the data.
+fn partial_load(s: &StageRecord, delta: Option<i64>) -> Option<String> {
+    let delta = delta?;
+    let incompressible = s.cell.payload == crate::dataset::PayloadType::RandomBinary;
+    let floor = PLAUSIBLE_SHARE * s.unique_bytes as f64;
+    (s.stage.inserts() && incompressible && (delta as f64) < floor).then(|| {
+        format!(
+            "implausibly small growth for incompressible data: ΔP = {delta} bytes for U = {} \
+             bytes (a partial load, or a probe lagging behind the data)",
+            s.unique_bytes
+        )
+    })
 }
 
 /// `dedup_capture = (c·L − ΔP) / (c·(L − U))` with `c = ΔP(U0) / L(U0)` of the same system,
@@ -290,6 +312,15 @@ mod tests {
         assert!((get(90, Stage::PerfileDelete).reclaim.unwrap() - 0.2).abs() < 1e-12);
         assert!((get(90, Stage::Maintenance).reclaim.unwrap() - 0.9).abs() < 1e-12);
         assert_eq!(get(90, Stage::Maintenance).edr, None);
+    }
+
+    #[test]
+    fn small_growth_of_random_data_is_flagged() {
+        // U = 1000 bytes of random data grew the probe by 100: flagged; by 600: plausible.
+        let rows_ = rows(&[rec(0, Stage::BulkInsert, 1000, 1000, 0, 100), done(0)]);
+        assert!(rows_[0].flag.as_deref().unwrap().contains("implausibly small"));
+        let rows_ = rows(&[rec(0, Stage::BulkInsert, 1000, 1000, 0, 600), done(0)]);
+        assert_eq!(rows_[0].flag, None);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct ProbeStats {
     pub reclaim: Option<Stats>,
     /// Runs whose probe failed.
     pub errors: usize,
+    /// Runs whose reading was flagged as implausible (see the CSV's `flag` column).
+    pub flagged: usize,
     /// ΔP varies across runs by more than the CV threshold.
     pub noisy: bool,
 }
@@ -114,6 +116,7 @@ pub fn summarize(experiment: &str, records: &[Record], rows: &[Row]) -> Summary 
                 dedup_capture: stats(rs.iter().map(|r| r.dedup_capture)),
                 reclaim: stats(rs.iter().map(|r| r.reclaim)),
                 errors: rs.iter().filter(|r| r.probe_error.is_some()).count(),
+                flagged: rs.iter().filter(|r| r.flag.is_some()).count(),
             },
         );
     }

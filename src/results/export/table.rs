@@ -67,7 +67,8 @@ pub fn render(s: &Summary, style: Style) -> String {
     let mut out = t.to_string();
     out.push_str(
         "\nn = native probe, fs = allocated bytes on disk; – = not applicable or not measured; \
-         ! = runs disagree (CV > 10 %).\n",
+         ! = runs disagree (CV > 10 %); ? = growth implausibly small for incompressible data \
+         (partial load or lagging probe; see results.csv).\n",
     );
     out.push_str(&format!(
         "{} cells complete, {} failed attempts.\n",
@@ -102,6 +103,9 @@ fn pair(g: &Group, f: impl Fn(&ProbeStats) -> Option<f64>, decimals: usize) -> S
             let mut s = num(f(p), decimals);
             if p.noisy {
                 s.push('!');
+            }
+            if p.flagged > 0 {
+                s.push('?');
             }
             s
         }
