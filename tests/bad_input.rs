@@ -18,40 +18,251 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "unknown system", config: None, args: &["run", "--systems", "postgress"], code: 2, words: &["unknown system 'postgress'", "valid names"] },
-    Case { name: "unknown payload", config: None, args: &["run", "--payloads", "jpeg"], code: 2, words: &["unknown payload type 'jpeg'", "random_binary"] },
-    Case { name: "missing config file", config: None, args: &["run", "--config", "/nonexistent/dedup.toml"], code: 2, words: &["/nonexistent/dedup.toml", "--config"] },
-    Case { name: "config path is a directory", config: None, args: &["run", "--config", "/tmp"], code: 2, words: &["cannot read config file /tmp"] },
-    Case { name: "bad TOML", config: Some("[experiment]\nruns = \n"), args: &["run", "--config", "{config}"], code: 2, words: &["is invalid", "line 2"] },
-    Case { name: "unknown key", config: Some("[experiment]\nrunz = 3\n"), args: &["run", "--config", "{config}"], code: 2, words: &["unknown field `runz`", "runs"] },
-    Case { name: "wrong type", config: Some("[experiment]\nruns = \"three\"\n"), args: &["run", "--config", "{config}"], code: 2, words: &["invalid type", "runs"] },
-    Case { name: "grade above 99", config: None, args: &["run", "--grades", "0,100"], code: 2, words: &["grade 100", "0 to 99"] },
-    Case { name: "negative grade", config: None, args: &["run", "--grades", "-5"], code: 2, words: &["grade -5", "0 to 99"] },
-    Case { name: "no grades", config: Some("[experiment]\ngrades = []\n"), args: &["run", "--config", "{config}"], code: 2, words: &["no grades"] },
-    Case { name: "zero files", config: None, args: &["run", "--files", "0"], code: 2, words: &["at least one file"] },
-    Case { name: "zero file size", config: None, args: &["run", "--file-size", "0"], code: 2, words: &["zero", "1 byte"] },
-    Case { name: "unparseable size", config: None, args: &["run", "--file-size", "lots"], code: 2, words: &["'lots' is not a size", "64KiB"] },
-    Case { name: "inverted size range", config: None, args: &["run", "--file-size", "2KiB..1KiB"], code: 2, words: &["minimum above its maximum"] },
-    Case { name: "zero runs", config: None, args: &["run", "--runs", "0"], code: 2, words: &["runs = 0", "1 to 1000"] },
-    Case { name: "non-numeric flag", config: None, args: &["run", "--runs", "abc"], code: 2, words: &["invalid value 'abc'"] },
-    Case { name: "unknown flag", config: None, args: &["run", "--frobnicate"], code: 2, words: &["unexpected argument '--frobnicate'"] },
-    Case { name: "unknown system section", config: Some("[systems.oracle]\nhost = \"x\"\n"), args: &["run", "--config", "{config}"], code: 2, words: &["[systems.oracle]", "valid names"] },
-    Case { name: "system not configured", config: None, args: &["run", "--systems", "postgres"], code: 2, words: &["not configured", "[systems.postgres]"] },
-    Case { name: "unknown key in a system section", config: Some("[systems.postgres]\nhots = \"x\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["[systems.postgres]", "unknown field `hots`"] },
-    Case { name: "namespace not lab-owned", config: Some("[systems.postgres]\nschema = \"public\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["schema = \"public\"", "must start with \"dedup_lab\""] },
-    Case { name: "password variable not set", config: Some("[systems.postgres]\npassword_env = \"DEDUP_LAB_UNSET_VARIABLE\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["DEDUP_LAB_UNSET_VARIABLE is not set"] },
-    Case { name: "password file missing", config: Some("[systems.postgres]\npassword_file = \"/nonexistent/pw\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["cannot read secret file /nonexistent/pw"] },
-    Case { name: "two password sources", config: Some("[systems.postgres]\npassword_env = \"X\"\npassword_file = \"/x\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["keep one"] },
-    Case { name: "CA file without TLS", config: Some("[systems.postgres]\nca_file = \"/etc/hostname\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["ca_file is set but tls = false"] },
-    Case { name: "unreadable CA file", config: Some("[systems.postgres]\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n"), args: &["run", "--config", "{config}", "--systems", "postgres"], code: 2, words: &["ca_file /nonexistent/ca.pem"] },
-    Case { name: "missing data directory for the fs probe", config: Some("[systems.postgres]\nfs_probe = [\"/nonexistent/pgdata\"]\n"), args: &["run", "--config", "{config}", "--systems", "postgres", "--dry-run"], code: 2, words: &["fs_probe: /nonexistent/pgdata does not exist"] },
-    Case { name: "invalid experiment id", config: None, args: &["run", "--id", "../escape"], code: 2, words: &["experiment id '../escape' is not valid"] },
-    Case { name: "repeat of a system not in the experiment", config: None, args: &["run", "--repeat", "postgres", "--results-dir", "{results}"], code: 2, words: &["--repeat postgres", "sqlite, fs"] },
-    Case { name: "unwritable results directory", config: None, args: &["run", "--results-dir", "/proc/dedup-lab"], code: 2, words: &["cannot create results directory", "--results-dir"] },
-    Case { name: "bad retry settings", config: Some("[retry]\nmax_attempts = 0\n"), args: &["run", "--config", "{config}"], code: 2, words: &["[retry]", "max_attempts >= 1"] },
-    Case { name: "bad redis db", config: Some("[systems.redis]\ndb = -1\n"), args: &["run", "--config", "{config}", "--systems", "redis"], code: 2, words: &["[systems.redis]", "db must be 0 or more"] },
-    Case { name: "report of a non-experiment", config: None, args: &["report", "/tmp"], code: 2, words: &["no journal", "not an experiment directory"] },
-    Case { name: "unknown lab server", config: None, args: &["lab", "status", "--systems", "oracle", "--dir", "{results}"], code: 2, words: &["the lab has no server 'oracle'"] },
+    Case {
+        name: "unknown system",
+        config: None,
+        args: &["run", "--systems", "postgress"],
+        code: 2,
+        words: &["unknown system 'postgress'", "valid names"],
+    },
+    Case {
+        name: "unknown payload",
+        config: None,
+        args: &["run", "--payloads", "jpeg"],
+        code: 2,
+        words: &["unknown payload type 'jpeg'", "random_binary"],
+    },
+    Case {
+        name: "missing config file",
+        config: None,
+        args: &["run", "--config", "/nonexistent/dedup.toml"],
+        code: 2,
+        words: &["/nonexistent/dedup.toml", "--config"],
+    },
+    Case {
+        name: "config path is a directory",
+        config: None,
+        args: &["run", "--config", "/tmp"],
+        code: 2,
+        words: &["cannot read config file /tmp"],
+    },
+    Case {
+        name: "bad TOML",
+        config: Some("[experiment]\nruns = \n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["is invalid", "line 2"],
+    },
+    Case {
+        name: "unknown key",
+        config: Some("[experiment]\nrunz = 3\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["unknown field `runz`", "runs"],
+    },
+    Case {
+        name: "wrong type",
+        config: Some("[experiment]\nruns = \"three\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["invalid type", "runs"],
+    },
+    Case {
+        name: "grade above 99",
+        config: None,
+        args: &["run", "--grades", "0,100"],
+        code: 2,
+        words: &["grade 100", "0 to 99"],
+    },
+    Case {
+        name: "negative grade",
+        config: None,
+        args: &["run", "--grades", "-5"],
+        code: 2,
+        words: &["grade -5", "0 to 99"],
+    },
+    Case {
+        name: "no grades",
+        config: Some("[experiment]\ngrades = []\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["no grades"],
+    },
+    Case {
+        name: "zero files",
+        config: None,
+        args: &["run", "--files", "0"],
+        code: 2,
+        words: &["at least one file"],
+    },
+    Case {
+        name: "zero file size",
+        config: None,
+        args: &["run", "--file-size", "0"],
+        code: 2,
+        words: &["zero", "1 byte"],
+    },
+    Case {
+        name: "unparseable size",
+        config: None,
+        args: &["run", "--file-size", "lots"],
+        code: 2,
+        words: &["'lots' is not a size", "64KiB"],
+    },
+    Case {
+        name: "inverted size range",
+        config: None,
+        args: &["run", "--file-size", "2KiB..1KiB"],
+        code: 2,
+        words: &["minimum above its maximum"],
+    },
+    Case {
+        name: "zero runs",
+        config: None,
+        args: &["run", "--runs", "0"],
+        code: 2,
+        words: &["runs = 0", "1 to 1000"],
+    },
+    Case {
+        name: "non-numeric flag",
+        config: None,
+        args: &["run", "--runs", "abc"],
+        code: 2,
+        words: &["invalid value 'abc'"],
+    },
+    Case {
+        name: "unknown flag",
+        config: None,
+        args: &["run", "--frobnicate"],
+        code: 2,
+        words: &["unexpected argument '--frobnicate'"],
+    },
+    Case {
+        name: "unknown system section",
+        config: Some("[systems.oracle]\nhost = \"x\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[systems.oracle]", "valid names"],
+    },
+    Case {
+        name: "system not configured",
+        config: None,
+        args: &["run", "--systems", "postgres"],
+        code: 2,
+        words: &["not configured", "[systems.postgres]"],
+    },
+    Case {
+        name: "unknown key in a system section",
+        config: Some("[systems.postgres]\nhots = \"x\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["[systems.postgres]", "unknown field `hots`"],
+    },
+    Case {
+        name: "namespace not lab-owned",
+        config: Some("[systems.postgres]\nschema = \"public\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["schema = \"public\"", "must start with \"dedup_lab\""],
+    },
+    Case {
+        name: "password variable not set",
+        config: Some("[systems.postgres]\npassword_env = \"DEDUP_LAB_UNSET_VARIABLE\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["DEDUP_LAB_UNSET_VARIABLE is not set"],
+    },
+    Case {
+        name: "password file missing",
+        config: Some("[systems.postgres]\npassword_file = \"/nonexistent/pw\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["cannot read secret file /nonexistent/pw"],
+    },
+    Case {
+        name: "two password sources",
+        config: Some("[systems.postgres]\npassword_env = \"X\"\npassword_file = \"/x\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["keep one"],
+    },
+    Case {
+        name: "CA file without TLS",
+        config: Some("[systems.postgres]\nca_file = \"/etc/hostname\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["ca_file is set but tls = false"],
+    },
+    Case {
+        name: "unreadable CA file",
+        config: Some("[systems.postgres]\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "postgres"],
+        code: 2,
+        words: &["ca_file /nonexistent/ca.pem"],
+    },
+    Case {
+        name: "missing data directory for the fs probe",
+        config: Some("[systems.postgres]\nfs_probe = [\"/nonexistent/pgdata\"]\n"),
+        args: &[
+            "run",
+            "--config",
+            "{config}",
+            "--systems",
+            "postgres",
+            "--dry-run",
+        ],
+        code: 2,
+        words: &["fs_probe: /nonexistent/pgdata does not exist"],
+    },
+    Case {
+        name: "invalid experiment id",
+        config: None,
+        args: &["run", "--id", "../escape"],
+        code: 2,
+        words: &["experiment id '../escape' is not valid"],
+    },
+    Case {
+        name: "repeat of a system not in the experiment",
+        config: None,
+        args: &["run", "--repeat", "postgres", "--results-dir", "{results}"],
+        code: 2,
+        words: &["--repeat postgres", "sqlite, fs"],
+    },
+    Case {
+        name: "unwritable results directory",
+        config: None,
+        args: &["run", "--results-dir", "/proc/dedup-lab"],
+        code: 2,
+        words: &["cannot create results directory", "--results-dir"],
+    },
+    Case {
+        name: "bad retry settings",
+        config: Some("[retry]\nmax_attempts = 0\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[retry]", "max_attempts >= 1"],
+    },
+    Case {
+        name: "bad redis db",
+        config: Some("[systems.redis]\ndb = -1\n"),
+        args: &["run", "--config", "{config}", "--systems", "redis"],
+        code: 2,
+        words: &["[systems.redis]", "db must be 0 or more"],
+    },
+    Case {
+        name: "report of a non-experiment",
+        config: None,
+        args: &["report", "/tmp"],
+        code: 2,
+        words: &["no journal", "not an experiment directory"],
+    },
+    Case {
+        name: "unknown lab server",
+        config: None,
+        args: &["lab", "status", "--systems", "oracle", "--dir", "{results}"],
+        code: 2,
+        words: &["the lab has no server 'oracle'"],
+    },
 ];
 
 fn expand(arg: &str, config: &Path, results: &Path) -> String {
@@ -62,25 +273,48 @@ fn expand(arg: &str, config: &Path, results: &Path) -> String {
 #[test]
 fn every_documented_bad_input_gets_one_clear_message_and_its_exit_code() {
     assert!(CASES.len() >= 30);
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bad-input.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bad-input.md"))
+            .unwrap();
     for case in CASES {
-        assert!(doc.contains(case.name), "docs/bad-input.md lacks \"{}\"", case.name);
+        assert!(
+            doc.contains(case.name),
+            "docs/bad-input.md lacks \"{}\"",
+            case.name
+        );
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("config.toml");
         if let Some(c) = case.config {
             std::fs::write(&config, c).unwrap();
         }
         let results = tmp.path().join("results");
-        let args: Vec<String> = case.args.iter().map(|a| expand(a, &config, &results)).collect();
+        let args: Vec<String> = case
+            .args
+            .iter()
+            .map(|a| expand(a, &config, &results))
+            .collect();
         let out = bin().args(&args).current_dir(tmp.path()).output().unwrap();
         let t = text(&out);
         assert_eq!(out.status.code(), Some(case.code), "{}: {t}", case.name);
         for w in case.words {
             assert!(t.contains(w), "{}: message lacks \"{w}\": {t}", case.name);
         }
-        assert!(t.lines().count() <= 12, "{}: not one clear message: {t}", case.name);
-        assert!(!t.contains("panicked") && !t.contains("RUST_BACKTRACE"), "{}: {t}", case.name);
-        assert!(!results.exists(), "{}: wrote {}", case.name, results.display());
+        assert!(
+            t.lines().count() <= 12,
+            "{}: not one clear message: {t}",
+            case.name
+        );
+        assert!(
+            !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+            "{}: {t}",
+            case.name
+        );
+        assert!(
+            !results.exists(),
+            "{}: wrote {}",
+            case.name,
+            results.display()
+        );
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -110,6 +344,14 @@ fn wrong_password_is_named_and_exits_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("password authentication failed"), "{}", text(&out));
-    assert!(!text(&out).contains("not-the-password"), "the secret leaked: {}", text(&out));
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("not-the-password"),
+        "the secret leaked: {}",
+        text(&out)
+    );
 }

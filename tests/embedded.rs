@@ -116,6 +116,24 @@ fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
         .count();
     assert_eq!(stages_after, 96);
 
+    // --repeat measures one system's cells again; reports count the newest attempt only.
+    let mut repeat: Vec<&str> = args.to_vec();
+    repeat.extend(["--repeat", "fs"]);
+    let again = run(&repeat);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("12 cells measured, 12 already complete"),
+        "{}",
+        text(&again)
+    );
+    let records = journal(&exp);
+    let fs_done = records
+        .iter()
+        .filter(|r| matches!(r, Record::CellDone { cell, .. } if cell.system == "fs"))
+        .count();
+    assert_eq!(fs_done, 24);
+    assert_eq!(dedup_lab::results::derive::completed(&records).len(), 96);
+
     // The same id with a different config is refused, naming what differs.
     let id = exp.file_name().unwrap().to_str().unwrap().to_string();
     let mut changed: Vec<&str> = args.to_vec();

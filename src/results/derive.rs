@@ -318,7 +318,13 @@ mod tests {
     fn small_growth_of_random_data_is_flagged() {
         // U = 1000 bytes of random data grew the probe by 100: flagged; by 600: plausible.
         let rows_ = rows(&[rec(0, Stage::BulkInsert, 1000, 1000, 0, 100), done(0)]);
-        assert!(rows_[0].flag.as_deref().unwrap().contains("implausibly small"));
+        assert!(
+            rows_[0]
+                .flag
+                .as_deref()
+                .unwrap()
+                .contains("implausibly small")
+        );
         let rows_ = rows(&[rec(0, Stage::BulkInsert, 1000, 1000, 0, 600), done(0)]);
         assert_eq!(rows_[0].flag, None);
     }
