@@ -201,3 +201,71 @@ fn bad_input_exits_2_with_the_fix() {
         );
     }
 }
+
+#[test]
+fn embedded_namespaces_not_created_by_dedup_lab_are_refused_and_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A directory that happens to have a lab-looking name, holding someone's file.
+    let store = tmp.path().join("dedup_lab_store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("precious.txt"), "keep me").unwrap();
+    // A SQLite database with the lab file name but someone else's table.
+    let sqlite_dir = tmp.path().join("sqlite");
+    std::fs::create_dir(&sqlite_dir).unwrap();
+    let db = rusqlite::Connection::open(sqlite_dir.join("dedup_lab.sqlite")).unwrap();
+    db.execute_batch("CREATE TABLE precious (x INTEGER); INSERT INTO precious VALUES (42);")
+        .unwrap();
+    drop(db);
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[systems.fs]\ndir = \"{}\"\n[systems.sqlite]\ndir = \"{}\"\n",
+            store.display(),
+            sqlite_dir.display()
+        ),
+    )
+    .unwrap();
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--payloads",
+        "uuid_keys",
+        "--grades",
+        "0",
+        "--runs",
+        "1",
+        "--files",
+        "5",
+        "--no-progress",
+        "--results-dir",
+        results.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("fs:") && t.contains("refusing to empty it"),
+        "{t}"
+    );
+    assert!(
+        t.contains("sqlite:") && t.contains("refusing to delete it"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(store.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    let db = rusqlite::Connection::open(sqlite_dir.join("dedup_lab.sqlite")).unwrap();
+    let x: i64 = db
+        .query_row("SELECT x FROM precious", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(x, 42);
+    // Unsafe namespaces are not retried: one failed attempt per cell.
+    let failed = journal(&experiment_dir(&results))
+        .iter()
+        .filter(|r| matches!(r, Record::AttemptFailed { .. }))
+        .count();
+    assert_eq!(failed, 2);
+}
