@@ -136,24 +136,18 @@ fn secret(section: &toml::Table) -> String {
         .to_string()
 }
 
-/// PostgreSQL binary COPY format: signature, flags, extension length, rows, trailer.
+/// The rows in PostgreSQL's binary COPY format, encoded as dedup-lab's bulk path sends them.
 fn pg_copy_file(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    use dedup_lab::systems::postgres::{COPY_SIGNATURE, COPY_TRAILER, copy_row_header};
     let path = dir.join("files.pgcopy");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    w.write_all(b"PGCOPY\n\xff\r\n\0")?;
-    w.write_all(&0i32.to_be_bytes())?;
-    w.write_all(&0i32.to_be_bytes())?;
+    w.write_all(COPY_SIGNATURE)?;
     for f in &ds.manifest.files {
         let content = ds.read(f).map_err(std::io::Error::other)?;
-        w.write_all(&3i16.to_be_bytes())?;
-        w.write_all(&4i32.to_be_bytes())?;
-        w.write_all(&(f.id as i32).to_be_bytes())?;
-        w.write_all(&(f.name.len() as i32).to_be_bytes())?;
-        w.write_all(f.name.as_bytes())?;
-        w.write_all(&(content.len() as i32).to_be_bytes())?;
+        w.write_all(&copy_row_header(f.id, &f.name, content.len()))?;
         w.write_all(&content)?;
     }
-    w.write_all(&(-1i16).to_be_bytes())?;
+    w.write_all(COPY_TRAILER)?;
     w.flush()?;
     Ok(path)
 }

@@ -4,10 +4,9 @@
 //! are shared with every PostgreSQL-wire system ([`super::pgwire`]).
 
 use async_trait::async_trait;
-use futures_util::pin_mut;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, pin_mut};
 use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 
 use super::pgwire::{self, Dialect, Settings, err};
 use super::{ServerInfo, SysError, SysResult, SystemDef};
@@ -20,6 +19,24 @@ pub const DEF: SystemDef = SystemDef {
     about: "PostgreSQL: COPY BINARY bulk load, VACUUM FULL maintenance",
     build: pgwire::build::<Postgres>,
 };
+
+/// Start of a binary COPY stream: signature, flags, header extension length.
+pub const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// End of a binary COPY stream: a field count of -1.
+pub const COPY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// The binary COPY encoding of one `files` row up to its content: field count 3, then
+/// `id` (int4), `name` (text) and the length of `content` (bytea), which follows.
+pub fn copy_row_header(id: u32, name: &str, content_len: usize) -> Bytes {
+    let mut h = BytesMut::with_capacity(18 + name.len());
+    h.put_i16(3);
+    h.put_i32(4);
+    h.put_i32(id as i32);
+    h.put_i32(name.len() as i32);
+    h.put_slice(name.as_bytes());
+    h.put_i32(content_len as i32);
+    h.freeze()
+}
 
 /// The PostgreSQL dialect.
 pub struct Postgres;
@@ -50,26 +67,30 @@ impl Dialect for Postgres {
 
     async fn bulk_insert(c: &Client, table: &str, ds: &DataSet) -> SysResult<()> {
         let sink = c
-            .copy_in(&format!(
+            .copy_in::<_, Bytes>(&format!(
                 "COPY {table} (id, name, content) FROM STDIN (FORMAT binary)"
             ))
             .await
             .map_err(err::<Self>("starting COPY"))?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::TEXT, Type::BYTEA]);
-        pin_mut!(writer);
+        pin_mut!(sink);
+        // Each file goes out as its small row header followed by the file's own buffer: the
+        // driver frames large buffers without copying them. `feed` leaves flushing to the
+        // driver instead of waiting for every row.
+        sink.feed(Bytes::from_static(COPY_SIGNATURE))
+            .await
+            .map_err(err::<Self>("COPY"))?;
         let mut files = ds.stream();
         while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
-            writer
-                .as_mut()
-                .write(&[&(f.id as i32), &f.name, &&content[..]])
+            sink.feed(copy_row_header(f.id, &f.name, content.len()))
                 .await
                 .map_err(err::<Self>("COPY"))?;
+            sink.feed(content).await.map_err(err::<Self>("COPY"))?;
         }
-        writer
-            .finish()
+        sink.feed(Bytes::from_static(COPY_TRAILER))
             .await
-            .map_err(err::<Self>("finishing COPY"))?;
+            .map_err(err::<Self>("COPY"))?;
+        sink.finish().await.map_err(err::<Self>("finishing COPY"))?;
         Ok(())
     }
 
