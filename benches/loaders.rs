@@ -34,6 +34,12 @@ const NATIVE: &[Native] = &[
         load: psql_copy,
     },
     Native {
+        system: "mariadb",
+        tool: "mariadb LOAD DATA LOCAL INFILE",
+        prepare: escaped_tsv_file,
+        load: mariadb_load,
+    },
+    Native {
         system: "redis",
         tool: "redis-cli --pipe",
         prepare: resp_file,
@@ -209,5 +215,55 @@ fn redis_pipe(section: &toml::Table, input: &Path) -> Command {
         .arg(section["port"].as_integer().unwrap().to_string())
         .arg(db.to_string())
         .arg(input);
+    c
+}
+
+/// Tab-separated rows for LOAD DATA: `\\`, TAB and LF escaped with a backslash, so any bytes
+/// round-trip (the format dedup-lab streams, written here independently).
+fn escaped_tsv_file(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join("files.tsv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let mut escaped = Vec::new();
+    for f in &ds.manifest.files {
+        let content = ds.read(f).map_err(std::io::Error::other)?;
+        escaped.clear();
+        for &b in content.iter() {
+            match b {
+                b'\\' => escaped.extend_from_slice(b"\\\\"),
+                b'\t' => escaped.extend_from_slice(b"\\t"),
+                b'\n' => escaped.extend_from_slice(b"\\n"),
+                _ => escaped.push(b),
+            }
+        }
+        write!(w, "{}\t{}\t", f.id, f.name)?;
+        w.write_all(&escaped)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(path)
+}
+
+fn mariadb_load(section: &toml::Table, input: &Path) -> Command {
+    let database = section
+        .get("database")
+        .and_then(|s| s.as_str())
+        .unwrap_or("dedup_lab");
+    let mut c = Command::new("mariadb");
+    c.env("MYSQL_PWD", secret(section))
+        .arg("--no-defaults")
+        .arg("--local-infile=1")
+        .arg("-h")
+        .arg(section["host"].as_str().unwrap())
+        .arg("-P")
+        .arg(section["port"].as_integer().unwrap().to_string())
+        .arg("-u")
+        .arg(section["user"].as_str().unwrap())
+        .arg("-e")
+        .arg(format!(
+            "LOAD DATA LOCAL INFILE '{}' INTO TABLE {database}.files CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
+             (id, name, content)",
+            input.display()
+        ));
     c
 }

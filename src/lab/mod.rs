@@ -6,14 +6,15 @@
 //! and referenced by path. `lab down` stops exactly what `up` started. Each server is one
 //! file implementing [`Server`].
 
+mod mariadb;
 mod postgres;
 mod process;
 mod redis;
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -21,7 +22,7 @@ use anyhow::{Context as _, bail};
 use crate::error::usage;
 
 /// Every lab server, in start order.
-static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis];
+static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis, &mariadb::MariaDb];
 
 /// A server the lab can run.
 trait Server: Sync {
@@ -182,6 +183,31 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    checked(cmd, out)
+}
+
+/// [`run`] with `input` written to the command's stdin: how a secret reaches a client without
+/// appearing in its arguments. The input is written before any output is read, so it must be
+/// small (a few statements).
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(input));
+    // A client that failed early explains itself better than the broken pipe it left us.
+    let out = checked(cmd, child.wait_with_output()?)?;
+    if let Some(Err(e)) = written {
+        bail!("{:?}: writing its input: {e}", cmd.get_program());
+    }
+    Ok(out)
+}
+
+/// The stdout of a finished command, or an error with its exit status and the end of its
+/// output.
+fn checked(cmd: &Command, out: Output) -> anyhow::Result<String> {
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stdout));

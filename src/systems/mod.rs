@@ -6,6 +6,7 @@
 
 pub mod cockroachdb;
 pub mod fs;
+pub mod mariadb;
 pub mod pgwire;
 pub mod postgres;
 pub mod redis;
@@ -27,6 +28,7 @@ pub static REGISTRY: &[SystemDef] = &[
     fs::DEF,
     postgres::DEF,
     cockroachdb::DEF,
+    mariadb::DEF,
     redis::DEF,
 ];
 

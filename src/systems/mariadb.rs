@@ -1,0 +1,488 @@
+//! `mariadb`: MariaDB with InnoDB. Namespace: a database named `dedup_lab*` that holds a marker
+//! table. Bulk path: one `LOAD DATA LOCAL INFILE` whose "file" is streamed from memory as
+//! escaped tab-separated rows; per-file prepared `INSERT` / `DELETE`; maintenance: `OPTIMIZE
+//! TABLE` (InnoDB rebuilds the table); settle: wait until InnoDB's purge has caught up; native
+//! size: the allocated bytes of the table's own tablespace file. A MySQL server is recorded as
+//! MySQL, but is not supported: MySQL 8 names the tablespace view `INNODB_TABLESPACES`, so the
+//! native probe fails there with the server's message.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use serde::Deserialize;
+
+use super::pgwire::MARKER_TABLE;
+use super::{
+    ErrorKind, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
+    check_namespace, error_chain, parse_section,
+};
+use crate::dataset::{DataSet, FileEntry, FileStream};
+use crate::secret::{Secret, SecretSource};
+
+/// Registry entry.
+pub const DEF: SystemDef = SystemDef {
+    name: "mariadb",
+    embedded: false,
+    about: "MariaDB (InnoDB): LOAD DATA LOCAL bulk load, OPTIMIZE TABLE maintenance",
+    build,
+};
+
+/// `[systems.mariadb]`
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    host: String,
+    port: u16,
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Lab database; must start with `dedup_lab`.
+    database: String,
+    /// Directories for the `fs` probe (e.g. the data directory of a local server).
+    fs_probe: Vec<PathBuf>,
+    /// Seconds to wait for a connection.
+    connect_timeout_s: u64,
+    /// Seconds to wait for InnoDB's purge when settling.
+    settle_timeout_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "root".into(),
+            password_env: None,
+            password_file: None,
+            database: "dedup_lab".into(),
+            fs_probe: Vec::new(),
+            connect_timeout_s: 10,
+            settle_timeout_s: 300,
+        }
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let settings: Settings = parse_section(DEF.name, ctx.section)?;
+    check_namespace(DEF.name, "database", &settings.database)?;
+    let password = SecretSource::from_keys(
+        settings.password_env.clone(),
+        settings.password_file.clone(),
+    )
+    .resolve("config [systems.mariadb] password")?;
+    Ok(Box::new(MariaDb {
+        settings,
+        password,
+        conn: None,
+    }))
+}
+
+/// The MariaDB adapter.
+struct MariaDb {
+    settings: Settings,
+    password: Option<Secret>,
+    conn: Option<Conn>,
+}
+
+/// Server error for a packet over `max_allowed_packet`.
+const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+
+/// Classifies a driver error: I/O failures, a closed connection, and server errors about the
+/// connection itself (SQLSTATE class 08, e.g. shutdown; 1927 connection killed; 4031
+/// disconnected for inactivity) mean the connection is lost.
+fn classify(context: &str, e: mysql_async::Error) -> SysError {
+    let mut msg = format!("mariadb: {context}: {}", error_chain(&e));
+    let lost = match &e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(d) => matches!(d, mysql_async::DriverError::ConnectionClosed),
+        // Class 08 too, but a reconnect cannot make the file fit.
+        mysql_async::Error::Server(s) if s.code == ER_NET_PACKET_TOO_LARGE => {
+            msg.push_str(
+                " (a file is larger than the server's max_allowed_packet: raise it above the \
+                 largest file, up to 1G)",
+            );
+            false
+        }
+        mysql_async::Error::Server(s) => {
+            s.state.starts_with("08") || [1927, 4031].contains(&s.code)
+        }
+        _ => false,
+    };
+    if lost {
+        SysError::connection(msg)
+    } else {
+        SysError::failed(msg)
+    }
+}
+
+fn err(context: &str) -> impl FnOnce(mysql_async::Error) -> SysError + '_ {
+    move |e| classify(context, e)
+}
+
+/// Appends `data` in LOAD DATA's escaped text form: the bytes the parser interprets — the
+/// escape character and the field and line terminators — become `\\`, `\t` and `\n`; every
+/// other byte (NUL and CR included) is read back as it is.
+fn escape_into(out: &mut Vec<u8>, data: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in data.iter().enumerate() {
+        let escaped = match b {
+            b'\\' => b'\\',
+            b'\t' => b't',
+            b'\n' => b'n',
+            _ => continue,
+        };
+        out.extend_from_slice(&data[start..i]);
+        out.extend_from_slice(&[b'\\', escaped]);
+        start = i + 1;
+    }
+    out.extend_from_slice(&data[start..]);
+}
+
+/// One file as a line of the LOAD DATA stream: `id \t name \t content \n`.
+fn tsv_row(f: &FileEntry, content: &[u8]) -> Bytes {
+    // Random bytes need escaping about once in 85; leave room for that.
+    let mut row = Vec::with_capacity(content.len() + content.len() / 32 + f.name.len() + 16);
+    row.extend_from_slice(f.id.to_string().as_bytes());
+    row.push(b'\t');
+    escape_into(&mut row, f.name.as_bytes());
+    row.push(b'\t');
+    escape_into(&mut row, content);
+    row.push(b'\n');
+    row.into()
+}
+
+/// The data set as the bytes of a LOAD DATA "file", produced as the server reads it.
+fn tsv_stream(files: FileStream) -> mysql_async::InfileData {
+    futures_util::stream::unfold(files, |mut files| async move {
+        let row = files
+            .next()
+            .await?
+            .map(|(f, content)| tsv_row(&f, &content))
+            .map_err(|e| std::io::Error::other(format!("{e:#}")));
+        Some((row, files))
+    })
+    .boxed()
+}
+
+impl MariaDb {
+    fn conn(&mut self) -> SysResult<&mut Conn> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| SysError::connection("mariadb: not connected"))
+    }
+
+    fn table(&self) -> String {
+        format!("{}.files", self.settings.database)
+    }
+
+    /// InnoDB's history list: committed changes whose undo logs purge has not yet processed.
+    /// Deleted rows (and their off-page BLOBs) are freed only when purge gets to them.
+    async fn history_length(&mut self) -> SysResult<u64> {
+        let n: Option<String> = self
+            .conn()?
+            .query_first(
+                "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME = 'INNODB_HISTORY_LIST_LENGTH'",
+            )
+            .await
+            .map_err(err("reading the InnoDB history list length"))?;
+        n.and_then(|v| v.parse().ok()).ok_or_else(|| {
+            SysError::failed("mariadb: the server reports no Innodb_history_list_length")
+        })
+    }
+}
+
+#[async_trait]
+impl System for MariaDb {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn probes(&self) -> ProbeSet {
+        ProbeSet {
+            // The tablespace file of this server: one copy.
+            native_copies: Some(1),
+            fs: self.settings.fs_probe.clone(),
+        }
+    }
+
+    fn target(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "{}:{} database {} as {}",
+            s.host, s.port, s.database, s.user
+        )
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        self.conn = None;
+        let s = &self.settings;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(s.host.clone())
+            .tcp_port(s.port)
+            .user(Some(s.user.clone()))
+            .pass(self.password.as_ref().map(|p| p.expose().to_string()))
+            // The driver would otherwise switch to the server's socket when the host is local,
+            // and the account for socket connections is a different one ('user'@'localhost').
+            .prefer_socket(false);
+        let at = format!("cannot connect to {}:{}", s.host, s.port);
+        let conn = tokio::time::timeout(Duration::from_secs(s.connect_timeout_s), Conn::new(opts))
+            .await
+            .map_err(|_| {
+                SysError::connection(format!(
+                    "mariadb: {at}: no answer within {} s",
+                    s.connect_timeout_s
+                ))
+            })?
+            .map_err(|e| {
+                let mut se = classify(&at, e);
+                // A refused login does not heal by reconnecting.
+                if se.message.contains("Access denied") {
+                    se.kind = ErrorKind::Failed;
+                }
+                se
+            })?;
+        let conn = self.conn.insert(conn);
+        let version: String = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(err("reading server version"))?
+            .unwrap_or_default();
+        let product = if version.contains("MariaDB") {
+            "MariaDB"
+        } else {
+            "MySQL"
+        };
+        Ok(ServerInfo {
+            product: product.into(),
+            version,
+        })
+    }
+
+    async fn reset(&mut self) -> SysResult<()> {
+        let db = self.settings.database.clone();
+        let (exists, marked, objects): (bool, bool, u64) = self
+            .conn()?
+            .exec_first(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?), \
+                        EXISTS (SELECT 1 FROM information_schema.TABLES \
+                                WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?), \
+                        (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?) \
+                        + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ?)",
+                (&db, &db, MARKER_TABLE, &db, &db),
+            )
+            .await
+            .map_err(err("inspecting the lab database"))?
+            .unwrap_or_default();
+        // An empty unmarked database holds nothing to lose: it is what a reset interrupted
+        // between CREATE DATABASE and the marker leaves behind.
+        if exists && !marked && objects > 0 {
+            return Err(SysError::unsafe_namespace(format!(
+                "mariadb: database {db} exists and holds tables or routines but has no \
+                 {MARKER_TABLE} table: it was not created by dedup-lab; refusing to drop it — \
+                 configure another database"
+            )));
+        }
+        self.conn()?
+            .query_drop(format!(
+                "DROP DATABASE IF EXISTS {db};
+                 CREATE DATABASE {db} CHARACTER SET utf8mb4;
+                 CREATE TABLE {db}.{MARKER_TABLE} (note VARCHAR(255) NOT NULL) ENGINE=InnoDB;
+                 INSERT INTO {db}.{MARKER_TABLE} VALUES \
+                     ('created by dedup-lab; dropped and recreated by its resets');
+                 CREATE TABLE {db}.files (id INT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
+                     content LONGBLOB NOT NULL) ENGINE=InnoDB;"
+            ))
+            .await
+            .map_err(err("recreating the lab database"))
+    }
+
+    async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
+        let table = self.table();
+        let files = ds.stream();
+        let conn = self.conn()?;
+        conn.set_infile_handler(async move { Ok(tsv_stream(files)) });
+        // The file name is only a label: the handler above supplies the bytes. With LOCAL, the
+        // server turns bad rows and duplicate keys into warnings, so both are checked below.
+        conn.query_drop(format!(
+            "LOAD DATA LOCAL INFILE 'dedup-lab' INTO TABLE {table} CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
+             (id, name, content)"
+        ))
+        .await
+        .map_err(err("LOAD DATA LOCAL INFILE"))?;
+        let (loaded, warnings) = (conn.affected_rows(), conn.get_warnings());
+        let want = ds.manifest.files.len() as u64;
+        if loaded != want || warnings > 0 {
+            return Err(SysError::failed(format!(
+                "mariadb: LOAD DATA loaded {loaded} of {want} rows with {warnings} warnings"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
+        let sql = format!(
+            "INSERT INTO {} (id, name, content) VALUES (?, ?, ?)",
+            self.table()
+        );
+        // The driver prepares the statement once and keeps it in its statement cache.
+        self.conn()?
+            .exec_drop(sql, (file.id, &file.name, Vec::from(content)))
+            .await
+            .map_err(err("insert"))
+    }
+
+    async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
+        let sql = format!("DELETE FROM {} WHERE id = ?", self.table());
+        let conn = self.conn()?;
+        conn.exec_drop(sql, (file.id,))
+            .await
+            .map_err(err("delete"))?;
+        let n = conn.affected_rows();
+        if n != 1 {
+            return Err(SysError::failed(format!(
+                "mariadb: delete of {} removed {n} rows",
+                file.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn maintenance(&mut self) -> SysResult<String> {
+        let sql = format!("OPTIMIZE TABLE {}", self.table());
+        // One row per message: (Table, Op, Msg_type, Msg_text); InnoDB answers with a note that
+        // it recreates the table, then the status.
+        let rows: Vec<(String, String, String, String)> = self
+            .conn()?
+            .query(&sql)
+            .await
+            .map_err(err("OPTIMIZE TABLE"))?;
+        if let Some((_, _, _, text)) = rows.iter().find(|r| r.2.eq_ignore_ascii_case("error")) {
+            return Err(SysError::failed(format!("mariadb: {sql}: {text}")));
+        }
+        let messages: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+        Ok(format!("{sql}: {}", messages.join("; ")))
+    }
+
+    /// Commits are durable through the redo log, and a tablespace file grows the moment InnoDB
+    /// extends it, so sizes need no flush to be current. What InnoDB still owes is purge: a
+    /// deleted row and its BLOB pages are freed only when purge processes the delete. Purge is
+    /// done when the history list is empty (what `SET GLOBAL innodb_max_purge_lag_wait=0`
+    /// waits for, but that needs SUPER; the status variable needs no privilege).
+    async fn settle(&mut self) -> SysResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        loop {
+            let history = self.history_length().await?;
+            if history == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SysError::failed(format!(
+                    "mariadb: InnoDB purge still has {history} transactions to process after \
+                     {} s (a long-running transaction elsewhere holds it back?)",
+                    self.settings.settle_timeout_s
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn count(&mut self) -> SysResult<u64> {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.table());
+        let n: Option<u64> = self.conn()?.query_first(sql).await.map_err(err("count"))?;
+        Ok(n.unwrap_or_default())
+    }
+
+    /// `ALLOCATED_SIZE` of the table's tablespace: the file's allocated blocks (`st_blocks` ×
+    /// 512), read from the file system when queried, so it is current — unlike
+    /// `TABLES.DATA_LENGTH`, a statistics estimate refreshed only by `ANALYZE`. Not `FILE_SIZE`:
+    /// that is the apparent length, which counts holes (page compression punches them) and so
+    /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let name = format!("{}/files", self.settings.database);
+        let size: Option<u64> = self
+            .conn()?
+            .exec_first(
+                "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
+                 WHERE NAME = ?",
+                (&name,),
+            )
+            .await
+            .map_err(|e| {
+                let mut se = classify("reading INNODB_SYS_TABLESPACES", e);
+                if se.message.contains("PROCESS") {
+                    se.message
+                        .push_str(" (the native size needs the PROCESS privilege: grant it)");
+                }
+                se
+            })?;
+        size.ok_or_else(|| {
+            SysError::failed(format!(
+                "mariadb: {name} has no tablespace of its own: enable innodb_file_per_table on \
+                 the server (the native size reads the table's .ibd file)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16, state: &str) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: "from the server".into(),
+            state: state.into(),
+        })
+    }
+
+    #[test]
+    fn lost_connections_are_told_from_other_failures() {
+        let kind = |e| classify("op", e).kind;
+        let io = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            kind(mysql_async::Error::from(io)),
+            ErrorKind::ConnectionLost
+        );
+        // Server shutdown, killed connection: lost.
+        assert_eq!(kind(server(1053, "08S01")), ErrorKind::ConnectionLost);
+        assert_eq!(kind(server(1927, "70100")), ErrorKind::ConnectionLost);
+        // Access denied, missing table, a killed query (not the connection): failed.
+        assert_eq!(kind(server(1045, "28000")), ErrorKind::Failed);
+        assert_eq!(kind(server(1146, "42S02")), ErrorKind::Failed);
+        assert_eq!(kind(server(1317, "70100")), ErrorKind::Failed);
+        let too_large = classify("insert", server(1153, "08S01"));
+        assert_eq!(too_large.kind, ErrorKind::Failed);
+        assert!(
+            too_large
+                .message
+                .contains("raise it above the largest file")
+        );
+    }
+
+    #[test]
+    fn escapes_exactly_the_bytes_load_data_interprets() {
+        let mut out = Vec::new();
+        escape_into(&mut out, b"a\\b\tc\nd\0e\rf\\N");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\0e\rf\\\\N");
+    }
+
+    #[test]
+    fn a_row_is_id_name_content() {
+        let f = FileEntry {
+            id: 7,
+            name: "000007.bin".into(),
+            size: 3,
+            blake3: String::new(),
+            copy_of: None,
+        };
+        assert_eq!(&tsv_row(&f, b"x\ty")[..], b"7\t000007.bin\tx\\ty\n");
+    }
+}

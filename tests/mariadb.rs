@@ -1,0 +1,387 @@
+//! MariaDB against the lab server: counts through the journal, the native size checked against
+//! hand-typed queries and the tablespace file itself, bytes that round-trip, purge, lost
+//! connections, and databases outside or unmarked in the lab namespace. Every test uses its
+//! own database, so they run in parallel.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::results::record::{Record, Stage, StageRecord};
+use dedup_lab::systems::{self, ErrorKind, System, SystemContext};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+/// An independent connection to the lab server, typed by hand from the lab config.
+async fn independent() -> Conn {
+    let s = lab_section("mariadb");
+    let password = std::fs::read_to_string(s["password_file"].as_str().unwrap()).unwrap();
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(s["host"].as_str().unwrap())
+        .tcp_port(s["port"].as_integer().unwrap() as u16)
+        .user(Some(s["user"].as_str().unwrap()))
+        .pass(Some(password.trim()))
+        .prefer_socket(false);
+    Conn::new(opts).await.expect("connect to lab mariadb")
+}
+
+async fn count(c: &mut Conn, db: &str) -> u64 {
+    c.query_first(format!("SELECT COUNT(*) FROM {db}.files"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The adapter on the lab server with its own database.
+fn adapter(database: &str) -> (Box<dyn System>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut section = lab_section("mariadb");
+    section.insert("database".into(), database.into());
+    let sys = (systems::lookup("mariadb").unwrap().build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: tmp.path(),
+    })
+    .unwrap();
+    (sys, tmp)
+}
+
+fn random_files(dir: &std::path::Path, files: u32, seed: u64) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade: 50,
+            files,
+            sizes: SizeSpec::Range {
+                min: 1,
+                max: 100_000,
+            },
+            seed,
+        },
+        &dir.join("ds"),
+    )
+    .unwrap()
+}
+
+/// The lab server's tablespace file of `db.files`, from its data directory (the fs probe).
+fn ibd(db: &str) -> PathBuf {
+    let s = lab_section("mariadb");
+    PathBuf::from(s["fs_probe"].as_array().unwrap()[0].as_str().unwrap())
+        .join(db)
+        .join("files.ibd")
+}
+
+fn stages(results: &std::path::Path) -> Vec<StageRecord> {
+    journal(&experiment_dir(results))
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn run_lab(
+    database: &str,
+    payloads: &str,
+    grades: &str,
+    files: &str,
+) -> (std::process::Output, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(tmp.path(), "mariadb", &[("database", database.into())]);
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "mariadb",
+        "--payloads",
+        payloads,
+        "--grades",
+        grades,
+        "--runs",
+        "1",
+        "--files",
+        files,
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    (out, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_records_counts_growth_reclaim_and_leaves_the_table_empty() {
+    let (out, tmp) = run_lab("dedup_lab_t_run", "random_binary", "0,90", "40");
+    assert!(out.status.success(), "{}", text(&out));
+    let stages = stages(&tmp.path().join("results"));
+    assert_eq!(stages.len(), 8, "one record per stage per cell");
+    for grade in [0u8, 90] {
+        let get = |st: Stage| {
+            stages
+                .iter()
+                .find(|s| s.cell.grade == grade && s.stage == st)
+                .unwrap()
+        };
+        let native = |st: Stage| {
+            let p = &get(st).probes["native"];
+            (p.before.bytes().unwrap(), p.after.bytes().unwrap())
+        };
+        for st in [Stage::BulkInsert, Stage::PerfileInsert] {
+            let s = get(st);
+            assert_eq!(s.rows_after, 40, "{grade} {st}");
+            assert_eq!(s.logical_bytes, 40 * 64 * 1024);
+            // Only the native probe: the fs probe reads the whole data directory, which the
+            // other tests change in parallel.
+            let (before, after) = native(st);
+            assert!(
+                (after - before) as f64 >= 0.9 * s.logical_bytes as f64,
+                "incompressible data must be stored: grew {} for L {}",
+                after - before,
+                s.logical_bytes
+            );
+        }
+        assert_eq!(get(Stage::PerfileDelete).rows_after, 0);
+        assert_eq!(get(Stage::Maintenance).rows_after, 0);
+        let (empty, full) = native(Stage::PerfileInsert);
+        let (_, after_delete) = native(Stage::PerfileDelete);
+        let (_, after_maintenance) = native(Stage::Maintenance);
+        assert!(
+            after_delete >= full,
+            "DELETE gives no space back to the file system: full {full}, after {after_delete}"
+        );
+        assert!(
+            after_maintenance <= empty + 64 * 1024,
+            "OPTIMIZE TABLE rebuilds the table to near empty: empty {empty}, after {after_maintenance}"
+        );
+        let note = get(Stage::Maintenance).note.clone().unwrap();
+        assert!(
+            note.starts_with("OPTIMIZE TABLE dedup_lab_t_run.files"),
+            "{note}"
+        );
+        assert!(get(Stage::PerfileInsert).latency_us.as_ref().unwrap().p50 > 0.0);
+    }
+    let mut c = independent().await;
+    assert_eq!(
+        count(&mut c, "dedup_lab_t_run").await,
+        0,
+        "the final reset empties the table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_size_is_the_tablespace_and_every_byte_round_trips() {
+    let (mut sys, tmp) = adapter("dedup_lab_t_native");
+    let info = sys.connect().await.unwrap();
+    assert_eq!(info.product, "MariaDB");
+    assert!(info.version.starts_with("10.") || info.version.starts_with("11."));
+    // Sizes from 1 byte to 100 kB of random bytes: every byte value, including the ones the
+    // bulk path escapes (\, TAB, LF, NUL), many times over.
+    let ds = random_files(tmp.path(), 60, 5);
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let mut c = independent().await;
+    assert_eq!(count(&mut c, "dedup_lab_t_native").await, 60);
+    assert_eq!(sys.count().await.unwrap(), 60);
+
+    let native = sys.native_size().await.unwrap();
+    let by_query: u64 = c
+        .query_first(
+            "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
+             WHERE NAME = 'dedup_lab_t_native/files'",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(native, by_query);
+    assert_eq!(
+        native,
+        std::fs::metadata(ibd("dedup_lab_t_native"))
+            .unwrap()
+            .blocks()
+            * 512
+    );
+    assert!(
+        native >= ds.manifest.logical_bytes,
+        "{native} < L {}",
+        ds.manifest.logical_bytes
+    );
+
+    let rows: Vec<(u32, String, Vec<u8>)> = c
+        .query("SELECT id, name, content FROM dedup_lab_t_native.files ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 60);
+    for ((id, name, content), f) in rows.iter().zip(&ds.manifest.files) {
+        assert_eq!((*id, name), (f.id, &f.name));
+        assert_eq!(
+            blake3::hash(content).to_hex().as_str(),
+            f.blake3,
+            "file {name}"
+        );
+    }
+
+    for f in &ds.manifest.files[..15] {
+        sys.delete_one(f).await.unwrap();
+    }
+    assert_eq!(count(&mut c, "dedup_lab_t_native").await, 45);
+    let gone: u64 = c
+        .query_first("SELECT COUNT(*) FROM dedup_lab_t_native.files WHERE id < 15")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone, 0);
+    let err = sys.delete_one(&ds.manifest.files[0]).await.unwrap_err();
+    assert!(err.message.contains("removed 0 rows"), "{}", err.message);
+    sys.reset().await.unwrap();
+    assert_eq!(count(&mut c, "dedup_lab_t_native").await, 0);
+}
+
+/// Purge frees the pages of deleted rows for reuse. Settling waits for it, so rows inserted
+/// right after a settled delete fit into the freed pages; without the wait they would still
+/// be occupied and the file would grow by about the size of the new rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_waits_for_purge_so_deleted_space_is_reused() {
+    let (mut sys, tmp) = adapter("dedup_lab_t_purge");
+    sys.connect().await.unwrap();
+    let first = DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade: 0,
+            files: 64,
+            sizes: SizeSpec::Fixed(64 * 1024),
+            seed: 6,
+        },
+        &tmp.path().join("first"),
+    )
+    .unwrap();
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&first).await.unwrap();
+    for f in &first.manifest.files {
+        sys.delete_one(f).await.unwrap();
+    }
+    sys.settle().await.unwrap();
+    let purged = sys.native_size().await.unwrap();
+    // Same ids and sizes again: the rows were deleted, so the keys are free.
+    sys.bulk_insert(&first).await.unwrap();
+    let refilled = sys.native_size().await.unwrap();
+    assert!(
+        refilled - purged < first.manifest.logical_bytes / 4,
+        "rows after a settled delete reuse its space: grew {} for L {}",
+        refilled - purged,
+        first.manifest.logical_bytes
+    );
+    sys.reset().await.unwrap();
+}
+
+/// A connection the server kills is reported as lost (so the engine reconnects and retries
+/// the cell), and `connect` recovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_connection_is_connection_lost_and_connect_recovers() {
+    let (mut sys, _tmp) = adapter("dedup_lab_t_kill");
+    sys.connect().await.unwrap();
+    sys.reset().await.unwrap();
+    let mut c = independent().await;
+    // Hold the table so that the adapter's query waits where we can find it, then kill it.
+    c.query_drop("LOCK TABLES dedup_lab_t_kill.files WRITE")
+        .await
+        .unwrap();
+    let counting = tokio::spawn(async move {
+        let result = sys.count().await;
+        (sys, result)
+    });
+    let id: u64 = loop {
+        let found: Option<u64> = c
+            .query_first(
+                "SELECT ID FROM information_schema.PROCESSLIST \
+                 WHERE INFO = 'SELECT COUNT(*) FROM dedup_lab_t_kill.files'",
+            )
+            .await
+            .unwrap();
+        if let Some(id) = found {
+            break id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    c.query_drop(format!("KILL CONNECTION {id}")).await.unwrap();
+    let (mut sys, result) = counting.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ConnectionLost, "{}", err.message);
+    c.query_drop("UNLOCK TABLES").await.unwrap();
+    sys.connect().await.unwrap();
+    assert_eq!(sys.count().await.unwrap(), 0);
+    sys.reset().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_fails_without_retry_and_names_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let mut section = lab_section("mariadb");
+    section.insert("password_file".into(), wrong.display().to_string().into());
+    let mut sys = (systems::lookup("mariadb").unwrap().build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: tmp.path(),
+    })
+    .unwrap();
+    let err = sys.connect().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Failed, "{}", err.message);
+    assert!(err.message.contains("Access denied"), "{}", err.message);
+    assert!(!err.message.contains("not-the-password"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_outside_the_lab_database_survive_a_run() {
+    let mut c = independent().await;
+    c.query_drop(
+        "DROP DATABASE IF EXISTS dedup_lab_t_neighbour;
+         CREATE DATABASE dedup_lab_t_neighbour;
+         CREATE TABLE dedup_lab_t_neighbour.precious (x INT);
+         INSERT INTO dedup_lab_t_neighbour.precious VALUES (42);",
+    )
+    .await
+    .unwrap();
+    let (out, _tmp) = run_lab("dedup_lab_t_survive", "uuid_keys", "0", "5");
+    assert!(out.status.success(), "{}", text(&out));
+    let x: Option<i32> = c
+        .query_first("SELECT x FROM dedup_lab_t_neighbour.precious")
+        .await
+        .unwrap();
+    assert_eq!(x, Some(42));
+    c.query_drop("DROP DATABASE dedup_lab_t_neighbour")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmarked_database_with_the_lab_name_is_refused() {
+    let mut c = independent().await;
+    c.query_drop(
+        "DROP DATABASE IF EXISTS dedup_lab_t_foreign;
+         CREATE DATABASE dedup_lab_t_foreign;
+         CREATE TABLE dedup_lab_t_foreign.files (x INT);
+         INSERT INTO dedup_lab_t_foreign.files VALUES (42);",
+    )
+    .await
+    .unwrap();
+    let (out, _tmp) = run_lab("dedup_lab_t_foreign", "uuid_keys", "0", "5");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("not created by dedup-lab"),
+        "{}",
+        text(&out)
+    );
+    let x: Option<i32> = c
+        .query_first("SELECT x FROM dedup_lab_t_foreign.files")
+        .await
+        .unwrap();
+    assert_eq!(x, Some(42));
+    c.query_drop("DROP DATABASE dedup_lab_t_foreign")
+        .await
+        .unwrap();
+}
