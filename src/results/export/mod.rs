@@ -1,6 +1,7 @@
 //! Exporters: one per format behind one trait, all fed the same [`Report`].
 
 mod csv;
+mod html;
 mod json;
 mod markdown;
 pub mod table;
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Box<dyn Exporter>> {
         Box::new(csv::Csv),
         Box::new(json::Json),
         Box::new(markdown::Markdown),
+        Box::new(html::Html),
     ]
 }
 

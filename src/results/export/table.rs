@@ -19,7 +19,71 @@ pub enum Style {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Renders the table, a legend, and the list of failed cells.
+/// Column titles of the summary table.
+pub const HEADER: [&str; 13] = [
+    "system",
+    "payload",
+    "grade",
+    "stage",
+    "runs",
+    "L MiB",
+    "ΔP MiB n/fs",
+    "EDR n/fs",
+    "capture n/fs",
+    "reclaim n/fs",
+    "MB/s",
+    "p50 ms",
+    "p99 ms",
+];
+
+/// What the table's marks mean.
+pub const LEGEND: &str = "n = native probe, fs = allocated bytes on disk; – = not applicable or \
+     not measured; ! = runs disagree (CV > 10 %); ? = growth implausibly small for \
+     incompressible data (partial load or lagging probe; see results.csv).";
+
+/// The table's cells: one row per group, formatted, in [`HEADER`] order.
+pub fn rows(s: &Summary) -> Vec<Vec<String>> {
+    s.groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.system.clone(),
+                g.payload.clone(),
+                format!("U{}", g.grade),
+                g.stage.to_string(),
+                g.runs.to_string(),
+                num(g.logical_bytes.as_ref().map(|x| x.mean / MIB), 2),
+                pair(g, |p| p.delta_bytes.as_ref().map(|x| x.mean / MIB), 2),
+                pair(g, |p| mean(&p.edr), 2),
+                pair(g, |p| mean(&p.dedup_capture), 2),
+                pair(g, |p| mean(&p.reclaim), 2),
+                num(g.throughput_bps.as_ref().map(|x| x.mean / 1e6), 1),
+                num(g.p50_us.as_ref().map(|x| x.mean / 1e3), 3),
+                num(g.p99_us.as_ref().map(|x| x.mean / 1e3), 3),
+            ]
+        })
+        .collect()
+}
+
+/// The cell count line and the failed cells, as text lines.
+pub fn outcome(s: &Summary) -> Vec<String> {
+    let mut out = vec![format!(
+        "{} cells complete, {} failed attempts.",
+        s.cells_done, s.failed_attempts
+    )];
+    if !s.failures.is_empty() {
+        out.push(format!("FAILED cells ({}):", s.failures.len()));
+        for f in &s.failures {
+            out.push(format!(
+                "- {} after {} attempt(s), {:?}: {}",
+                f.cell, f.attempts, f.kind, f.error
+            ));
+        }
+    }
+    out
+}
+
+/// Renders the table, the legend, and the outcome as text.
 pub fn render(s: &Summary, style: Style) -> String {
     let mut t = Table::new();
     t.load_style(match style {
@@ -27,63 +91,16 @@ pub fn render(s: &Summary, style: Style) -> String {
         Style::Markdown => ASCII_MARKDOWN,
     });
     t.set_content_arrangement(ContentArrangement::Disabled);
-    t.set_header(vec![
-        "system",
-        "payload",
-        "grade",
-        "stage",
-        "runs",
-        "L MiB",
-        "ΔP MiB n/fs",
-        "EDR n/fs",
-        "capture n/fs",
-        "reclaim n/fs",
-        "MB/s",
-        "p50 ms",
-        "p99 ms",
-    ]);
-    for g in &s.groups {
-        t.add_row(vec![
-            g.system.clone(),
-            g.payload.clone(),
-            format!("U{}", g.grade),
-            g.stage.to_string(),
-            g.runs.to_string(),
-            num(g.logical_bytes.as_ref().map(|x| x.mean / MIB), 2),
-            pair(g, |p| p.delta_bytes.as_ref().map(|x| x.mean / MIB), 2),
-            pair(g, |p| mean(&p.edr), 2),
-            pair(g, |p| mean(&p.dedup_capture), 2),
-            pair(g, |p| mean(&p.reclaim), 2),
-            num(g.throughput_bps.as_ref().map(|x| x.mean / 1e6), 1),
-            num(g.p50_us.as_ref().map(|x| x.mean / 1e3), 3),
-            num(g.p99_us.as_ref().map(|x| x.mean / 1e3), 3),
-        ]);
+    t.set_header(HEADER.to_vec());
+    for row in rows(s) {
+        t.add_row(row);
     }
-    for i in 4..13 {
+    for i in 4..HEADER.len() {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let mut out = t.to_string();
-    out.push_str(
-        "\nn = native probe, fs = allocated bytes on disk; – = not applicable or not measured; \
-         ! = runs disagree (CV > 10 %); ? = growth implausibly small for incompressible data \
-         (partial load or lagging probe; see results.csv).\n",
-    );
-    out.push_str(&format!(
-        "{} cells complete, {} failed attempts.\n",
-        s.cells_done, s.failed_attempts
-    ));
-    if !s.failures.is_empty() {
-        out.push_str(&format!("\nFAILED cells ({}):\n", s.failures.len()));
-        for f in &s.failures {
-            out.push_str(&format!(
-                "- {} after {} attempt(s), {:?}: {}\n",
-                f.cell, f.attempts, f.kind, f.error
-            ));
-        }
-    }
-    out
+    format!("{t}\n{LEGEND}\n{}\n", outcome(s).join("\n"))
 }
 
 fn mean(s: &Option<Stats>) -> Option<f64> {
