@@ -542,6 +542,21 @@ fn checkpoint(path: &Path, timeout: Duration) -> SysResult<()> {
     }
 }
 
+/// VACUUMs tansu's sqlite file if it has free pages (a VACUUM copies the whole file, which
+/// grows with every topic the broker keeps).
+fn vacuum(path: &Path, timeout: Duration) -> SysResult<()> {
+    let db = open_tansu(path, timeout)?;
+    let fail =
+        |e: rusqlite::Error| SysError::failed(format!("kafka: VACUUM of {}: {e}", path.display()));
+    let free: i64 = db
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .map_err(fail)?;
+    if free > 0 {
+        db.execute_batch("VACUUM").map_err(fail)?;
+    }
+    Ok(())
+}
+
 impl Kafka {
     fn clients(&self) -> SysResult<&Clients> {
         self.clients
@@ -653,25 +668,28 @@ impl Kafka {
     /// creates the registry when the prefix is unused.
     async fn owned_topics(&self, existing: &BTreeSet<String>) -> SysResult<BTreeSet<String>> {
         let registry = self.registry();
+        let refuse = |what: String| {
+            SysError::unsafe_namespace(format!(
+                "kafka: {what}: it was not created by dedup-lab; refusing to use the prefix {}- \
+                 — configure another prefix",
+                self.settings.prefix
+            ))
+        };
         if !existing.contains(&registry) {
             if let Some(t) = existing.first() {
-                return Err(SysError::unsafe_namespace(format!(
-                    "kafka: topic {t} is under the prefix {}- but there is no registry topic \
-                     {registry}: it was not created by dedup-lab; refusing to use the prefix — \
-                     configure another prefix",
-                    self.settings.prefix
+                return Err(refuse(format!(
+                    "topic {t} is under the prefix but there is no registry topic {registry}"
                 )));
             }
-            self.create_topic(&registry, "compact").await?;
+            self.create_topic(&registry, Some("compact")).await?;
             self.send_one(&registry, MARKER_KEY, Some(MARKER_VALUE.as_bytes()))
                 .await?;
             return Ok(BTreeSet::new());
         }
         let log = self.read(&registry).await?;
         if log.latest.get(MARKER_KEY.as_bytes()) != Some(&true) {
-            return Err(SysError::unsafe_namespace(format!(
-                "kafka: topic {registry} holds no dedup-lab marker record: it was not created by \
-                 dedup-lab; refusing to use the prefix — configure another prefix"
+            return Err(refuse(format!(
+                "topic {registry} holds no dedup-lab marker record"
             )));
         }
         let registered: BTreeSet<String> = log
@@ -684,23 +702,21 @@ impl Kafka {
             .iter()
             .find(|t| **t != registry && !registered.contains(*t))
         {
-            return Err(SysError::unsafe_namespace(format!(
-                "kafka: topic {t} is under the prefix {}- but not in dedup-lab's registry \
-                 {registry}: it was not created by dedup-lab; refusing to use the prefix — \
-                 configure another prefix",
-                self.settings.prefix
+            return Err(refuse(format!(
+                "topic {t} is under the prefix but not in the registry {registry}"
             )));
         }
         Ok(registered)
     }
 
-    async fn create_topic(&self, name: &str, cleanup_policy: &str) -> SysResult<()> {
+    /// Creates a one-partition topic; `cleanup_policy` `None` keeps the broker's default.
+    async fn create_topic(&self, name: &str, cleanup_policy: Option<&str>) -> SysResult<()> {
         let s = &self.settings;
         let cap = (s.max_message_bytes + FRAMING).to_string();
         let mut topic = NewTopic::new(name, 1, TopicReplication::Fixed(s.replication_factor))
             .set("max.message.bytes", &cap);
-        if !cleanup_policy.is_empty() {
-            topic = topic.set("cleanup.policy", cleanup_policy);
+        if let Some(policy) = cleanup_policy {
+            topic = topic.set("cleanup.policy", policy);
         }
         let opts = self.admin_options();
         for r in self
@@ -889,8 +905,8 @@ impl System for Kafka {
         self.send_one(&registry, &name, Some(b"created by dedup-lab"))
             .await?;
         let policy = match self.settings.delete_mode {
-            DeleteMode::Tombstone => "compact",
-            DeleteMode::DeleteRecords => "",
+            DeleteMode::Tombstone => Some("compact"),
+            DeleteMode::DeleteRecords => None,
         };
         if let Err(e) = self.create_topic(&name, policy).await {
             self.send_one(&registry, &name, None).await?;
@@ -905,14 +921,7 @@ impl System for Kafka {
             live: BTreeMap::new(),
         });
         if let Some(db) = self.settings.tansu_sqlite.clone() {
-            blocking(move || {
-                open_tansu(&db, timeout)?
-                    .execute_batch("VACUUM")
-                    .map_err(|e| {
-                        SysError::failed(format!("kafka: VACUUM of {}: {e}", db.display()))
-                    })
-            })
-            .await?;
+            blocking(move || vacuum(&db, timeout)).await?;
         }
         Ok(())
     }
