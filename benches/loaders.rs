@@ -45,6 +45,12 @@ const NATIVE: &[Native] = &[
         prepare: resp_file,
         load: redis_pipe,
     },
+    Native {
+        system: "kafka",
+        tool: "confluent-kafka Producer (librdkafka)",
+        prepare: kafka_file_list,
+        load: kafka_produce,
+    },
 ];
 
 fn main() {
@@ -265,5 +271,91 @@ fn mariadb_load(section: &toml::Table, input: &Path) -> Command {
              (id, name, content)",
             input.display()
         ));
+    c
+}
+
+/// A Python venv with the confluent-kafka wheel (it bundles its own librdkafka), made once.
+fn kafka_venv() -> std::io::Result<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+        if !ok(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            || !ok(Command::new(venv.join("bin/pip")).args(["install", "-q", "confluent-kafka"]))
+        {
+            let _ = std::fs::remove_dir_all(&venv);
+            return Err(std::io::Error::other(
+                "cannot make target/bench-venv with confluent-kafka: needs python3 with venv \
+                 (Debian: apt-get install python3-venv) and access to PyPI",
+            ));
+        }
+    }
+    Ok(python)
+}
+
+/// Name and path of every file, tab-separated, for the Python producer to read.
+fn kafka_file_list(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    kafka_venv()?;
+    let path = dir.join("files.tsv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for f in &ds.manifest.files {
+        writeln!(w, "{}\t{}", f.name, ds.path(f).display())?;
+    }
+    w.flush()?;
+    Ok(path)
+}
+
+/// Produces every file (key = name) into the topic the adapter's reset just made, with the
+/// adapter's producer settings: acks=all, idempotence, linger, batch size, compression.
+const KAFKA_PRODUCE: &str = r#"
+import sys
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+bootstrap, prefix, linger, batch, compression, max_bytes, listing = sys.argv[1:]
+names = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+topic = max(t for t in names if t.startswith(prefix + "-") and t[len(prefix) + 1:].isdigit())
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+              "linger.ms": int(linger), "batch.size": int(batch),
+              "compression.type": compression, "message.max.bytes": int(max_bytes)})
+errors = []
+def report(err, msg):
+    if err is not None:
+        errors.append(err)
+for line in open(listing):
+    name, path = line.rstrip("\n").split("\t")
+    with open(path, "rb") as f:
+        value = f.read()
+    while True:
+        try:
+            p.produce(topic, value, name, on_delivery=report)
+            break
+        except BufferError:
+            p.poll(0.1)
+    p.poll(0)
+left = p.flush(120)
+if left or errors:
+    sys.exit(f"{left} undelivered, errors: {errors[:3]}")
+"#;
+
+fn kafka_produce(section: &toml::Table, input: &Path) -> Command {
+    // The adapter's defaults where the section sets nothing.
+    let get = |key: &str, default: &str| {
+        section.get(key).map_or(default.to_string(), |v| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let max_bytes: u64 = get("max_message_bytes", "4194304").parse().unwrap();
+    let mut c = Command::new(kafka_venv().expect("venv"));
+    c.arg("-c")
+        .arg(KAFKA_PRODUCE)
+        .arg(get("bootstrap", "127.0.0.1:9092"))
+        .arg(get("prefix", "dedup_lab"))
+        .arg(get("linger_ms", "5"))
+        .arg(get("batch_bytes", "1048576"))
+        .arg(get("compression", "none"))
+        // The adapter allows 64 KiB of batch framing above the largest record.
+        .arg((max_bytes + (64 << 10)).to_string())
+        .arg(input);
     c
 }

@@ -6,6 +6,7 @@
 //! and referenced by path. `lab down` stops exactly what `up` started. Each server is one
 //! file implementing [`Server`].
 
+mod kafka;
 mod mariadb;
 mod postgres;
 mod process;
@@ -22,7 +23,12 @@ use anyhow::{Context as _, bail};
 use crate::error::usage;
 
 /// Every lab server, in start order.
-static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis, &mariadb::MariaDb];
+static SERVERS: &[&dyn Server] = &[
+    &postgres::Postgres,
+    &redis::Redis,
+    &mariadb::MariaDb,
+    &kafka::Kafka,
+];
 
 /// A server the lab can run.
 trait Server: Sync {

@@ -6,6 +6,7 @@
 
 pub mod cockroachdb;
 pub mod fs;
+pub mod kafka;
 pub mod mariadb;
 pub mod pgwire;
 pub mod postgres;
@@ -30,6 +31,7 @@ pub static REGISTRY: &[SystemDef] = &[
     cockroachdb::DEF,
     mariadb::DEF,
     redis::DEF,
+    kafka::DEF,
 ];
 
 /// Prefix every lab-owned namespace name starts with.

@@ -86,16 +86,30 @@ type Charts = Vec<(&'static str, &'static str, Vec<Series>)>;
 fn by_system(s: &Summary) -> BTreeMap<String, BTreeMap<String, Charts>> {
     type Metric = fn(&ProbeStats) -> Option<&Stats>;
     let charts: [(&str, &str, Stage, Metric); 4] = [
-        ("EDR of bulk_insert", "EDR = L / ΔP", Stage::BulkInsert, |p| p.edr.as_ref()),
-        ("dedup capture of bulk_insert", "dedup capture", Stage::BulkInsert, |p| {
-            p.dedup_capture.as_ref()
-        }),
-        ("reclaim after perfile_delete", "reclaim", Stage::PerfileDelete, |p| {
-            p.reclaim.as_ref()
-        }),
-        ("reclaim after maintenance", "reclaim", Stage::Maintenance, |p| {
-            p.reclaim.as_ref()
-        }),
+        (
+            "EDR of bulk_insert",
+            "EDR = L / ΔP",
+            Stage::BulkInsert,
+            |p| p.edr.as_ref(),
+        ),
+        (
+            "dedup capture of bulk_insert",
+            "dedup capture",
+            Stage::BulkInsert,
+            |p| p.dedup_capture.as_ref(),
+        ),
+        (
+            "reclaim after perfile_delete",
+            "reclaim",
+            Stage::PerfileDelete,
+            |p| p.reclaim.as_ref(),
+        ),
+        (
+            "reclaim after maintenance",
+            "reclaim",
+            Stage::Maintenance,
+            |p| p.reclaim.as_ref(),
+        ),
     ];
     let mut out: BTreeMap<String, BTreeMap<String, Charts>> = BTreeMap::new();
     for g in &s.groups {
@@ -104,7 +118,12 @@ fn by_system(s: &Summary) -> BTreeMap<String, BTreeMap<String, Charts>> {
                 .entry(g.system.clone())
                 .or_default()
                 .entry(probe.clone())
-                .or_insert_with(|| charts.iter().map(|(t, y, _, _)| (*t, *y, Vec::new())).collect());
+                .or_insert_with(|| {
+                    charts
+                        .iter()
+                        .map(|(t, y, _, _)| (*t, *y, Vec::new()))
+                        .collect()
+                });
             for ((_, _, stage, metric), (_, _, series)) in charts.iter().zip(per_probe.iter_mut()) {
                 let Some(v) = metric(stats).filter(|_| g.stage == *stage) else {
                     continue;

@@ -1,0 +1,127 @@
+//! Lab Kafka: tansu, a Kafka-protocol broker, on 127.0.0.1:19092 with sqlite storage in
+//! `kafka/data/`. It has no Debian package: `up` installs it with cargo when missing. tansu
+//! reads `.env` files and many environment variables, so it runs with a cleared environment
+//! and every flag given.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::process::Daemon;
+use super::{Lab, Server, run};
+
+/// Loopback port of the lab broker.
+pub const PORT: u16 = 19092;
+/// Storage URL, relative to the broker's directory (tansu resolves even absolute paths against
+/// its working directory). Maintenance (retention, compaction) runs every 5 s instead of 10 min.
+const STORAGE: &str = "sqlite://data/tansu.db?maintenance_interval=5s";
+
+/// The Kafka lab server.
+pub struct Kafka;
+
+fn daemon(lab: &Lab) -> Daemon {
+    Daemon {
+        dir: lab.server_dir("kafka"),
+        program: "tansu",
+    }
+}
+
+/// The tansu binary: on `PATH`, or where `cargo install` puts it.
+fn program() -> Option<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cargo_home.map(|h| h.join("bin")))
+        .map(|dir| dir.join("tansu"))
+        .find(|p| p.is_file())
+}
+
+/// tansu with a clean environment in the broker's directory.
+fn tansu(path: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(path);
+    c.env_clear().env("RUST_LOG", "error").current_dir(dir);
+    c
+}
+
+impl Server for Kafka {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn packages(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn installed(&self) -> bool {
+        program().is_some()
+    }
+
+    fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
+        let path = match program() {
+            Some(p) => p,
+            None => {
+                eprintln!(
+                    "lab: installing tansu with cargo (a release build: 10-35 minutes on 2 cores)"
+                );
+                run(Command::new("cargo").args([
+                    "install",
+                    "tansu",
+                    "--features",
+                    "libsql,dynostore",
+                    "--locked",
+                ]))
+                .context("cargo install tansu (needs cargo and a C compiler)")?;
+                program().context("tansu is not on PATH or in ~/.cargo/bin after cargo install")?
+            }
+        };
+        let d = daemon(lab);
+        let data = d.dir.join("data");
+        // tansu does not create the directory of its sqlite file.
+        std::fs::create_dir_all(&data)?;
+        let url = format!("tcp://127.0.0.1:{PORT}");
+        let mut cmd = tansu(&path, &d.dir);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", STORAGE])
+            // The default, given explicitly: the adapter recognises tansu by it.
+            .args(["--cluster-id", "tansu_cluster"]);
+        d.start(cmd)?;
+        // `topic list` fails on a broker that accepts connections but no longer answers, which a
+        // port check would miss.
+        d.wait_ready(Duration::from_secs(60), || {
+            d.pid().is_some()
+                && tansu(&path, &d.dir)
+                    .args(["topic", "list", "--broker", &url])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        })
+        .context("tansu")?;
+        let mut t = toml::Table::new();
+        t.insert("bootstrap".into(), format!("127.0.0.1:{PORT}").into());
+        t.insert("delete_mode".into(), "tombstone".into());
+        t.insert("delete_topics".into(), false.into());
+        t.insert(
+            "fs_probe".into(),
+            toml::Value::Array(vec![data.display().to_string().into()]),
+        );
+        t.insert(
+            "tansu_sqlite".into(),
+            data.join("tansu.db").display().to_string().into(),
+        );
+        Ok(t)
+    }
+
+    fn down(&self, lab: &Lab) -> anyhow::Result<()> {
+        daemon(lab).stop(Duration::from_secs(30))
+    }
+
+    fn status(&self, lab: &Lab) -> anyhow::Result<String> {
+        Ok(format!("{} on 127.0.0.1:{PORT}", daemon(lab).status()))
+    }
+}

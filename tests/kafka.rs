@@ -1,0 +1,439 @@
+//! Kafka against the lab broker (tansu): records read back byte-exact by an independent
+//! consumer, counts after every stage, deletes seen by a consumer, acknowledged latency, fs
+//! growth, foreign topics, tansu's refusals and an unreachable broker.
+//!
+//! The `fs` probe and `tansu_sqlite` see the whole broker, so the test that checks them holds
+//! the broker alone; the others leave `tansu_sqlite` out (no checkpoints or VACUUMs that would
+//! hold the storage busy under a neighbour) and run side by side with distinct prefixes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::systems::{self, ErrorKind, System, SystemContext};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Held exclusively by the test that reads the `fs` probe, shared by the others.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set(
+        "bootstrap.servers",
+        lab_section("kafka")["bootstrap"].as_str().unwrap(),
+    );
+    c
+}
+
+/// The lab section with its own prefix, without the storage hooks (see the module comment).
+fn section(prefix: &str) -> toml::Table {
+    let mut s = lab_section("kafka");
+    s.insert("prefix".into(), prefix.into());
+    s.remove("tansu_sqlite");
+    s.remove("fs_probe");
+    s
+}
+
+fn build(section: &toml::Table) -> anyhow::Result<Box<dyn System>> {
+    let tmp = std::env::temp_dir();
+    (systems::lookup("kafka").unwrap().build)(&SystemContext {
+        section: Some(section),
+        experiment_dir: &tmp,
+    })
+}
+
+/// Every record of partition 0 from the log start to the high watermark, each offset once
+/// (tansu re-delivers records after compaction gaps), by a consumer of the test's own.
+fn read_topic(topic: &str) -> Vec<(i64, String, Option<Vec<u8>>)> {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", "dedup-lab-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (low, high) = consumer.fetch_watermarks(topic, 0, TIMEOUT).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out: Vec<(i64, String, Option<Vec<u8>>)> = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while out.last().map_or(low, |r| r.0 + 1) < high {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            if out.last().is_none_or(|r| m.offset() > r.0) {
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                out.push((m.offset(), key, m.payload().map(<[u8]>::to_vec)));
+            }
+        }
+    }
+    out
+}
+
+/// Latest record per key: `Some(value)` or `None` for a tombstone.
+fn latest(topic: &str) -> HashMap<String, Option<Vec<u8>>> {
+    read_topic(topic)
+        .into_iter()
+        .map(|(_, k, v)| (k, v))
+        .collect()
+}
+
+fn topics(prefix: &str) -> Vec<String> {
+    let consumer: BaseConsumer = client_config().create().unwrap();
+    let md = consumer.fetch_metadata(None, TIMEOUT).unwrap();
+    let mut names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The topic the last reset under `prefix` created.
+fn newest(prefix: &str) -> String {
+    topics(&format!("{prefix}-"))
+        .into_iter()
+        .rfind(|t| !t.ends_with("-registry"))
+        .expect("a lab topic")
+}
+
+/// Creates a topic and writes `value` into it, as someone else's producer would; an existing
+/// topic (from an earlier test run: tansu cannot delete one topic) is kept.
+async fn foreign_topic(name: &str, value: &str) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().unwrap();
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    for r in results {
+        if let Err((t, code)) = r {
+            assert_eq!(
+                code,
+                rdkafka::error::RDKafkaErrorCode::TopicAlreadyExists,
+                "{t}"
+            );
+        }
+    }
+    let producer: BaseProducer = client_config().set("acks", "all").create().unwrap();
+    producer
+        .send(BaseRecord::to(name).key("k").payload(value))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(TIMEOUT).unwrap();
+}
+
+fn dataset(dir: &std::path::Path, payload: PayloadType, grade: u8, files: u32) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload,
+            grade,
+            files,
+            sizes: SizeSpec::Range {
+                min: 1000,
+                max: 60_000,
+            },
+            seed: 5,
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
+    let _broker = BROKER.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_t_api";
+    let mut s = section(prefix);
+    // Compressed batches must come back byte-exact too.
+    s.insert("compression".into(), "zstd".into());
+    let mut sys = build(&s).unwrap();
+    let info = sys.connect().await.unwrap();
+    assert_eq!(info.product, "Kafka protocol broker");
+    // ApiVersions decides the native probe: tansu does not offer DescribeLogDirs.
+    assert!(
+        info.version.contains("Produce v0-") && info.version.contains("DescribeLogDirs -"),
+        "{}",
+        info.version
+    );
+    assert_eq!(sys.probes().native_copies, None);
+
+    let ds = dataset(&tmp.path().join("ds"), PayloadType::TextDocument, 50, 30);
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    assert_eq!(sys.count().await.unwrap(), 30);
+    let bulk = read_topic(&newest(prefix));
+    assert_eq!(bulk.len(), 30);
+    let stored: HashMap<String, Vec<u8>> = bulk
+        .into_iter()
+        .map(|(_, k, v)| (k, v.expect("a value")))
+        .collect();
+    for f in &ds.manifest.files {
+        let value = &stored[&f.name];
+        assert_eq!(
+            blake3::hash(value).to_hex().as_str(),
+            f.blake3,
+            "{}",
+            f.name
+        );
+    }
+
+    // Per file: when insert_one returns, the broker has the record (its high watermark, asked
+    // by another client, already counts it): the latency is until acknowledgement.
+    sys.reset().await.unwrap();
+    let topic = newest(prefix);
+    let watcher: BaseConsumer = client_config().create().unwrap();
+    for (i, f) in ds.manifest.files.iter().enumerate() {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+        let (_, high) = watcher.fetch_watermarks(&topic, 0, TIMEOUT).unwrap();
+        assert_eq!(high, i as i64 + 1, "after inserting {}", f.name);
+    }
+    for f in &ds.manifest.files[..10] {
+        sys.delete_one(f).await.unwrap();
+    }
+    assert_eq!(sys.count().await.unwrap(), 20);
+    let seen = latest(&topic);
+    for (i, f) in ds.manifest.files.iter().enumerate() {
+        match &seen[&f.name] {
+            None => assert!(i < 10, "{} deleted", f.name),
+            Some(v) => {
+                assert!(i >= 10, "{} still there", f.name);
+                assert_eq!(blake3::hash(v).to_hex().as_str(), f.blake3);
+            }
+        }
+    }
+    let err = sys.delete_one(&ds.manifest.files[0]).await.unwrap_err();
+    assert!(err.message.contains("not in topic"), "{}", err.message);
+    let note = sys.maintenance().await.unwrap();
+    assert!(note.contains("one per key (10 tombstones)"), "{note}");
+    assert_eq!(
+        read_topic(&topic).len(),
+        30,
+        "compaction left one record per key"
+    );
+    assert_eq!(sys.count().await.unwrap(), 20);
+}
+
+/// Median time librdkafka takes to accept (enqueue, not deliver) a 64 KiB record.
+fn enqueue_time() -> Duration {
+    let producer: BaseProducer = client_config()
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let value = vec![7u8; 64 * 1024];
+    let mut times: Vec<Duration> = (0..40)
+        .map(|i| {
+            let key = i.to_string();
+            let clock = Instant::now();
+            producer
+                .send(
+                    BaseRecord::to("dedup_lab_t_enqueue")
+                        .key(&key)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+            clock.elapsed()
+        })
+        .collect();
+    // Deliveries are not waited for: the topic need not exist.
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_records_counts_growth_and_acknowledged_latency() {
+    let _broker = BROKER.write().await;
+    foreign_topic("precious_events", "keep me").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(tmp.path(), "kafka", &[("prefix", "dedup_lab_t_run".into())]);
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "kafka",
+        "--payloads",
+        "random_binary",
+        "--grades",
+        "0,90",
+        "--runs",
+        "1",
+        "--files",
+        "40",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let records = journal(&experiment_dir(&results));
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::AttemptFailed { .. })),
+        "{records:?}"
+    );
+    let stages: Vec<_> = records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages.len(), 8);
+    let enqueue = enqueue_time();
+    for s in &stages {
+        let want = if s.stage.inserts() { 40 } else { 0 };
+        assert_eq!(s.rows_after, want, "{} {}", s.cell, s.stage);
+        match s.stage {
+            Stage::BulkInsert => {
+                let p = &s.probes["fs"];
+                let grown = p.after.bytes().unwrap() as i64 - p.before.bytes().unwrap() as i64;
+                assert!(
+                    grown as f64 >= 0.9 * s.logical_bytes as f64,
+                    "fs grew {grown} for L {}",
+                    s.logical_bytes
+                );
+            }
+            Stage::PerfileInsert => {
+                let p50 = Duration::from_secs_f64(s.latency_us.as_ref().unwrap().p50 / 1e6);
+                assert!(
+                    p50 > 3 * enqueue,
+                    "per-file p50 {p50:?} is not above enqueueing ({enqueue:?}): not acked?"
+                );
+            }
+            Stage::Maintenance => {
+                let note = s.note.as_deref().unwrap();
+                assert!(note.contains("one per key (40 tombstones)"), "{note}");
+            }
+            Stage::PerfileDelete => {}
+        }
+    }
+    assert!(
+        read_topic("precious_events")
+            .iter()
+            .any(|r| r.2.as_deref() == Some(b"keep me".as_slice())),
+        "a topic outside the prefix survives"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_topics_survive_and_unregistered_lab_topics_are_refused() {
+    let _broker = BROKER.read().await;
+    foreign_topic("precious_events", "keep me").await;
+    foreign_topic("dedup_lab_t_foreign-1", "not ours").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "kafka",
+        &[("prefix", "dedup_lab_t_foreign".into())],
+    );
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "kafka",
+        "--payloads",
+        "uuid_keys",
+        "--grades",
+        "0",
+        "--runs",
+        "1",
+        "--files",
+        "5",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("dedup_lab_t_foreign-1 is under the prefix")
+            && text(&out).contains("not created by dedup-lab"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        topics("dedup_lab_t_foreign"),
+        ["dedup_lab_t_foreign-1"],
+        "nothing created under the prefix"
+    );
+    for (topic, value) in [
+        ("dedup_lab_t_foreign-1", "not ours"),
+        ("precious_events", "keep me"),
+    ] {
+        assert!(
+            read_topic(topic)
+                .iter()
+                .any(|r| r.2.as_deref() == Some(value.as_bytes())),
+            "{topic} keeps its records"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tansu_is_refused_the_deletes_that_break_it() {
+    let _broker = BROKER.read().await;
+    let mut s = section("dedup_lab_t_refuse");
+    s.insert("delete_topics".into(), true.into());
+    let err = build(&s).unwrap().connect().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsafe);
+    assert!(
+        err.message.contains("delete_topics = false"),
+        "{}",
+        err.message
+    );
+
+    let mut s = section("dedup_lab_t_refuse");
+    s.insert("delete_mode".into(), "delete_records".into());
+    let err = build(&s).unwrap().connect().await.unwrap_err();
+    assert!(
+        err.message.contains("delete_mode = \"tombstone\""),
+        "{}",
+        err.message
+    );
+    // The broker still answers: nothing reached its broken code paths.
+    let mut sys = build(&section("dedup_lab_t_refuse")).unwrap();
+    sys.connect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_is_a_lost_connection_and_bad_config_is_named() {
+    let mut s = section("dedup_lab_t_down");
+    s.insert("bootstrap".into(), "127.0.0.1:1".into());
+    s.insert("timeout_s".into(), 3.into());
+    let err = build(&s).unwrap().connect().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ConnectionLost, "{}", err.message);
+    assert!(err.message.contains("127.0.0.1:1"), "{}", err.message);
+
+    for (key, value, named) in [
+        ("bootstrap", toml::Value::from("localhost"), "host:port"),
+        ("prefix", "events".into(), "lab-owned"),
+        ("delete_mode", "truncate".into(), "tombstone"),
+        ("compression", "brotli".into(), "zstd"),
+        ("batch_bytes", (64 << 20).into(), "batch_bytes"),
+    ] {
+        let mut s = section("dedup_lab_t_down");
+        s.insert(key.into(), value);
+        let e = build(&s).err().expect("refused").to_string();
+        assert!(e.contains(named), "{key}: {e}");
+    }
+}
