@@ -4,6 +4,7 @@
 //! its settle condition and its probes. The engine calls only the [`System`] trait; adding a
 //! system means adding a file and a line in [`REGISTRY`].
 
+pub mod clickhouse;
 pub mod cockroachdb;
 pub mod fs;
 pub mod pgwire;
@@ -28,6 +29,7 @@ pub static REGISTRY: &[SystemDef] = &[
     postgres::DEF,
     cockroachdb::DEF,
     redis::DEF,
+    clickhouse::DEF,
 ];
 
 /// Prefix every lab-owned namespace name starts with.
