@@ -6,6 +6,7 @@
 //! and referenced by path. `lab down` stops exactly what `up` started. Each server is one
 //! file implementing [`Server`].
 
+mod clickhouse;
 mod postgres;
 mod process;
 mod redis;
@@ -21,7 +22,7 @@ use anyhow::{Context as _, bail};
 use crate::error::usage;
 
 /// Every lab server, in start order.
-static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis];
+static SERVERS: &[&dyn Server] = &[&postgres::Postgres, &redis::Redis, &clickhouse::ClickHouse];
 
 /// A server the lab can run.
 trait Server: Sync {
