@@ -18,7 +18,9 @@
 //! `RowBinaryWithNamesAndTypes` format nor the `describe_include_subcolumns` setting that
 //! validation needs) and without compression (payloads are mostly incompressible and the
 //! CPU is better spent loading). Credentials travel in the `X-ClickHouse-User` /
-//! `X-ClickHouse-Key` headers, never in the URL.
+//! `X-ClickHouse-Key` headers, never in the URL. The user needs to create databases and
+//! tables, insert, `ALTER … DELETE`, `OPTIMIZE` and read `system.parts`, `system.merges` and
+//! `system.mutations`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -153,6 +155,15 @@ struct ClickHouse {
     features: Features,
 }
 
+/// The server's HTTP address; an IPv6 address goes in brackets.
+fn base_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
 /// A lost connection (refused, reset, I/O, incomplete body, no answer in time) or any other
 /// failure, such as an error the server reported.
 fn classify(context: &str, e: clickhouse::error::Error) -> SysError {
@@ -273,15 +284,17 @@ impl System for ClickHouse {
     fn target(&self) -> String {
         let s = &self.settings;
         format!(
-            "http://{}:{} database {} as {}",
-            s.host, s.port, s.database, s.user
+            "{} database {} as {}",
+            base_url(&s.host, s.port),
+            s.database,
+            s.user
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         let s = &self.settings;
         let mut client = Client::default()
-            .with_url(format!("http://{}:{}", s.host, s.port))
+            .with_url(base_url(&s.host, s.port))
             .with_user(&s.user)
             .with_compression(Compression::None)
             .with_validation(false);
@@ -477,6 +490,12 @@ mod tests {
         assert_eq!(Features::of(""), None);
         assert_eq!(Features::of("24"), None);
         assert_eq!(Features::of("v24.3"), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(base_url("::1", 8123), "http://[::1]:8123");
+        assert_eq!(base_url("db.example", 18123), "http://db.example:18123");
     }
 
     #[test]
