@@ -32,6 +32,7 @@ use clickhouse::insert::Insert;
 use clickhouse::query::Query;
 use clickhouse::{Client, Compression, Row, RowOwned, RowRead};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use super::pgwire::MARKER_TABLE;
 use super::{
@@ -177,6 +178,26 @@ fn classify(context: &str, e: clickhouse::error::Error) -> SysError {
 
 fn err(context: &str) -> impl FnOnce(clickhouse::error::Error) -> SysError + '_ {
     move |e| classify(context, e)
+}
+
+/// A bulk INSERT finishing in the background. Dropped unawaited (the bulk load failed), it
+/// aborts the request, so no block lands after the load has returned.
+struct Finishing(JoinHandle<clickhouse::error::Result<()>>);
+
+impl Finishing {
+    /// Waits until the server acknowledged the INSERT.
+    async fn acknowledged(mut self) -> SysResult<()> {
+        (&mut self.0)
+            .await
+            .map_err(|e| SysError::failed(format!("clickhouse: bulk INSERT task: {e}")))?
+            .map_err(err("bulk INSERT"))
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Outstanding work on the lab table: running merges, unfinished mutations, replaced parts
@@ -378,6 +399,9 @@ impl System for ClickHouse {
         let block = self.settings.bulk_block_mib << 20;
         let mut files = ds.stream();
         let mut open: Option<(Insert<FileRow>, u64)> = None;
+        // A full block's INSERT finishes (the server writes its part) while the next block
+        // streams; at most one is finishing at a time.
+        let mut finishing: Option<Finishing> = None;
         while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
             let (insert, bytes) = match &mut open {
@@ -394,11 +418,17 @@ impl System for ClickHouse {
             if *bytes >= block
                 && let Some((insert, _)) = open.take()
             {
-                insert.end().await.map_err(err("bulk INSERT"))?;
+                let started = Finishing(tokio::spawn(insert.end()));
+                if let Some(previous) = finishing.replace(started) {
+                    previous.acknowledged().await?;
+                }
             }
         }
         if let Some((insert, _)) = open {
             insert.end().await.map_err(err("bulk INSERT"))?;
+        }
+        if let Some(previous) = finishing {
+            previous.acknowledged().await?;
         }
         Ok(())
     }
