@@ -279,11 +279,14 @@ async fn identical_blocks_are_all_stored() {
 
 #[test]
 fn foreign_databases_survive_and_an_unmarked_lab_database_is_refused() {
-    cli("CREATE DATABASE IF NOT EXISTS precious_ch");
-    cli("CREATE TABLE IF NOT EXISTS precious_ch.keep (x UInt8) ENGINE = TinyLog");
+    // Leftovers of an earlier failed run would hold extra rows.
+    cli("DROP DATABASE IF EXISTS precious_ch");
+    cli("DROP DATABASE IF EXISTS dedup_lab_t_foreign");
+    cli("CREATE DATABASE precious_ch");
+    cli("CREATE TABLE precious_ch.keep (x UInt8) ENGINE = TinyLog");
     cli("INSERT INTO precious_ch.keep VALUES (42)");
-    cli("CREATE DATABASE IF NOT EXISTS dedup_lab_t_foreign");
-    cli("CREATE TABLE IF NOT EXISTS dedup_lab_t_foreign.files (x UInt8) ENGINE = TinyLog");
+    cli("CREATE DATABASE dedup_lab_t_foreign");
+    cli("CREATE TABLE dedup_lab_t_foreign.files (x UInt8) ENGINE = TinyLog");
     cli("INSERT INTO dedup_lab_t_foreign.files VALUES (7)");
     let go = |db: &str| {
         let tmp = tempfile::tempdir().unwrap();
