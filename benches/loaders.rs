@@ -51,6 +51,12 @@ const NATIVE: &[Native] = &[
         prepare: kafka_file_list,
         load: kafka_produce,
     },
+    Native {
+        system: "clickhouse",
+        tool: "clickhouse-client RowBinary",
+        prepare: rowbinary_file,
+        load: clickhouse_client,
+    },
 ];
 
 fn main() {
@@ -356,6 +362,67 @@ fn kafka_produce(section: &toml::Table, input: &Path) -> Command {
         .arg(get("compression", "none"))
         // The adapter allows 64 KiB of batch framing above the largest record.
         .arg((max_bytes + (64 << 10)).to_string())
+        .arg(input);
+    c
+}
+
+/// RowBinary of (UInt32 id, String name, String content): little-endian id, then each string
+/// as a LEB128 length and its bytes.
+fn rowbinary_file(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    fn string(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+        let mut n = bytes.len() as u64;
+        while n >= 0x80 {
+            w.write_all(&[(n as u8) | 0x80])?;
+            n >>= 7;
+        }
+        w.write_all(&[n as u8])?;
+        w.write_all(bytes)
+    }
+    let path = dir.join("files.rowbinary");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for f in &ds.manifest.files {
+        let content = ds.read(f).map_err(std::io::Error::other)?;
+        w.write_all(&f.id.to_le_bytes())?;
+        string(&mut w, f.name.as_bytes())?;
+        string(&mut w, &content)?;
+    }
+    w.flush()?;
+    Ok(path)
+}
+
+/// clickhouse-client over the lab server's native port (the config section names only the
+/// HTTP port); the credentials go in a mode-0600 client config, not on the command line.
+fn clickhouse_client(section: &toml::Table, input: &Path) -> Command {
+    use std::os::unix::fs::OpenOptionsExt;
+    let database = section
+        .get("database")
+        .and_then(|d| d.as_str())
+        .unwrap_or("dedup_lab");
+    let config = input.with_extension("client.xml");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&config)
+        .expect("client config");
+    write!(
+        file,
+        "<config><host>{}</host><user>{}</user><password>{}</password></config>",
+        section["host"].as_str().unwrap(),
+        section["user"].as_str().unwrap(),
+        secret(section)
+    )
+    .expect("client config");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(
+            "exec clickhouse-client --config-file=\"$1\" --port 19000 --insert_deduplicate=0 \
+             --query \"$2\" < \"$3\"",
+        )
+        .arg("clickhouse-client")
+        .arg(&config)
+        .arg(format!("INSERT INTO {database}.files FORMAT RowBinary"))
         .arg(input);
     c
 }

@@ -6,6 +6,7 @@
 //! and referenced by path. `lab down` stops exactly what `up` started. Each server is one
 //! file implementing [`Server`].
 
+mod clickhouse;
 mod kafka;
 mod mariadb;
 mod postgres;
@@ -27,6 +28,7 @@ static SERVERS: &[&dyn Server] = &[
     &postgres::Postgres,
     &redis::Redis,
     &mariadb::MariaDb,
+    &clickhouse::ClickHouse,
     &kafka::Kafka,
 ];
 

@@ -23,13 +23,18 @@ fn allocated_under(root: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Resul
     }
     let mut total = 0u64;
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.with_context(|| format!("fs probe: walking {}", root.display()))?;
+        // Files and directories can vanish while a live server runs (temporary files, parts
+        // being removed); they hold no bytes.
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("fs probe: walking {}", root.display()));
+            }
+        };
         let meta = match entry.metadata() {
             Ok(m) => m,
-            // Files can vanish while a live server runs (temporary files); they hold no bytes.
-            Err(e) if e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => {
-                continue;
-            }
+            Err(e) if vanished(&e) => continue,
             Err(e) => {
                 return Err(e).with_context(|| format!("fs probe: {}", entry.path().display()));
             }
@@ -39,6 +44,10 @@ fn allocated_under(root: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Resul
         }
     }
     Ok(total)
+}
+
+fn vanished(e: &walkdir::Error) -> bool {
+    e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound)
 }
 
 #[cfg(test)]

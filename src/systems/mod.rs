@@ -4,6 +4,7 @@
 //! its settle condition and its probes. The engine calls only the [`System`] trait; adding a
 //! system means adding a file and a line in [`REGISTRY`].
 
+pub mod clickhouse;
 pub mod cockroachdb;
 pub mod fs;
 pub mod kafka;
@@ -31,6 +32,7 @@ pub static REGISTRY: &[SystemDef] = &[
     cockroachdb::DEF,
     mariadb::DEF,
     redis::DEF,
+    clickhouse::DEF,
     kafka::DEF,
 ];
 

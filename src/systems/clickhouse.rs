@@ -1,0 +1,544 @@
+//! `clickhouse`: ClickHouse over HTTP, old (Debian's 18.16) and new servers alike.
+//!
+//! Namespace: a database named `dedup_lab*` marked by a `dedup_lab_owner` table, holding
+//! `files (id UInt32, name String, content String) ENGINE = MergeTree ORDER BY id`. Bulk path:
+//! `INSERT … FORMAT RowBinary` streamed in blocks of `bulk_block_mib`; per-file `INSERT`s, one
+//! request each; per-file deletes as `ALTER TABLE … DELETE` mutations (lightweight `DELETE
+//! FROM` on servers that have it), each awaited until `system.mutations` reports it done;
+//! maintenance: `OPTIMIZE TABLE … FINAL`; native size: `sum(bytes_on_disk)` of the table's
+//! active parts. Every insert sets `insert_deduplicate = 0`, so identical blocks are stored.
+//!
+//! Parts that merges and mutations replace stay on disk until ClickHouse's cleanup removes
+//! them: the native probe never counts them, the `fs` probe (the data directory) does. The lab
+//! table is therefore created with a 1 s `old_parts_lifetime` and cleanup period, and settling
+//! waits until the table has no running merge, no pending mutation and no replaced part left,
+//! so both probes read the same live data.
+//!
+//! Client: the official `clickhouse` crate with validation off (18.16 knows neither the
+//! `RowBinaryWithNamesAndTypes` format nor the `describe_include_subcolumns` setting that
+//! validation needs) and without compression (payloads are mostly incompressible and the
+//! CPU is better spent loading). Credentials travel in the `X-ClickHouse-User` /
+//! `X-ClickHouse-Key` headers, never in the URL. The user needs to create databases and
+//! tables, insert, `ALTER … DELETE`, `OPTIMIZE` and read `system.parts`, `system.merges` and
+//! `system.mutations`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use clickhouse::insert::Insert;
+use clickhouse::query::Query;
+use clickhouse::{Client, Compression, Row, RowOwned, RowRead};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::pgwire::MARKER_TABLE;
+use super::{
+    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    error_chain, parse_section,
+};
+use crate::dataset::{DataSet, FileEntry};
+use crate::secret::{Secret, SecretSource};
+
+/// Registry entry.
+pub const DEF: SystemDef = SystemDef {
+    name: "clickhouse",
+    embedded: false,
+    about: "ClickHouse: RowBinary bulk load over HTTP, OPTIMIZE FINAL maintenance",
+    build,
+};
+
+/// `[systems.clickhouse]`
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    host: String,
+    /// HTTP port.
+    port: u16,
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Lab database; must start with `dedup_lab`.
+    database: String,
+    /// Directories for the `fs` probe: the server's data directory when it is local.
+    fs_probe: Vec<PathBuf>,
+    /// MiB of file content per `INSERT` of the bulk path (one part each).
+    bulk_block_mib: u64,
+    /// Seconds one request may take before the connection counts as lost.
+    request_timeout_s: u64,
+    /// Seconds to wait for mutations, merges and part cleanup.
+    settle_timeout_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 8123,
+            user: "default".into(),
+            password_env: None,
+            password_file: None,
+            database: "dedup_lab".into(),
+            fs_probe: Vec::new(),
+            bulk_block_mib: 64,
+            request_timeout_s: 600,
+            settle_timeout_s: 300,
+        }
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let s: Settings = parse_section(DEF.name, ctx.section)?;
+    check_namespace(DEF.name, "database", &s.database)?;
+    if s.bulk_block_mib == 0 || s.request_timeout_s == 0 || s.settle_timeout_s == 0 {
+        crate::bail_usage!(
+            "config [systems.clickhouse]: bulk_block_mib, request_timeout_s and settle_timeout_s \
+             must be at least 1"
+        );
+    }
+    if s.host.is_empty() || s.host.contains(['/', '@', '?', '#']) {
+        crate::bail_usage!(
+            "config [systems.clickhouse] host = \"{}\" is not a host name or address; give the \
+             bare host (credentials go in user and password_env/password_file)",
+            s.host
+        );
+    }
+    let password = SecretSource::from_keys(s.password_env.clone(), s.password_file.clone())
+        .resolve("config [systems.clickhouse] password")?;
+    Ok(Box::new(ClickHouse {
+        settings: s,
+        password,
+        client: None,
+        features: Features::default(),
+    }))
+}
+
+/// What a server version supports beyond 18.16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Features {
+    /// `DELETE FROM … WHERE` (lightweight delete, generally available since 23.3).
+    lightweight_delete: bool,
+    /// `DROP TABLE … SYNC`: Atomic databases (the default since 20.10) otherwise keep a
+    /// dropped table's data on disk for minutes.
+    drop_sync: bool,
+}
+
+impl Features {
+    /// Features of a server reporting `version` (`18.16.1`, `24.8.4.13`); `None` if the
+    /// version does not start with `major.minor`.
+    fn of(version: &str) -> Option<Features> {
+        let mut parts = version.trim().split('.');
+        let major: u32 = parts.next()?.parse().ok()?;
+        let minor: u32 = parts.next()?.parse().ok()?;
+        let v = (major, minor);
+        Some(Features {
+            lightweight_delete: v >= (23, 3),
+            drop_sync: v >= (20, 10),
+        })
+    }
+}
+
+/// One row of the lab table, as RowBinary: UInt32, then LEB128-prefixed bytes twice.
+#[derive(Row, Serialize)]
+struct FileRow {
+    id: u32,
+    name: String,
+    content: Bytes,
+}
+
+/// The ClickHouse adapter.
+struct ClickHouse {
+    settings: Settings,
+    password: Option<Secret>,
+    client: Option<Client>,
+    features: Features,
+}
+
+/// The server's HTTP address; an IPv6 address goes in brackets.
+fn base_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// A lost connection (refused, reset, I/O, incomplete body, no answer in time) or any other
+/// failure, such as an error the server reported.
+fn classify(context: &str, e: clickhouse::error::Error) -> SysError {
+    use clickhouse::error::Error;
+    let msg = format!("clickhouse: {context}: {}", error_chain(&e));
+    match e {
+        Error::Network(_) | Error::TimedOut => SysError::connection(msg),
+        _ => SysError::failed(msg),
+    }
+}
+
+fn err(context: &str) -> impl FnOnce(clickhouse::error::Error) -> SysError + '_ {
+    move |e| classify(context, e)
+}
+
+/// A bulk INSERT finishing in the background. Dropped unawaited (the bulk load failed), it
+/// aborts the request, so no block lands after the load has returned.
+struct Finishing(JoinHandle<clickhouse::error::Result<()>>);
+
+impl Finishing {
+    /// Waits until the server acknowledged the INSERT.
+    async fn acknowledged(mut self) -> SysResult<()> {
+        (&mut self.0)
+            .await
+            .map_err(|e| SysError::failed(format!("clickhouse: bulk INSERT task: {e}")))?
+            .map_err(err("bulk INSERT"))
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Outstanding work on the lab table: running merges, unfinished mutations, replaced parts
+/// still on disk. Naming the `_state` virtual column makes system.parts list parts in every
+/// state, including those being deleted right now, which `NOT active` alone would miss; the
+/// active state is `Committed` before 22.x and `Active` after.
+const BUSY_SQL: &str = "SELECT \
+     (SELECT count() FROM system.merges WHERE database = ? AND table = 'files'), \
+     (SELECT count() FROM system.mutations WHERE database = ? AND table = 'files' AND NOT is_done), \
+     (SELECT count() FROM system.parts WHERE database = ? AND table = 'files' \
+        AND _state NOT IN ('Committed', 'Active'))";
+
+impl ClickHouse {
+    fn client(&self) -> SysResult<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| SysError::connection("clickhouse: not connected"))
+    }
+
+    fn table(&self) -> String {
+        format!("{}.files", self.settings.database)
+    }
+
+    fn query(&self, sql: &str) -> SysResult<Query> {
+        Ok(self.client()?.query(sql))
+    }
+
+    /// Awaits one request; no answer within `request_timeout_s` counts as a lost connection.
+    async fn timed<T>(
+        &self,
+        context: &str,
+        request: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> SysResult<T> {
+        let limit = Duration::from_secs(self.settings.request_timeout_s);
+        match tokio::time::timeout(limit, request).await {
+            Ok(result) => result.map_err(err(context)),
+            Err(_) => Err(SysError::connection(format!(
+                "clickhouse: {context}: no answer within {} s",
+                self.settings.request_timeout_s
+            ))),
+        }
+    }
+
+    async fn execute(&self, context: &str, sql: &str) -> SysResult<()> {
+        self.timed(context, self.query(sql)?.execute()).await
+    }
+
+    async fn fetch<T: RowOwned + RowRead>(&self, context: &str, query: Query) -> SysResult<T> {
+        self.timed(context, query.fetch_one::<T>()).await
+    }
+
+    /// A new `INSERT INTO … FORMAT RowBinary` with deduplication of identical blocks off.
+    async fn insert(&self) -> SysResult<Insert<FileRow>> {
+        let timeout = Some(Duration::from_secs(self.settings.request_timeout_s));
+        Ok(self
+            .client()?
+            .insert_unescaped::<FileRow>(&self.table())
+            .await
+            .map_err(err("starting INSERT"))?
+            .with_setting("insert_deduplicate", "0")
+            .with_timeouts(timeout, timeout))
+    }
+
+    /// Polls until the lab table has no unfinished mutation and, if `settled`, also no running
+    /// merge and no replaced part left on disk; bounded by `settle_timeout_s`.
+    async fn wait_idle(&self, context: &str, settled: bool) -> SysResult<()> {
+        let db = &self.settings.database;
+        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let query = self.query(BUSY_SQL)?.bind(db).bind(db).bind(db);
+            let (merges, mutations, replaced): (u64, u64, u64) = self.fetch(context, query).await?;
+            let busy = mutations + if settled { merges + replaced } else { 0 };
+            if busy == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(SysError::failed(format!(
+                    "clickhouse: {context}: after {} s {db}.files still has {mutations} \
+                     unfinished mutations, {merges} running merges and {replaced} replaced parts \
+                     on disk (see system.mutations, system.merges, system.parts)",
+                    self.settings.settle_timeout_s
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+#[async_trait]
+impl System for ClickHouse {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn probes(&self) -> ProbeSet {
+        ProbeSet {
+            // A non-replicated MergeTree table: system.parts lists this server's one copy.
+            native_copies: Some(1),
+            fs: self.settings.fs_probe.clone(),
+        }
+    }
+
+    fn target(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "{} database {} as {}",
+            base_url(&s.host, s.port),
+            s.database,
+            s.user
+        )
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        let s = &self.settings;
+        let mut client = Client::default()
+            .with_url(base_url(&s.host, s.port))
+            .with_user(&s.user)
+            .with_compression(Compression::None)
+            .with_validation(false);
+        if let Some(pw) = &self.password {
+            client = client.with_password(pw.expose());
+        }
+        self.client = Some(client);
+        let context = format!("cannot connect to {}:{}", s.host, s.port);
+        let version: String = self
+            .fetch(&context, self.query("SELECT version()")?)
+            .await
+            .inspect_err(|_| self.client = None)?;
+        self.features = Features::of(&version).ok_or_else(|| {
+            SysError::failed(format!(
+                "clickhouse: server version \"{version}\" does not start with major.minor"
+            ))
+        })?;
+        Ok(ServerInfo {
+            product: "ClickHouse".into(),
+            version,
+        })
+    }
+
+    async fn reset(&mut self) -> SysResult<()> {
+        let db = self.settings.database.clone();
+        let tables: Vec<String> = self
+            .timed(
+                "listing tables",
+                self.query("SELECT name FROM system.tables WHERE database = ?")?
+                    .bind(&db)
+                    .fetch_all::<String>(),
+            )
+            .await?;
+        let marked = tables.iter().any(|t| t == MARKER_TABLE);
+        if !tables.is_empty() && !marked {
+            return Err(SysError::unsafe_namespace(format!(
+                "clickhouse: database {db} holds tables but no {MARKER_TABLE} table: it was not \
+                 created by dedup-lab; refusing to touch it — configure another database"
+            )));
+        }
+        if !marked {
+            self.execute(
+                "creating database",
+                &format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            )
+            .await?;
+            self.execute(
+                "creating marker",
+                &format!("CREATE TABLE {db}.{MARKER_TABLE} (note String) ENGINE = TinyLog"),
+            )
+            .await?;
+            self.execute(
+                "writing marker",
+                &format!(
+                    "INSERT INTO {db}.{MARKER_TABLE} VALUES \
+                     ('created by dedup-lab; its files table is dropped and recreated by resets')"
+                ),
+            )
+            .await?;
+        }
+        // The marker stays, so a reset cut short never leaves an unmarked lab database.
+        let sync = if self.features.drop_sync { " SYNC" } else { "" };
+        self.execute(
+            "dropping files",
+            &format!("DROP TABLE IF EXISTS {db}.files{sync}"),
+        )
+        .await?;
+        self.execute(
+            "creating files",
+            &format!(
+                "CREATE TABLE {db}.files (id UInt32, name String, content String) \
+                 ENGINE = MergeTree ORDER BY id \
+                 SETTINGS old_parts_lifetime = 1, cleanup_delay_period = 1, \
+                 cleanup_delay_period_random_add = 0"
+            ),
+        )
+        .await
+    }
+
+    async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
+        let block = self.settings.bulk_block_mib << 20;
+        let mut files = ds.stream();
+        let mut open: Option<(Insert<FileRow>, u64)> = None;
+        // A full block's INSERT finishes (the server writes its part) while the next block
+        // streams; at most one is finishing at a time.
+        let mut finishing: Option<Finishing> = None;
+        while let Some(item) = files.next().await {
+            let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
+            let (insert, bytes) = match &mut open {
+                Some(o) => o,
+                None => open.insert((self.insert().await?, 0)),
+            };
+            *bytes += content.len() as u64;
+            let row = FileRow {
+                id: f.id,
+                name: f.name,
+                content,
+            };
+            insert.write(&row).await.map_err(err("bulk INSERT"))?;
+            if *bytes >= block
+                && let Some((insert, _)) = open.take()
+            {
+                let started = Finishing(tokio::spawn(insert.end()));
+                if let Some(previous) = finishing.replace(started) {
+                    previous.acknowledged().await?;
+                }
+            }
+        }
+        if let Some((insert, _)) = open {
+            insert.end().await.map_err(err("bulk INSERT"))?;
+        }
+        if let Some(previous) = finishing {
+            previous.acknowledged().await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
+        let mut insert = self.insert().await?;
+        let row = FileRow {
+            id: file.id,
+            name: file.name.clone(),
+            content,
+        };
+        insert.write(&row).await.map_err(err("INSERT"))?;
+        insert.end().await.map_err(err("INSERT"))
+    }
+
+    async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
+        let table = self.table();
+        let (context, sql) = if self.features.lightweight_delete {
+            (
+                "DELETE",
+                format!("DELETE FROM {table} WHERE id = {}", file.id),
+            )
+        } else {
+            (
+                "ALTER TABLE … DELETE",
+                format!("ALTER TABLE {table} DELETE WHERE id = {}", file.id),
+            )
+        };
+        self.execute(context, &sql).await?;
+        // Both forms run as mutations; the file is gone only once its mutation is done.
+        self.wait_idle("waiting for the delete mutation", false)
+            .await
+    }
+
+    async fn maintenance(&mut self) -> SysResult<String> {
+        let sql = format!("OPTIMIZE TABLE {} FINAL", self.table());
+        self.execute("OPTIMIZE FINAL", &sql).await?;
+        Ok(sql)
+    }
+
+    async fn settle(&mut self) -> SysResult<()> {
+        self.wait_idle("settling", true).await
+    }
+
+    async fn count(&mut self) -> SysResult<u64> {
+        let query = self.query(&format!("SELECT count() FROM {}", self.table()))?;
+        self.fetch("count", query).await
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let query = self
+            .query(
+                "SELECT sum(bytes_on_disk) FROM system.parts \
+                 WHERE active AND database = ? AND table = 'files'",
+            )?
+            .bind(&self.settings.database);
+        self.fetch("sum(bytes_on_disk)", query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_servers_get_mutations_and_plain_drops() {
+        assert_eq!(Features::of("18.16.1"), Some(Features::default()));
+        assert_eq!(
+            Features::of("20.9.7.11"),
+            Some(Features {
+                lightweight_delete: false,
+                drop_sync: false
+            })
+        );
+    }
+
+    #[test]
+    fn new_servers_get_sync_drops_then_lightweight_deletes() {
+        let f = Features::of("22.8.21.38").unwrap();
+        assert!(f.drop_sync && !f.lightweight_delete);
+        let f = Features::of("23.3.1.2823").unwrap();
+        assert!(f.drop_sync && f.lightweight_delete);
+        let f = Features::of("26.9.1.1-stable").unwrap();
+        assert!(f.drop_sync && f.lightweight_delete);
+    }
+
+    #[test]
+    fn versions_without_major_minor_are_rejected() {
+        assert_eq!(Features::of(""), None);
+        assert_eq!(Features::of("24"), None);
+        assert_eq!(Features::of("v24.3"), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(base_url("::1", 8123), "http://[::1]:8123");
+        assert_eq!(base_url("db.example", 18123), "http://db.example:18123");
+    }
+
+    #[test]
+    fn host_with_credentials_is_refused() {
+        let section: toml::Table =
+            toml::from_str("host = \"user:pw@db.example\"\nport = 8123").unwrap();
+        let e = build(&SystemContext {
+            section: Some(&section),
+            experiment_dir: std::path::Path::new("."),
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("not a host name"), "{e}");
+        assert_eq!(crate::error::exit_code(&e), 2);
+    }
+}

@@ -1,0 +1,364 @@
+//! ClickHouse against the lab server: counts, the native probe checked with clickhouse-client,
+//! deletes awaited, identical blocks all stored, foreign databases left alone, lost
+//! connections classified.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::systems::{self, ErrorKind, System, SystemContext};
+
+/// Native-protocol port of the lab server (the config section names only the HTTP port).
+const LAB_TCP_PORT: u16 = 19000;
+
+/// clickhouse-client against the lab server over the native protocol — independent of the
+/// adapter's HTTP path. Credentials go in a mode-0600 client config, never on the command line.
+fn cli(query: &str) -> String {
+    let s = lab_section("clickhouse");
+    let password = std::fs::read_to_string(s["password_file"].as_str().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.xml");
+    std::fs::write(
+        &config,
+        format!(
+            "<config><host>127.0.0.1</host><port>{LAB_TCP_PORT}</port><user>{}</user>\
+             <password>{}</password></config>",
+            s["user"].as_str().unwrap(),
+            password.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("clickhouse-client")
+        .arg(format!("--config-file={}", config.display()))
+        .arg("--query")
+        .arg(query)
+        .output()
+        .expect("clickhouse-client");
+    assert!(
+        out.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn number(query: &str) -> u64 {
+    cli(query).parse().unwrap()
+}
+
+fn rows(db: &str) -> u64 {
+    number(&format!("SELECT count() FROM {db}.files"))
+}
+
+/// The adapter built from the lab section with `changes`.
+async fn adapter(changes: &[(&str, toml::Value)]) -> Box<dyn System> {
+    let mut section = lab_section("clickhouse");
+    for (k, v) in changes {
+        section.insert((*k).to_string(), v.clone());
+    }
+    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: std::path::Path::new("."),
+    })
+    .unwrap();
+    sys.connect().await.unwrap();
+    sys
+}
+
+fn data_set(dir: &std::path::Path, payload: PayloadType, grade: u8, files: u32) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload,
+            grade,
+            files,
+            sizes: SizeSpec::Range {
+                min: 1000,
+                max: 100_000,
+            },
+            seed: 5,
+        },
+        &dir.join("ds"),
+    )
+    .unwrap()
+}
+
+/// The on-disk directory of one database in the lab server (18.16 keeps `data/<db>/`).
+fn database_dir(db: &str) -> PathBuf {
+    let s = lab_section("clickhouse");
+    PathBuf::from(s["fs_probe"][0].as_str().unwrap())
+        .join("data")
+        .join(db)
+}
+
+#[test]
+fn run_records_counts_incompressible_growth_and_reclaim() {
+    let db = "dedup_lab_t_run";
+    let tmp = tempfile::tempdir().unwrap();
+    // The fs probe reads this test's database only, so parallel tests do not disturb it.
+    let probe = toml::Value::Array(vec![database_dir(db).display().to_string().into()]);
+    let config = config_with(
+        tmp.path(),
+        "clickhouse",
+        &[("database", db.into()), ("fs_probe", probe)],
+    );
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "clickhouse",
+        "--payloads",
+        "random_binary",
+        "--grades",
+        "0,90",
+        "--runs",
+        "1",
+        "--files",
+        "40",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stages: Vec<_> = journal(&experiment_dir(&results))
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages.len(), 8, "one record per stage per cell");
+    for grade in [0u8, 90] {
+        let get = |st: Stage| {
+            stages
+                .iter()
+                .find(|s| s.cell.grade == grade && s.stage == st)
+                .unwrap()
+        };
+        let bytes = |st: Stage, probe: &str| {
+            let p = &get(st).probes[probe];
+            (p.before.bytes().unwrap(), p.after.bytes().unwrap())
+        };
+        let bulk = get(Stage::BulkInsert);
+        assert_eq!(bulk.rows_after, 40);
+        assert_eq!(bulk.logical_bytes, 40 * 64 * 1024);
+        for probe in ["native", "fs"] {
+            // Random content: LZ4 cannot shrink it and MergeTree stores every duplicate.
+            let (before, after) = bytes(Stage::BulkInsert, probe);
+            assert!(
+                (after - before) as f64 >= 0.9 * bulk.logical_bytes as f64,
+                "U{grade} {probe}: grew {} for L {}",
+                after - before,
+                bulk.logical_bytes
+            );
+        }
+        assert_eq!(get(Stage::PerfileInsert).rows_after, 40);
+        assert_eq!(get(Stage::PerfileDelete).rows_after, 0);
+        assert_eq!(get(Stage::Maintenance).rows_after, 0);
+        let (empty, full) = bytes(Stage::PerfileInsert, "native");
+        assert!(full - empty >= 40 * 64 * 1024 * 9 / 10);
+        // Each mutation rewrote the parts without the deleted row: the data is gone.
+        let (_, after_delete) = bytes(Stage::PerfileDelete, "native");
+        assert!(
+            after_delete < 64 * 1024,
+            "deletes give the space back: {after_delete} bytes left"
+        );
+        // Settling waited for the replaced parts, so the directory shrank as well.
+        let (_, fs_full) = bytes(Stage::PerfileInsert, "fs");
+        let (_, fs_after_delete) = bytes(Stage::PerfileDelete, "fs");
+        assert!(
+            fs_after_delete < fs_full / 4,
+            "fs after deletes {fs_after_delete}, full {fs_full}"
+        );
+        assert!(get(Stage::PerfileDelete).latency_us.as_ref().unwrap().p50 > 0.0);
+        assert!(
+            get(Stage::Maintenance)
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("OPTIMIZE TABLE dedup_lab_t_run.files FINAL")
+        );
+    }
+    assert_eq!(rows(db), 0, "the final reset empties the table");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_probe_and_counts_match_clickhouse_client_and_deletes_are_awaited() {
+    let db = "dedup_lab_t_native";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sys = adapter(&[("database", db.into())]).await;
+    let info = sys.connect().await.unwrap();
+    assert_eq!(info.product, "ClickHouse");
+    assert_eq!(info.version, cli("SELECT version()"));
+    let ds = data_set(tmp.path(), PayloadType::StructuredJson, 50, 30);
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    assert_eq!(rows(db), 30);
+    assert_eq!(sys.count().await.unwrap(), 30);
+    let by_hand = number(&format!(
+        "SELECT sum(bytes_on_disk) FROM system.parts \
+         WHERE active AND database = '{db}' AND table = 'files'"
+    ));
+    assert!(by_hand > 0);
+    assert_eq!(sys.native_size().await.unwrap(), by_hand);
+    // The stored bytes are the file's bytes.
+    let f = &ds.manifest.files[7];
+    let hex = cli(&format!(
+        "SELECT hex(content) FROM {db}.files WHERE id = {}",
+        f.id
+    ));
+    let content: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(blake3::hash(&content).to_hex().as_str(), f.blake3);
+    let gone: Vec<String> = ds.manifest.files[..5]
+        .iter()
+        .map(|f| f.id.to_string())
+        .collect();
+    for f in &ds.manifest.files[..5] {
+        sys.delete_one(f).await.unwrap();
+        // delete_one returns only once its mutation is done.
+        assert_eq!(
+            number(&format!(
+                "SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done"
+            )),
+            0
+        );
+    }
+    assert_eq!(rows(db), 25);
+    assert_eq!(
+        number(&format!(
+            "SELECT count() FROM {db}.files WHERE id IN ({})",
+            gone.join(", ")
+        )),
+        0
+    );
+    sys.reset().await.unwrap();
+    assert_eq!(rows(db), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_blocks_are_all_stored() {
+    let db = "dedup_lab_t_dupes";
+    let tmp = tempfile::tempdir().unwrap();
+    // Blocks of 1 MiB: one bulk load is several INSERTs, and loading twice repeats each one.
+    let mut sys = adapter(&[("database", db.into()), ("bulk_block_mib", 1.into())]).await;
+    let ds = data_set(tmp.path(), PayloadType::RandomBinary, 0, 80);
+    assert!(ds.manifest.logical_bytes > 3 << 20);
+    sys.reset().await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let f = &ds.manifest.files[3];
+    for _ in 0..3 {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    sys.settle().await.unwrap();
+    assert_eq!(rows(db), 2 * 80 + 3);
+    assert_eq!(
+        number(&format!(
+            "SELECT count() FROM {db}.files WHERE id = {}",
+            f.id
+        )),
+        2 + 3
+    );
+    // MergeTree keeps duplicates through a full merge, too.
+    sys.maintenance().await.unwrap();
+    sys.settle().await.unwrap();
+    assert_eq!(sys.count().await.unwrap(), 2 * 80 + 3);
+    sys.reset().await.unwrap();
+}
+
+#[test]
+fn foreign_databases_survive_and_an_unmarked_lab_database_is_refused() {
+    // Leftovers of an earlier failed run would hold extra rows.
+    cli("DROP DATABASE IF EXISTS precious_ch");
+    cli("DROP DATABASE IF EXISTS dedup_lab_t_foreign");
+    cli("CREATE DATABASE precious_ch");
+    cli("CREATE TABLE precious_ch.keep (x UInt8) ENGINE = TinyLog");
+    cli("INSERT INTO precious_ch.keep VALUES (42)");
+    cli("CREATE DATABASE dedup_lab_t_foreign");
+    cli("CREATE TABLE dedup_lab_t_foreign.files (x UInt8) ENGINE = TinyLog");
+    cli("INSERT INTO dedup_lab_t_foreign.files VALUES (7)");
+    let go = |db: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_with(tmp.path(), "clickhouse", &[("database", db.into())]);
+        let results = tmp.path().join("results");
+        run(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--systems",
+            "clickhouse",
+            "--payloads",
+            "uuid_keys",
+            "--grades",
+            "0",
+            "--runs",
+            "1",
+            "--files",
+            "5",
+            "--results-dir",
+            results.to_str().unwrap(),
+            "--no-progress",
+        ])
+    };
+    let out = go("dedup_lab_t_foreign");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("not created by dedup-lab"),
+        "{}",
+        text(&out)
+    );
+    let out = go("analytics");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a lab-owned name"),
+        "{}",
+        text(&out)
+    );
+    let out = go("dedup_lab_t_ok");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(cli("SELECT x FROM dedup_lab_t_foreign.files"), "7");
+    assert_eq!(cli("SELECT x FROM precious_ch.keep"), "42");
+    cli("DROP DATABASE dedup_lab_t_foreign");
+    cli("DROP DATABASE precious_ch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_connections_and_bad_passwords_are_told_apart() {
+    let mut section = lab_section("clickhouse");
+    // Nothing listens on port 1.
+    section.insert("port".into(), 1.into());
+    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: std::path::Path::new("."),
+    })
+    .unwrap();
+    let e = sys.connect().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConnectionLost, "{}", e.message);
+    assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let mut section = lab_section("clickhouse");
+    section.insert("password_file".into(), wrong.display().to_string().into());
+    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
+        section: Some(&section),
+        experiment_dir: std::path::Path::new("."),
+    })
+    .unwrap();
+    let e = sys.connect().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
+    assert!(e.message.contains("password"), "{}", e.message);
+    assert!(!e.message.contains("not-the-password"), "{}", e.message);
+}
