@@ -174,6 +174,11 @@ fn postgres_recovers_from_a_restart_mid_stage() {
 }
 
 #[test]
+fn clickhouse_recovers_from_a_restart_mid_stage() {
+    stopped_mid_stage_and_restarted("clickhouse", ("database", "dedup_lab_t_fault"));
+}
+
+#[test]
 fn mariadb_recovers_from_a_restart_mid_stage() {
     stopped_mid_stage_and_restarted("mariadb", ("database", "dedup_lab_t_fault"));
 }

@@ -70,6 +70,10 @@ struct Settings {
     request_timeout_s: u64,
     /// Seconds to wait for mutations, merges and part cleanup.
     settle_timeout_s: u64,
+    /// Whether settling also waits until replaced parts are removed from disk. Off by default:
+    /// old servers (18.16) remove them only every ~10 s, which would dominate a run; the `fs`
+    /// probe then counts replaced parts still on disk, the native probe never does.
+    wait_for_part_cleanup: bool,
 }
 
 impl Default for Settings {
@@ -85,6 +89,7 @@ impl Default for Settings {
             bulk_block_mib: 64,
             request_timeout_s: 600,
             settle_timeout_s: 300,
+            wait_for_part_cleanup: false,
         }
     }
 }
@@ -261,16 +266,19 @@ impl ClickHouse {
             .with_timeouts(timeout, timeout))
     }
 
-    /// Polls until the lab table has no unfinished mutation and, if `settled`, also no running
-    /// merge and no replaced part left on disk; bounded by `settle_timeout_s`.
-    async fn wait_idle(&self, context: &str, settled: bool) -> SysResult<()> {
+    /// Polls until the lab table has no unfinished mutation, and no running merge if
+    /// `merges_too`, and no replaced part left on disk if `cleanup_too`; bounded by
+    /// `settle_timeout_s`.
+    async fn wait_idle(&self, context: &str, merges_too: bool, cleanup_too: bool) -> SysResult<()> {
         let db = &self.settings.database;
         let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
         let mut pause = Duration::from_millis(1);
         loop {
             let query = self.query(BUSY_SQL)?.bind(db).bind(db).bind(db);
             let (merges, mutations, replaced): (u64, u64, u64) = self.fetch(context, query).await?;
-            let busy = mutations + if settled { merges + replaced } else { 0 };
+            let busy = mutations
+                + if merges_too { merges } else { 0 }
+                + if cleanup_too { replaced } else { 0 };
             if busy == 0 {
                 return Ok(());
             }
@@ -459,7 +467,7 @@ impl System for ClickHouse {
         };
         self.execute(context, &sql).await?;
         // Both forms run as mutations; the file is gone only once its mutation is done.
-        self.wait_idle("waiting for the delete mutation", false)
+        self.wait_idle("waiting for the delete mutation", false, false)
             .await
     }
 
@@ -470,7 +478,8 @@ impl System for ClickHouse {
     }
 
     async fn settle(&mut self) -> SysResult<()> {
-        self.wait_idle("settling", true).await
+        self.wait_idle("settling", true, self.settings.wait_for_part_cleanup)
+            .await
     }
 
     async fn count(&mut self) -> SysResult<u64> {
