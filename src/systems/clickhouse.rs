@@ -34,7 +34,7 @@ use clickhouse::{Client, Compression, Row, RowOwned, RowRead};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::pgwire::MARKER_TABLE;
+use super::MARKER_TABLE;
 use super::{
     ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,

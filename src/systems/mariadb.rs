@@ -16,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde::Deserialize;
 
-use super::pgwire::MARKER_TABLE;
+use super::MARKER_TABLE;
 use super::{
     ErrorKind, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
     check_namespace, error_chain, parse_section,

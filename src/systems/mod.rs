@@ -39,6 +39,10 @@ pub static REGISTRY: &[SystemDef] = &[
 /// Prefix every lab-owned namespace name starts with.
 pub const LAB_PREFIX: &str = "dedup_lab";
 
+/// Table whose presence marks a schema, database or file as created by dedup-lab (SQL
+/// systems); other systems write their own kind of marker.
+pub const MARKER_TABLE: &str = "dedup_lab_owner";
+
 /// A registry entry: how to build a system from its config section.
 pub struct SystemDef {
     /// Name used in configs and records.

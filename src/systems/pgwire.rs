@@ -19,15 +19,12 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    ErrorKind, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, check_namespace,
-    error_chain, parse_section,
+    ErrorKind, MARKER_TABLE, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext,
+    check_namespace, error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 use crate::secret::{Secret, SecretSource};
-
-/// Table inside the lab schema whose presence marks the schema as created by dedup-lab.
-pub const MARKER_TABLE: &str = "dedup_lab_owner";
 
 /// What differs between PostgreSQL-wire systems.
 #[async_trait]

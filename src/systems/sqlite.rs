@@ -11,8 +11,8 @@ use rusqlite::{Connection, params};
 use serde::Deserialize;
 
 use super::{
-    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
-    failed, parse_section,
+    MARKER_TABLE, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
+    check_namespace, failed, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
 
@@ -23,8 +23,6 @@ pub const DEF: SystemDef = SystemDef {
     about: "embedded SQLite database file (bundled library, no server)",
     build,
 };
-
-const MARKER_TABLE: &str = "dedup_lab_owner";
 
 /// `[systems.sqlite]`
 #[derive(Debug, Default, Deserialize)]
