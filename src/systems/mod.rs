@@ -6,6 +6,7 @@
 
 pub mod cockroachdb;
 pub mod fs;
+pub mod minio;
 pub mod pgwire;
 pub mod postgres;
 pub mod redis;
@@ -28,6 +29,7 @@ pub static REGISTRY: &[SystemDef] = &[
     postgres::DEF,
     cockroachdb::DEF,
     redis::DEF,
+    minio::DEF,
 ];
 
 /// Prefix every lab-owned namespace name starts with.
