@@ -497,9 +497,16 @@ impl Uploader {
     }
 }
 
+/// How often a request the server answered with a 5xx status is sent again, waiting 0.1,
+/// 0.4 and 1.6 s: a server that answers is reachable, and a busy one (Garage answers 503 when
+/// its SQLite database is locked) should not cost a cell. Connection errors are never retried
+/// here: the engine reconnects and retries the cell.
+const SERVER_ERROR_RETRIES: u32 = 3;
+
 /// The HTTP client `object_store` uses, wrapped to see every response: it keeps the `Server`
-/// header (where a server names itself) and turns a 5xx answer into an interrupted request,
-/// so that a server restarting or overloaded counts as a lost connection.
+/// header (where a server names itself), retries 5xx answers, and turns a 5xx answer that
+/// persists into an interrupted request, so that a server restarting or overloaded counts as
+/// a lost connection.
 #[derive(Debug)]
 struct Observed {
     server: Arc<Mutex<Option<String>>>,
@@ -523,24 +530,45 @@ struct ObservedService {
 #[async_trait]
 impl HttpService for ObservedService {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let response = self.inner.execute(req).await?;
-        if let Some(name) = response
-            .headers()
-            .get(http::header::SERVER)
-            .and_then(|v| v.to_str().ok())
-        {
-            *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
-        }
-        let status = response.status();
-        if status.is_server_error() {
+        let (parts, body) = req.into_parts();
+        let (mut delay, mut retries) = (Duration::from_millis(100), 0);
+        loop {
+            // Signed headers and payload stay valid: the same request can be sent again.
+            let mut again = HttpRequest::new(body.clone());
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.version_mut() = parts.version;
+            *again.headers_mut() = parts.headers.clone();
+            *again.extensions_mut() = parts.extensions.clone();
+            let response = self.inner.execute(again).await?;
+            if let Some(name) = response
+                .headers()
+                .get(http::header::SERVER)
+                .and_then(|v| v.to_str().ok())
+            {
+                *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
+            }
+            let status = response.status();
+            if !status.is_server_error() {
+                return Ok(response);
+            }
             let body = response.into_body().bytes().await.unwrap_or_default();
             let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-            return Err(HttpError::new(
-                HttpErrorKind::Interrupted,
-                std::io::Error::other(format!("server answered {status}: {}", text.trim())),
-            ));
+            let text = format!("server answered {status}: {}", text.trim());
+            if retries == SERVER_ERROR_RETRIES {
+                return Err(HttpError::new(
+                    HttpErrorKind::Interrupted,
+                    std::io::Error::other(text),
+                ));
+            }
+            tracing::warn!(
+                "minio: {} {}: {text}; sending it again in {delay:?}",
+                parts.method,
+                parts.uri.path()
+            );
+            tokio::time::sleep(delay).await;
+            (delay, retries) = (delay * 4, retries + 1);
         }
-        Ok(response)
     }
 }
 
