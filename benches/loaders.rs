@@ -57,6 +57,12 @@ const NATIVE: &[Native] = &[
         prepare: rowbinary_file,
         load: clickhouse_client,
     },
+    Native {
+        system: "minio",
+        tool: "rclone copy",
+        prepare: rclone_input,
+        load: rclone_copy,
+    },
 ];
 
 fn main() {
@@ -424,5 +430,73 @@ fn clickhouse_client(section: &toml::Table, input: &Path) -> Command {
         .arg(&config)
         .arg(format!("INSERT INTO {database}.files FORMAT RowBinary"))
         .arg(input);
+    c
+}
+
+/// The data set's files without the manifest (hard links), for rclone to copy as they are.
+/// Installs rclone (a Debian package) when it is missing.
+fn rclone_input(ds: &DataSet, dir: &Path) -> std::io::Result<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("rclone").is_file()));
+    if !found {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "rclone"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        assert!(status.success(), "apt-get install rclone failed");
+    }
+    let input = dir.join("s3-input");
+    std::fs::create_dir_all(&input)?;
+    for f in &ds.manifest.files {
+        std::fs::hard_link(ds.path(f), input.join(&f.name))?;
+    }
+    Ok(input)
+}
+
+/// `rclone copy` into the adapter's key layout (`<prefix>/files/<name>`), with as many
+/// transfers as the adapter has PUTs in flight, and without the destination checks and
+/// per-object HEADs that an empty lab prefix does not need. Its S3 config is only in the
+/// child's environment.
+fn rclone_copy(section: &toml::Table, input: &Path) -> Command {
+    let get = |k: &str, default: &str| {
+        section
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
+    let read = |k: &str| {
+        let path = section[k].as_str().expect(k);
+        std::fs::read_to_string(path).expect(k).trim().to_string()
+    };
+    let transfers = section
+        .get("concurrency")
+        .and_then(|v| v.as_integer())
+        .unwrap_or(16)
+        .to_string();
+    let mut c = Command::new("rclone");
+    c.env("RCLONE_CONFIG", "/dev/null")
+        // rclone 1.60 refuses to start when AWS_CA_BUNDLE is set and the endpoint is http.
+        .env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG_LAB_TYPE", "s3")
+        .env("RCLONE_CONFIG_LAB_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_LAB_ENV_AUTH", "false")
+        .env("RCLONE_CONFIG_LAB_ACCESS_KEY_ID", read("access_key_file"))
+        .env(
+            "RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY",
+            read("secret_key_file"),
+        )
+        .env("RCLONE_CONFIG_LAB_ENDPOINT", get("endpoint", ""))
+        .env("RCLONE_CONFIG_LAB_REGION", get("region", "us-east-1"))
+        .env("RCLONE_CONFIG_LAB_FORCE_PATH_STYLE", "true")
+        .arg("copy")
+        .arg(input)
+        .arg(format!(
+            "lab:{}/{}/files",
+            get("bucket", "dedup-lab"),
+            get("prefix", "dedup_lab")
+        ))
+        .args(["--transfers", &transfers, "--checkers", &transfers])
+        .args(["--no-check-dest", "--s3-no-check-bucket", "--s3-no-head"]);
     c
 }

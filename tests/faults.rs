@@ -188,6 +188,11 @@ fn redis_recovers_from_a_restart_mid_stage() {
     stopped_mid_stage_and_restarted("redis", ("prefix", "dedup_lab_t_fault"));
 }
 
+#[test]
+fn minio_recovers_from_a_restart_mid_stage() {
+    stopped_mid_stage_and_restarted("minio", ("prefix", "dedup_lab_t_fault"));
+}
+
 /// A server that stays down fails its own cells, fast, and nobody else's; exit code 1.
 #[test]
 fn a_server_that_stays_down_fails_only_its_cells() {

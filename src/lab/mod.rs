@@ -9,6 +9,7 @@
 mod clickhouse;
 mod kafka;
 mod mariadb;
+mod minio;
 mod postgres;
 mod process;
 mod redis;
@@ -30,6 +31,7 @@ static SERVERS: &[&dyn Server] = &[
     &mariadb::MariaDb,
     &clickhouse::ClickHouse,
     &kafka::Kafka,
+    &minio::Garage,
 ];
 
 /// A server the lab can run.
@@ -166,12 +168,17 @@ impl Lab {
 
     /// The path of a generated secret, creating it (random, mode 0600) on first use.
     fn secret(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.secret_of(name, 18)
+    }
+
+    /// [`Lab::secret`] of `len` random bytes, written as hex.
+    fn secret_of(&self, name: &str, len: usize) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("secrets");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let path = dir.join(format!("{name}.password"));
         if !path.exists() {
-            let mut bytes = [0u8; 18];
+            let mut bytes = vec![0u8; len];
             std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
             let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             std::fs::write(&path, value)?;

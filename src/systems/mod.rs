@@ -9,6 +9,7 @@ pub mod cockroachdb;
 pub mod fs;
 pub mod kafka;
 pub mod mariadb;
+pub mod minio;
 pub mod pgwire;
 pub mod postgres;
 pub mod redis;
@@ -34,6 +35,7 @@ pub static REGISTRY: &[SystemDef] = &[
     redis::DEF,
     clickhouse::DEF,
     kafka::DEF,
+    minio::DEF,
 ];
 
 /// Prefix every lab-owned namespace name starts with.
