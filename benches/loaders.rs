@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::systems::{self, SystemContext};
+use dedup_lab::systems;
 
 const FILES: u32 = 4096;
 const FILE_SIZE: u64 = 64 * 1024;
@@ -102,12 +102,8 @@ fn main() {
             continue;
         };
         let input = (native.prepare)(&ds, tmp.path()).expect("native input");
-        let def = systems::lookup(native.system).expect("registered");
-        let mut sys = (def.build)(&SystemContext {
-            section: Some(section),
-            experiment_dir: tmp.path(),
-        })
-        .expect("build");
+        let mut sys =
+            systems::build_from_section(native.system, section, tmp.path()).expect("build");
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         runtime.block_on(async {
             sys.connect().await.expect("connect");

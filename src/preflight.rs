@@ -1,11 +1,13 @@
-//! Preflight: reach every selected system, report its version and probes, or say why not.
+//! Preflight: reach every selected system, read its probes once, and report its version, or
+//! say exactly why not. Nothing is written.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::config::Resolved;
-use crate::experiment::build_systems;
-use crate::probe;
-use crate::systems::{ProbeSet, ServerInfo, System};
+use crate::experiment::{Subject, build_systems};
+use crate::probe::{self, ProbeSet, Reading};
+use crate::systems::ServerInfo;
 
 /// What preflight found for one system.
 pub struct Check {
@@ -15,40 +17,50 @@ pub struct Check {
     pub target: String,
     /// Version, or the reason it could not be reached.
     pub server: Result<ServerInfo, String>,
-    /// Its probes.
-    pub probes: ProbeSet,
-    /// The fs probe's reading now, or why it fails.
-    pub fs_probe: Option<Result<u64, String>>,
-    /// An embedded system creates its directories on first use: a missing fs path is fine.
+    /// Each probe's reading now, by probe name (local probes even when the server is down).
+    pub readings: BTreeMap<String, Reading>,
+    /// An embedded system creates its files on first use: missing probe paths are fine.
     pub embedded: bool,
 }
 
-/// Connects to every selected system (nothing is written).
+/// Connects to every selected system and reads its probes.
 pub async fn check(config: &Resolved) -> anyhow::Result<Vec<Check>> {
-    let systems = build_systems(config, &config.experiment_dir())?;
     let mut out = Vec::new();
-    for (sys, def) in systems.into_iter().zip(&config.systems) {
-        out.push(check_one(sys, def.embedded).await);
+    for subject in build_systems(config, &config.experiment_dir())? {
+        out.push(check_one(subject).await);
     }
     Ok(out)
 }
 
-async fn check_one(mut sys: Box<dyn System>, embedded: bool) -> Check {
-    let server = sys.connect().await.map_err(|e| e.message);
-    let probes = sys.probes();
-    let fs_probe = (!probes.fs.is_empty())
-        .then(|| probe::fs::allocated_bytes(&probes.fs).map_err(|e| format!("{e:#}")));
+async fn check_one(mut s: Subject) -> Check {
+    let server = s.sys.connect().await.map_err(|e| e.message);
+    let mut probes = s.probes();
+    if server.is_err() {
+        // Only what can be read without the server.
+        probes = ProbeSet {
+            native_copies: None,
+            ..probes
+        };
+    }
+    let readings = probe::read_all(s.sys.as_mut(), &probes)
+        .await
+        .unwrap_or_else(|e| {
+            BTreeMap::from([(
+                probe::NATIVE.to_string(),
+                Reading::Error { error: e.message },
+            )])
+        });
     Check {
-        system: sys.name(),
-        target: sys.target(),
+        system: s.def.name,
+        target: s.sys.target(),
         server,
-        probes,
-        fs_probe,
-        embedded,
+        readings,
+        embedded: s.def.embedded,
     }
 }
 
-/// Renders checks as text; the boolean is true when every system was reached.
+/// Renders checks as text; the boolean is true when every system was reached and every
+/// probe answered.
 pub fn render(checks: &[Check]) -> (String, bool) {
     let mut out = String::new();
     let mut ok = true;
@@ -66,23 +78,23 @@ pub fn render(checks: &[Check]) -> (String, bool) {
                 let _ = writeln!(out, "{:<12} FAILED  {why}", c.system);
             }
         }
-        let native = if c.probes.native_copies.is_some() {
-            "native: available"
-        } else {
-            "native: none"
-        };
-        let fs = match &c.fs_probe {
-            None => "fs: not configured".to_string(),
-            Some(Ok(b)) => format!("fs: {b} bytes now"),
-            Some(Err(e)) if c.embedded && e.contains("does not exist") => {
-                "fs: created on first run".to_string()
-            }
-            Some(Err(e)) => {
-                ok = false;
-                format!("fs: FAILED {e}")
-            }
-        };
-        let _ = writeln!(out, "{:<12}         probes: {native}; {fs}", "");
+        let mut parts = Vec::new();
+        for (name, r) in &c.readings {
+            parts.push(match r {
+                Reading::Bytes { bytes } => format!("{name} {bytes} bytes now"),
+                Reading::Error { error } if c.embedded && error.contains("does not exist") => {
+                    format!("{name} created on first run")
+                }
+                Reading::Error { error } => {
+                    ok = false;
+                    format!("{name} FAILED {error}")
+                }
+            });
+        }
+        if parts.is_empty() {
+            parts.push("none".into());
+        }
+        let _ = writeln!(out, "{:<12}         probes: {}", "", parts.join("; "));
     }
     (out, ok)
 }

@@ -212,7 +212,7 @@ const CASES: &[Case] = &[
             "--dry-run",
         ],
         code: 2,
-        words: &["fs_probe: /nonexistent/pgdata does not exist"],
+        words: &["probe path /nonexistent/pgdata does not exist"],
     },
     Case {
         name: "invalid experiment id",

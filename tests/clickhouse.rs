@@ -11,7 +11,7 @@ use std::process::Command;
 use common::{config_with, experiment_dir, journal, lab_section, run, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
-use dedup_lab::systems::{self, ErrorKind, System, SystemContext};
+use dedup_lab::systems::{self, ErrorKind, System};
 
 /// Native-protocol port of the lab server (the config section names only the HTTP port).
 const LAB_TCP_PORT: u16 = 19000;
@@ -62,11 +62,8 @@ async fn adapter(changes: &[(&str, toml::Value)]) -> Box<dyn System> {
     for (k, v) in changes {
         section.insert((*k).to_string(), v.clone());
     }
-    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: std::path::Path::new("."),
-    })
-    .unwrap();
+    let mut sys =
+        systems::build_from_section("clickhouse", &section, std::path::Path::new(".")).unwrap();
     sys.connect().await.unwrap();
     sys
 }
@@ -346,11 +343,8 @@ async fn lost_connections_and_bad_passwords_are_told_apart() {
     let mut section = lab_section("clickhouse");
     // Nothing listens on port 1.
     section.insert("port".into(), 1.into());
-    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: std::path::Path::new("."),
-    })
-    .unwrap();
+    let mut sys =
+        systems::build_from_section("clickhouse", &section, std::path::Path::new(".")).unwrap();
     let e = sys.connect().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::ConnectionLost, "{}", e.message);
     assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
@@ -360,11 +354,8 @@ async fn lost_connections_and_bad_passwords_are_told_apart() {
     std::fs::write(&wrong, "not-the-password").unwrap();
     let mut section = lab_section("clickhouse");
     section.insert("password_file".into(), wrong.display().to_string().into());
-    let mut sys = (systems::lookup("clickhouse").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: std::path::Path::new("."),
-    })
-    .unwrap();
+    let mut sys =
+        systems::build_from_section("clickhouse", &section, std::path::Path::new(".")).unwrap();
     let e = sys.connect().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
     assert!(e.message.contains("password"), "{}", e.message);

@@ -7,7 +7,7 @@ mod common;
 use common::{experiment_dir, journal, run, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
-use dedup_lab::systems::{self, SystemContext};
+use dedup_lab::systems;
 
 /// A `[systems.cockroachdb]` section from the URL; its password goes through an environment
 /// variable, never into the config.
@@ -52,14 +52,10 @@ fn section(schema: &str) -> toml::Table {
 async fn adapter_loads_counts_and_deletes() {
     let tmp = tempfile::tempdir().unwrap();
     let section = section("dedup_lab_t_crdb");
-    let mut sys = (systems::lookup("cockroachdb").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let mut sys = systems::build_from_section("cockroachdb", &section, tmp.path()).unwrap();
     let info = sys.connect().await.unwrap();
     assert_eq!(info.product, "CockroachDB");
-    assert!(sys.probes().native_copies.unwrap() >= 1);
+    assert!(sys.native_copies().unwrap() >= 1);
     let ds = DataSet::generate(
         &DataSetSpec {
             payload: PayloadType::RandomBinary,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use common::{config_with, experiment_dir, journal, lab_section, run, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage, StageRecord};
-use dedup_lab::systems::{self, ErrorKind, System, SystemContext};
+use dedup_lab::systems::{self, ErrorKind, System};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
@@ -40,11 +40,7 @@ fn adapter(database: &str) -> (Box<dyn System>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("mariadb");
     section.insert("database".into(), database.into());
-    let sys = (systems::lookup("mariadb").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let sys = systems::build_from_section("mariadb", &section, tmp.path()).unwrap();
     (sys, tmp)
 }
 
@@ -324,11 +320,7 @@ async fn a_wrong_password_fails_without_retry_and_names_the_cause() {
     std::fs::write(&wrong, "not-the-password").unwrap();
     let mut section = lab_section("mariadb");
     section.insert("password_file".into(), wrong.display().to_string().into());
-    let mut sys = (systems::lookup("mariadb").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let mut sys = systems::build_from_section("mariadb", &section, tmp.path()).unwrap();
     let err = sys.connect().await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Failed, "{}", err.message);
     assert!(err.message.contains("Access denied"), "{}", err.message);

@@ -96,6 +96,8 @@ fn rclone_keys(path: &str) -> Vec<String> {
 
 fn adapter(changes: &[(&str, toml::Value)]) -> Minio {
     let mut section = lab_section("minio");
+    // The probe keys are the engine's, not the adapter's.
+    section.remove("fs_probe");
     for (k, v) in changes {
         section.insert((*k).to_string(), v.clone());
     }

@@ -6,7 +6,7 @@ mod common;
 use common::{config_with, experiment_dir, journal, lab_section, run, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
-use dedup_lab::systems::{self, SystemContext};
+use dedup_lab::systems;
 use tokio_postgres::NoTls;
 
 /// An independent connection to the lab server, typed by hand from the lab config.
@@ -135,12 +135,7 @@ async fn native_probe_and_counts_match_independent_queries() {
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("postgres");
     section.insert("schema".into(), "dedup_lab_t_native".into());
-    let def = systems::lookup("postgres").unwrap();
-    let mut sys = (def.build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let mut sys = systems::build_from_section("postgres", &section, tmp.path()).unwrap();
     let info = sys.connect().await.unwrap();
     assert_eq!(info.product, "PostgreSQL");
     let ds = DataSet::generate(
@@ -347,11 +342,7 @@ async fn batched_insert_path_stores_every_row_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("postgres");
     section.insert("schema".into(), "dedup_lab_t_batch".into());
-    let mut sys = (systems::lookup("postgres").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let mut sys = systems::build_from_section("postgres", &section, tmp.path()).unwrap();
     sys.connect().await.unwrap();
     sys.reset().await.unwrap();
     let files = (BATCH_ROWS * 2 + 7) as u32;

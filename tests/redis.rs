@@ -7,7 +7,7 @@ use std::process::Command;
 
 use common::{config_with, experiment_dir, journal, lab_section, run, text};
 use dedup_lab::results::record::{Record, Stage};
-use dedup_lab::systems::{self, SystemContext};
+use dedup_lab::systems;
 
 /// redis-cli against the lab server, authenticated through the environment.
 fn cli(args: &[&str]) -> String {
@@ -49,11 +49,7 @@ async fn native_size_is_memory_usage_and_deletes_remove_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("redis");
     section.insert("prefix".into(), "dedup_lab_t_native".into());
-    let mut sys = (systems::lookup("redis").unwrap().build)(&SystemContext {
-        section: Some(&section),
-        experiment_dir: tmp.path(),
-    })
-    .unwrap();
+    let mut sys = systems::build_from_section("redis", &section, tmp.path()).unwrap();
     assert_eq!(sys.connect().await.unwrap().product, "Redis");
     let ds = dedup_lab::dataset::DataSet::generate(
         &dedup_lab::dataset::DataSetSpec {

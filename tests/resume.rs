@@ -12,13 +12,18 @@ use common::{bin, journal, run, text};
 use dedup_lab::results::derive;
 use dedup_lab::results::record::Record;
 
+/// 2 systems × 2 payloads × 3 grades × 2 runs.
+const CELLS: usize = 24;
+/// Kills before letting the run finish: more than the cells they can complete.
+const KILLS: usize = 24;
+
 fn args(results: &Path) -> Vec<String> {
     let results = results.to_str().unwrap();
     #[rustfmt::skip]
     let args = [
         "run", "--results-dir", results, "--id", "killed",
-        "--payloads", "random_binary,uuid_keys", "--grades", "0,90", "--runs", "1",
-        "--files", "12", "--file-size", "16KiB", "--no-progress",
+        "--payloads", "random_binary,uuid_keys", "--grades", "0,50,90", "--runs", "2",
+        "--files", "8", "--file-size", "16KiB", "--no-progress",
     ];
     args.map(String::from).to_vec()
 }
@@ -59,15 +64,13 @@ fn sigkill_at_many_points_then_resume_gives_the_uninterrupted_result() {
         .iter()
         .map(|s| (s.cell.clone(), s.stage))
         .collect();
-    assert_eq!(ref_counted.len(), 2 * 2 * 2 * 4);
+    assert_eq!(ref_counted.len(), CELLS * 4);
 
     let results = tmp.path().join("killed");
     let journal_path = results.join("killed").join("journal.jsonl");
     let mut kills = 0;
     let mut in_flight_after: BTreeSet<String> = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(Instant::now() < deadline, "the killed run did not finish");
+    while kills < KILLS {
         let (start, _) = progress(&journal_path);
         let mut child = bin()
             .args(args(&results))
@@ -75,22 +78,23 @@ fn sigkill_at_many_points_then_resume_gives_the_uninterrupted_result() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Kill after 1 to 6 new records (a cell writes 5, so some attempts complete), plus a
-        // varying delay so that kills land inside stages, not only on their boundaries.
-        let wait_for = start + 1 + kills % 6;
-        let delay = Duration::from_millis([0, 3, 9, 20, 40][kills % 5]);
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
+        // Kill after 1, 2, 3, 1 or 6 new records (a cell writes 5, so one attempt in five
+        // completes its cell), plus a varying delay so that kills land inside stages, not
+        // only on their boundaries.
+        let wait_for = start + [1, 2, 3, 1, 6][kills % 5];
+        let delay = Duration::from_millis([0, 3, 9, 20, 1][kills % 5]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run finished after only {kills} kills"
+            );
+            assert!(Instant::now() < deadline, "the run made no progress");
             if progress(&journal_path).0 >= wait_for {
                 std::thread::sleep(delay);
-                break false;
+                break;
             }
             std::thread::sleep(Duration::from_millis(2));
-        };
-        if finished {
-            break;
         }
         let _ = child.kill();
         child.wait().unwrap();
@@ -99,20 +103,19 @@ fn sigkill_at_many_points_then_resume_gives_the_uninterrupted_result() {
             in_flight_after.insert(last);
         }
     }
-    assert!(kills >= 20, "only {kills} kills before the run finished");
     assert!(
         in_flight_after.len() >= 4,
         "kills should follow every kind of record, saw {in_flight_after:?}"
     );
 
-    // One last resume finds nothing left to do.
-    let out = run(&args(&results)
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    // A resume without kills finishes the rest; one more finds nothing left to do.
+    let args: Vec<String> = args(&results);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
     assert!(out.status.success(), "{}", text(&out));
+    let out = run(&args);
     assert!(
-        text(&out).contains("0 cells measured, 8 already complete"),
+        text(&out).contains(&format!("0 cells measured, {CELLS} already complete")),
         "{}",
         text(&out)
     );
@@ -124,7 +127,7 @@ fn sigkill_at_many_points_then_resume_gives_the_uninterrupted_result() {
             *done.entry(cell.clone()).or_default() += 1;
         }
     }
-    assert_eq!(done.len(), 8);
+    assert_eq!(done.len(), CELLS);
     assert!(
         done.values().all(|&n| n == 1),
         "a cell completed twice: {done:?}"

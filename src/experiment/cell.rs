@@ -6,9 +6,9 @@ use chrono::Utc;
 
 use super::journal::Journal;
 use crate::dataset::DataSet;
-use crate::probe;
+use crate::probe::{self, ProbeSet};
 use crate::results::record::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord};
-use crate::systems::{ProbeSet, SysError, System};
+use crate::systems::{SysError, System};
 
 /// Why a cell attempt stopped.
 #[derive(Debug)]

@@ -16,8 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{self, Resolved};
 use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
 use crate::error::usage;
+use crate::probe::{ProbePaths, ProbeSet};
 use crate::results::record::{CellKey, Record, Stage};
-use crate::systems::{ErrorKind, ProbeSet, ServerInfo, SysError, System, SystemContext};
+use crate::systems::{ErrorKind, ServerInfo, SysError, System, SystemContext, SystemDef};
 use cell::{Attempt, CellError};
 use journal::Journal;
 pub use metadata::Metadata;
@@ -71,41 +72,53 @@ pub fn dataset_dir(root: &Path, run: u32, payload: PayloadType, grade: u8) -> Pa
         .join(format!("{}-U{grade}", payload.name()))
 }
 
+/// A system built from its config section, with where its probes look.
+pub struct Subject {
+    /// Its registry entry.
+    pub def: &'static SystemDef,
+    /// The adapter.
+    pub sys: Box<dyn System>,
+    /// The configured probe paths.
+    pub paths: ProbePaths,
+}
+
+impl Subject {
+    /// Its probes now (the native probe may depend on what `connect` learned).
+    pub fn probes(&self) -> ProbeSet {
+        ProbeSet::of(self.sys.as_ref(), &self.paths)
+    }
+}
+
 /// Builds every selected system from its config section (no connection yet).
-pub fn build_systems(
-    config: &Resolved,
-    experiment_dir: &Path,
-) -> anyhow::Result<Vec<Box<dyn System>>> {
+pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result<Vec<Subject>> {
     config
         .systems
         .iter()
-        .map(|def| {
-            (def.build)(&SystemContext {
-                section: config.config.systems.get(def.name),
+        .map(|&def| {
+            let (section, paths) = ProbePaths::take(def.name, config.config.systems.get(def.name))?;
+            let sys = (def.build)(&SystemContext {
+                section: section.as_ref(),
                 experiment_dir,
-            })
+            })?;
+            Ok(Subject { def, sys, paths })
         })
         .collect()
 }
 
-/// Builds the systems for a run and refuses configured `fs` probe paths that do not exist
-/// (embedded systems create theirs on first use).
-fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Box<dyn System>>> {
-    let systems = build_systems(config, &config.experiment_dir())?;
-    for (def, sys) in config.systems.iter().zip(&systems) {
-        if def.embedded {
-            continue;
-        }
-        if let Some(p) = sys.probes().fs.iter().find(|p| !p.exists()) {
+/// Builds the systems for a run and refuses configured probe paths that do not exist.
+fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Subject>> {
+    let subjects = build_systems(config, &config.experiment_dir())?;
+    for s in &subjects {
+        if let Some(p) = s.paths.all().find(|p| !p.exists()) {
             return Err(usage(format!(
-                "config [systems.{}] fs_probe: {} does not exist; point it at the server's data \
-                 directory on this machine, or remove fs_probe",
-                def.name,
+                "config [systems.{}]: probe path {} does not exist; point fs_probe or \
+                 sqlite_probe at the server's files on this machine, or remove it",
+                s.def.name,
                 p.display()
             )));
         }
     }
-    Ok(systems)
+    Ok(subjects)
 }
 
 /// Prints what a run would do, touching nothing.
@@ -129,17 +142,11 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
         c.dataset.file_size,
     );
     for s in &systems {
-        let p = s.probes();
         out.push_str(&format!(
-            "  {:<12} {}  probes: {}{}\n",
-            s.name(),
-            s.target(),
-            if p.native_copies.is_some() {
-                "native "
-            } else {
-                ""
-            },
-            if p.fs.is_empty() { "" } else { "fs" }
+            "  {:<12} {}  probes: {}\n",
+            s.def.name,
+            s.sys.target(),
+            s.probes().names().join(" ")
         ));
     }
     let mut total = 0u64;
@@ -235,8 +242,10 @@ pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome
 
     let mut live = Vec::new();
     let mut servers: BTreeMap<String, Result<ServerInfo, String>> = BTreeMap::new();
-    for mut sys in systems {
-        let connected = sys.connect().await;
+    for mut subject in systems {
+        let connected = subject.sys.connect().await;
+        let probes = subject.probes();
+        let sys = subject.sys;
         servers.insert(
             sys.name().to_string(),
             connected.clone().map_err(|e| e.message.clone()),
@@ -248,11 +257,7 @@ pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome
                 Some(format!("cannot connect: {}", e.message))
             }
         };
-        live.push(Live {
-            probes: sys.probes(),
-            sys,
-            down,
-        });
+        live.push(Live { probes, sys, down });
     }
     let mut meta = Metadata::new(config, servers);
     meta.write(&dir)?;

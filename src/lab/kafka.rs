@@ -110,9 +110,11 @@ impl Server for Kafka {
             "fs_probe".into(),
             toml::Value::Array(vec![data.display().to_string().into()]),
         );
+        // tansu keeps its log in SQLite and reuses freed pages: the sqlite probe sees the
+        // pages in use where the file size (fs) does not grow.
         t.insert(
-            "tansu_sqlite".into(),
-            data.join("tansu.db").display().to_string().into(),
+            "sqlite_probe".into(),
+            toml::Value::Array(vec![data.join("tansu.db").display().to_string().into()]),
         );
         Ok(t)
     }

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::MARKER_TABLE;
 use super::{
-    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
@@ -62,8 +62,6 @@ struct Settings {
     password_file: Option<PathBuf>,
     /// Lab database; must start with `dedup_lab`.
     database: String,
-    /// Directories for the `fs` probe: the server's data directory when it is local.
-    fs_probe: Vec<PathBuf>,
     /// MiB of file content per `INSERT` of the bulk path (one part each).
     bulk_block_mib: u64,
     /// Seconds one request may take before the connection counts as lost.
@@ -85,7 +83,6 @@ impl Default for Settings {
             password_env: None,
             password_file: None,
             database: "dedup_lab".into(),
-            fs_probe: Vec::new(),
             bulk_block_mib: 64,
             request_timeout_s: 600,
             settle_timeout_s: 300,
@@ -302,12 +299,9 @@ impl System for ClickHouse {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            // A non-replicated MergeTree table: system.parts lists this server's one copy.
-            native_copies: Some(1),
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        // A non-replicated MergeTree table: system.parts lists this server's one copy.
+        Some(1)
     }
 
     fn target(&self) -> String {

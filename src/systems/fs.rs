@@ -12,8 +12,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{
-    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
-    failed, parse_section,
+    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace, failed,
+    parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
 
@@ -111,11 +111,12 @@ impl System for Fs {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            native_copies: None,
-            fs: vec![self.dir.clone()],
-        }
+    fn native_copies(&self) -> Option<u32> {
+        None
+    }
+
+    fn default_fs_probe(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
     }
 
     fn target(&self) -> String {

@@ -5,11 +5,11 @@
 //! every delivery awaited. Per file: one record, done when the broker acknowledged it; deleted
 //! by a tombstone under compaction or by DeleteRecords (`delete_mode`). Maintenance: wait
 //! (bounded) for the log cleaner. Native size: DescribeLogDirs, where the broker offers it.
-//! The `fs` probe reads a local broker's log directory; for tansu's sqlite storage the adapter
-//! also folds the WAL before probes and VACUUMs at resets (`tansu_sqlite`).
+//! The `fs` probe reads a local broker's log directory; a broker that stores its log in SQLite
+//! (tansu) is measured with the `sqlite` probe as well, which sees pages in use where the file
+//! reuses freed ones.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +36,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
@@ -131,13 +131,6 @@ struct Settings {
     timeout_s: u64,
     /// Seconds maintenance waits for the log cleaner.
     maintenance_timeout_s: u64,
-    /// Directories for the `fs` probe: a local broker's log directory.
-    fs_probe: Vec<PathBuf>,
-    /// A local tansu broker's sqlite storage file: settling checkpoints its WAL, so that the
-    /// `fs` probe reads folded files, and resets VACUUM it (see [`Kafka::reset`]). Only while
-    /// dedup-lab is the broker's one client: tansu sets no busy timeout, and a produce that
-    /// meets the checkpoint's or VACUUM's lock can stop its storage (tansu 0.6 panics).
-    tansu_sqlite: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -154,8 +147,6 @@ impl Default for Settings {
             replication_factor: 1,
             timeout_s: 30,
             maintenance_timeout_s: 120,
-            fs_probe: Vec::new(),
-            tansu_sqlite: None,
         }
     }
 }
@@ -186,15 +177,6 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
             "config [systems.kafka]: max_message_bytes must be 1024..=536870912, batch_bytes \
              1..=max_message_bytes, linger_ms at most 900000, replication_factor and timeout_s \
              at least 1"
-        );
-    }
-    if let Some(db) = &s.tansu_sqlite
-        && !db.is_file()
-    {
-        crate::bail_usage!(
-            "config [systems.kafka] tansu_sqlite = \"{}\" is not a file: point it at the sqlite \
-             file of tansu's --storage-engine, or remove the key",
-            db.display()
         );
     }
     Ok(Box::new(Kafka {
@@ -503,60 +485,6 @@ fn wait_leader(meta: &BaseConsumer, topic: &str, timeout: Duration) -> SysResult
     }
 }
 
-/// Opens tansu's sqlite file (never creating one) with a busy timeout.
-fn open_tansu(path: &Path, timeout: Duration) -> SysResult<rusqlite::Connection> {
-    let fail = |e: rusqlite::Error| {
-        SysError::failed(format!("kafka: tansu storage {}: {e}", path.display()))
-    };
-    let db = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(fail)?;
-    db.busy_timeout(timeout).map_err(fail)?;
-    Ok(db)
-}
-
-/// Folds tansu's WAL into its database file and truncates the WAL, polling while the broker
-/// holds it busy. The WAL keeps its high-water size otherwise, so the `fs` probe would count
-/// pages twice or miss writes still in it.
-fn checkpoint(path: &Path, timeout: Duration) -> SysResult<()> {
-    let db = open_tansu(path, timeout)?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let busy: i64 = db
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .map_err(|e| {
-                SysError::failed(format!("kafka: checkpointing {}: {e}", path.display()))
-            })?;
-        if busy == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(SysError::failed(format!(
-                "kafka: tansu storage {} stayed busy for {timeout:?}; cannot checkpoint it",
-                path.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// VACUUMs tansu's sqlite file if it has free pages (a VACUUM copies the whole file, which
-/// grows with every topic the broker keeps).
-fn vacuum(path: &Path, timeout: Duration) -> SysResult<()> {
-    let db = open_tansu(path, timeout)?;
-    let fail =
-        |e: rusqlite::Error| SysError::failed(format!("kafka: VACUUM of {}: {e}", path.display()));
-    let free: i64 = db
-        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-        .map_err(fail)?;
-    if free > 0 {
-        db.execute_batch("VACUUM").map_err(fail)?;
-    }
-    Ok(())
-}
-
 impl Kafka {
     fn clients(&self) -> SysResult<&Clients> {
         self.clients
@@ -783,12 +711,9 @@ impl System for Kafka {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            // DescribeLogDirs asks the partition leader: one copy.
-            native_copies: self.log_dirs.map(|_| 1),
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        // DescribeLogDirs asks the partition leader: one copy.
+        self.log_dirs.map(|_| 1)
     }
 
     fn target(&self) -> String {
@@ -864,9 +789,7 @@ impl System for Kafka {
     }
 
     /// Makes a fresh topic (refusing if the prefix holds topics dedup-lab did not create),
-    /// after deleting the earlier ones if `delete_topics`. With `tansu_sqlite`, VACUUMs the
-    /// broker's storage: tansu never frees pages itself, and without the VACUUM the next stage
-    /// would fill pages a previous cell's compaction freed and show less growth than it wrote.
+    /// after deleting the earlier ones if `delete_topics`.
     async fn reset(&mut self) -> SysResult<()> {
         self.topic = None;
         let prefix = format!("{}-", self.settings.prefix);
@@ -920,9 +843,6 @@ impl System for Kafka {
             leader,
             live: BTreeMap::new(),
         });
-        if let Some(db) = self.settings.tansu_sqlite.clone() {
-            blocking(move || vacuum(&db, timeout)).await?;
-        }
         Ok(())
     }
 
@@ -1072,14 +992,9 @@ impl System for Kafka {
         }
     }
 
-    /// Acknowledged records are durable as far as the protocol can tell: nothing to flush. The
-    /// `fs` probe of a tansu broker needs its WAL folded (see [`checkpoint`]).
+    /// Acknowledged records are durable as far as the protocol can tell: nothing to flush.
     async fn settle(&mut self) -> SysResult<()> {
-        let Some(db) = self.settings.tansu_sqlite.clone() else {
-            return Ok(());
-        };
-        let timeout = self.timeout();
-        blocking(move || checkpoint(&db, timeout)).await
+        Ok(())
     }
 
     async fn count(&mut self) -> SysResult<u64> {

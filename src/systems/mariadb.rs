@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use super::MARKER_TABLE;
 use super::{
-    ErrorKind, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
-    check_namespace, error_chain, parse_section,
+    ErrorKind, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry, FileStream};
 use crate::secret::{Secret, SecretSource};
@@ -43,8 +43,6 @@ struct Settings {
     password_file: Option<PathBuf>,
     /// Lab database; must start with `dedup_lab`.
     database: String,
-    /// Directories for the `fs` probe (e.g. the data directory of a local server).
-    fs_probe: Vec<PathBuf>,
     /// Seconds to wait for a connection.
     connect_timeout_s: u64,
     /// Seconds to wait for InnoDB's purge when settling.
@@ -60,7 +58,6 @@ impl Default for Settings {
             password_env: None,
             password_file: None,
             database: "dedup_lab".into(),
-            fs_probe: Vec::new(),
             connect_timeout_s: 10,
             settle_timeout_s: 300,
         }
@@ -203,12 +200,9 @@ impl System for MariaDb {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            // The tablespace file of this server: one copy.
-            native_copies: Some(1),
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        // The tablespace file of this server: one copy.
+        Some(1)
     }
 
     fn target(&self) -> String {

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 
 use super::{
-    LAB_PREFIX, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
-    check_namespace, error_chain, parse_section,
+    LAB_PREFIX, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
@@ -74,8 +74,6 @@ struct Settings {
     part_size_mib: u64,
     /// Keys per ListObjectsV2 page (S3 allows at most 1000).
     list_page_size: usize,
-    /// Directories for the `fs` probe: the server's data (and metadata) directories.
-    fs_probe: Vec<PathBuf>,
     connect_timeout_s: u64,
     /// Seconds one request may take (a whole PUT or part).
     request_timeout_s: u64,
@@ -103,7 +101,6 @@ impl Default for Settings {
             multipart_threshold_mib: 16,
             part_size_mib: 8,
             list_page_size: 1000,
-            fs_probe: Vec::new(),
             connect_timeout_s: 10,
             request_timeout_s: 300,
             settle_timeout_s: 300,
@@ -627,11 +624,9 @@ impl System for Minio {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            native_copies: None,
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        // Plain S3 has no physical size function.
+        None
     }
 
     fn target(&self) -> String {

@@ -85,6 +85,23 @@ pub fn names() -> String {
         .join(", ")
 }
 
+/// Builds system `name` from a whole `[systems.<name>]` table as a config file holds it. The
+/// probe keys (`fs_probe`, `sqlite_probe`) belong to the engine and are left out. For tools
+/// and tests that drive one adapter directly.
+pub fn build_from_section(
+    name: &str,
+    section: &toml::Table,
+    experiment_dir: &Path,
+) -> anyhow::Result<Box<dyn System>> {
+    let def = lookup(name)
+        .ok_or_else(|| usage(format!("unknown system '{name}'; valid names: {}", names())))?;
+    let (section, _) = crate::probe::ProbePaths::take(name, Some(section))?;
+    (def.build)(&SystemContext {
+        section: section.as_ref(),
+        experiment_dir,
+    })
+}
+
 /// Parses a system's config section into its own settings type; unknown keys are errors.
 pub fn parse_section<T: DeserializeOwned + Default>(
     name: &str,
@@ -123,27 +140,6 @@ pub struct ServerInfo {
     pub product: String,
     /// Version string as the server reports it.
     pub version: String,
-}
-
-/// The probes a system offers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ProbeSet {
-    /// `Some(R)`: the system has its own size function ([`System::native_size`]) and it
-    /// counts R full copies of the data (replicas); `None`: no native probe.
-    pub native_copies: Option<u32>,
-    /// Directories (or files) on local disk whose allocated bytes the `fs` probe sums; they
-    /// hold one copy of the data.
-    pub fs: Vec<PathBuf>,
-}
-
-impl ProbeSet {
-    /// Full copies of the data that probe `name` counts.
-    pub fn copies(&self, name: &str) -> u32 {
-        match name {
-            crate::probe::NATIVE => self.native_copies.unwrap_or(1),
-            _ => 1,
-        }
-    }
 }
 
 /// How an operation failed, which decides what the engine does next.
@@ -225,8 +221,16 @@ pub trait System: Send {
     /// Registry name.
     fn name(&self) -> &'static str;
 
-    /// The probes this system offers.
-    fn probes(&self) -> ProbeSet;
+    /// `Some(R)` when the system has its own size function ([`System::native_size`]) that
+    /// counts R full copies of the data (replicas); `None` when it has none. Asked after
+    /// `connect`.
+    fn native_copies(&self) -> Option<u32>;
+
+    /// Where the `fs` probe looks when the config names no `fs_probe`: the files of an
+    /// embedded system. A server's data directory is wherever its host keeps it: no default.
+    fn default_fs_probe(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 
     /// One line describing where the data goes, for preflight and plans (no secrets).
     fn target(&self) -> String;
@@ -257,6 +261,6 @@ pub trait System: Send {
     /// Number of files (rows, objects, keys) stored in the namespace.
     async fn count(&mut self) -> SysResult<u64>;
 
-    /// The system's own measure of its physical size, in bytes (if [`ProbeSet::native`]).
+    /// The system's own measure of its physical size, in bytes (when [`System::native_copies`] is `Some`).
     async fn native_size(&mut self) -> SysResult<u64>;
 }

@@ -19,7 +19,7 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    ErrorKind, MARKER_TABLE, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext,
+    ErrorKind, MARKER_TABLE, ServerInfo, SysError, SysResult, System, SystemContext,
     check_namespace, error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
@@ -70,8 +70,6 @@ pub struct Settings {
     pub password_file: Option<PathBuf>,
     /// Lab schema; must start with `dedup_lab`.
     pub schema: String,
-    /// Directories for the `fs` probe (e.g. the data directory of a local server).
-    pub fs_probe: Vec<PathBuf>,
     /// Seconds to wait for a connection.
     pub connect_timeout_s: u64,
     /// Full copies the native size counts; default: asked of the server.
@@ -92,7 +90,6 @@ impl Default for Settings {
             password_env: None,
             password_file: None,
             schema: "dedup_lab".into(),
-            fs_probe: Vec::new(),
             connect_timeout_s: 10,
             replicas: None,
             tls: false,
@@ -313,11 +310,8 @@ impl<D: Dialect> System for PgWire<D> {
         D::NAME
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            native_copies: Some(self.copies),
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        Some(self.copies)
     }
 
     fn target(&self) -> String {

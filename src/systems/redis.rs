@@ -14,7 +14,7 @@ use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo};
 use serde::Deserialize;
 
 use super::{
-    ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
+    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
@@ -42,8 +42,6 @@ struct Settings {
     password_file: Option<PathBuf>,
     /// Key prefix (without the trailing `:`); must start with `dedup_lab`.
     prefix: String,
-    /// Directories for the `fs` probe: the server's RDB/AOF directory.
-    fs_probe: Vec<PathBuf>,
     /// Files per pipelined round trip of the bulk path.
     pipeline_files: usize,
     /// Seconds to wait for the server's background work when settling.
@@ -60,7 +58,6 @@ impl Default for Settings {
             password_env: None,
             password_file: None,
             prefix: "dedup_lab".into(),
-            fs_probe: Vec::new(),
             pipeline_files: 64,
             settle_timeout_s: 300,
         }
@@ -198,11 +195,8 @@ impl System for Redis {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            native_copies: Some(1),
-            fs: self.settings.fs_probe.clone(),
-        }
+    fn native_copies(&self) -> Option<u32> {
+        Some(1)
     }
 
     fn target(&self) -> String {

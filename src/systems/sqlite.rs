@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Deserialize;
 
 use super::{
-    MARKER_TABLE, ProbeSet, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
+    MARKER_TABLE, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
     check_namespace, failed, parse_section,
 };
 use crate::dataset::{DataSet, FileEntry};
@@ -148,11 +148,12 @@ impl System for Sqlite {
         DEF.name
     }
 
-    fn probes(&self) -> ProbeSet {
-        ProbeSet {
-            native_copies: Some(1),
-            fs: vec![self.dir.clone()],
-        }
+    fn native_copies(&self) -> Option<u32> {
+        Some(1)
+    }
+
+    fn default_fs_probe(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
     }
 
     fn target(&self) -> String {
