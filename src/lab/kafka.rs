@@ -3,14 +3,14 @@
 //! reads `.env` files and many environment variables, so it runs with a cleared environment
 //! and every flag given.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::Daemon;
-use super::{Lab, Server, run};
+use super::process::{CargoTool, Daemon};
+use super::{Lab, Server};
 
 /// Loopback port of the lab broker.
 pub const PORT: u16 = 19092;
@@ -28,19 +28,13 @@ fn daemon(lab: &Lab) -> Daemon {
     }
 }
 
-/// The tansu binary: on `PATH`, or where `cargo install` puts it.
-fn program() -> Option<PathBuf> {
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(cargo_home.map(|h| h.join("bin")))
-        .map(|dir| dir.join("tansu"))
-        .find(|p| p.is_file())
-}
+/// tansu with only its SQLite storage engine (the default build adds an S3 engine the lab
+/// does not use, and a few minutes of compiling).
+const TANSU: CargoTool = CargoTool {
+    program: "tansu",
+    krate: "tansu",
+    args: &["--version", "0.6.0", "--no-default-features", "--features", "libsql"],
+};
 
 /// tansu with a clean environment in the broker's directory.
 fn tansu(path: &Path, dir: &Path) -> Command {
@@ -59,27 +53,15 @@ impl Server for Kafka {
     }
 
     fn installed(&self) -> bool {
-        program().is_some()
+        true
+    }
+
+    fn cargo_tools(&self) -> &'static [CargoTool] {
+        &[TANSU]
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
-        let path = match program() {
-            Some(p) => p,
-            None => {
-                eprintln!(
-                    "lab: installing tansu with cargo (a release build: 10-35 minutes on 2 cores)"
-                );
-                run(Command::new("cargo").args([
-                    "install",
-                    "tansu",
-                    "--features",
-                    "libsql,dynostore",
-                    "--locked",
-                ]))
-                .context("cargo install tansu (needs cargo and a C compiler)")?;
-                program().context("tansu is not on PATH or in ~/.cargo/bin after cargo install")?
-            }
-        };
+        let path = TANSU.path()?;
         let d = daemon(lab);
         let data = d.dir.join("data");
         // tansu does not create the directory of its sqlite file.

@@ -8,14 +8,14 @@
 //! the environment of `garage server --single-node --default-bucket`, never in its arguments.
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::{Daemon, on_path};
-use super::{Lab, Server, run};
+use super::process::{CargoTool, Daemon, on_path};
+use super::{Lab, Server};
 
 /// Loopback port of the S3 API.
 pub const S3_PORT: u16 = 13900;
@@ -40,31 +40,12 @@ fn daemon(lab: &Lab) -> Daemon {
     }
 }
 
-/// The `garage` program: on `PATH`, or where `cargo install` puts it.
-fn garage_bin() -> Option<PathBuf> {
-    if on_path("garage") {
-        return Some("garage".into());
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
-    Some(cargo_home.join("bin").join("garage")).filter(|p| p.is_file())
-}
-
-/// Builds Garage with only the SQLite metadata engine and a short release profile (no LTO,
-/// 16 codegen units, opt-level 1): about 10 minutes on 2 cores instead of 20.
-fn install_garage() -> anyhow::Result<PathBuf> {
-    eprintln!("lab: installing garage {VERSION} with cargo install (about 10 minutes on 2 cores)");
-    run(Command::new("cargo")
-        .args(["install", "garage", "--locked", "--version", VERSION])
-        .args(["--no-default-features", "--features", "bundled-libs,sqlite"])
-        .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "0"))
-    .context("cargo install garage")?;
-    garage_bin().context("cargo install garage succeeded but no garage program was found")
-}
+/// Garage with only the SQLite metadata engine.
+const GARAGE: CargoTool = CargoTool {
+    program: "garage",
+    krate: "garage",
+    args: &["--version", VERSION, "--no-default-features", "--features", "bundled-libs,sqlite"],
+};
 
 /// Whether Garage's admin API answers `/health` with 200 (it does once the layout, key and
 /// bucket are set up).
@@ -99,14 +80,15 @@ impl Server for Garage {
     }
 
     fn installed(&self) -> bool {
-        garage_bin().is_some() && on_path("rclone")
+        on_path("rclone")
+    }
+
+    fn cargo_tools(&self) -> &'static [CargoTool] {
+        &[GARAGE]
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
-        let garage = match garage_bin() {
-            Some(p) => p,
-            None => install_garage()?,
-        };
+        let garage = GARAGE.path()?;
         let d = daemon(lab);
         let (data, meta) = (d.dir.join("data"), d.dir.join("meta"));
         std::fs::create_dir_all(&data)?;

@@ -40,8 +40,12 @@ trait Server: Sync {
     fn name(&self) -> &'static str;
     /// Debian packages that provide it.
     fn packages(&self) -> &'static [&'static str];
-    /// Whether its programs are installed.
+    /// Whether its Debian packages are installed.
     fn installed(&self) -> bool;
+    /// Programs it needs that come from crates.io rather than Debian.
+    fn cargo_tools(&self) -> &'static [process::CargoTool] {
+        &[]
+    }
     /// Starts it if it is not running (idempotent) and returns its config section.
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table>;
     /// Stops it if it runs.
@@ -112,6 +116,22 @@ impl Lab {
         if !missing.is_empty() {
             install_packages(&missing)?;
         }
+        // crates.io programs build side by side: each build has long single-threaded phases.
+        let tools: Vec<&process::CargoTool> = self
+            .servers
+            .iter()
+            .flat_map(|s| s.cargo_tools())
+            .filter(|t| t.find().is_none())
+            .collect();
+        std::thread::scope(|scope| {
+            let builds: Vec<_> = tools
+                .iter()
+                .map(|t| scope.spawn(move || t.install()))
+                .collect();
+            builds
+                .into_iter()
+                .try_for_each(|b| b.join().expect("install thread").map(drop))
+        })?;
         // Merge into an existing lab.toml so `lab up --systems x` keeps the other sections.
         let path = self.dir.join(CONFIG);
         let mut doc: toml::Table = match std::fs::read_to_string(&path) {

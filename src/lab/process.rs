@@ -123,3 +123,62 @@ pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
+
+/// A lab program built from crates.io with `cargo install`, for servers Debian does not ship.
+pub struct CargoTool {
+    /// The executable's name.
+    pub program: &'static str,
+    /// The crate.
+    pub krate: &'static str,
+    /// Extra `cargo install` arguments: the pinned version and the features the lab needs.
+    pub args: &'static [&'static str],
+}
+
+impl CargoTool {
+    /// The executable: on `PATH`, or in `$CARGO_HOME/bin` (where `cargo install` puts it).
+    pub fn find(&self) -> Option<PathBuf> {
+        let cargo_bin = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .map(|h| h.join("bin"));
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(cargo_bin)
+            .map(|dir| dir.join(self.program))
+            .find(|p| p.is_file())
+    }
+
+    /// Builds and installs it with a short release profile (no LTO, 16 codegen units,
+    /// opt-level 1): a lab server needs to run, not to win benchmarks, and CI has a budget.
+    pub fn install(&self) -> anyhow::Result<PathBuf> {
+        eprintln!(
+            "lab: building {} with cargo install (several minutes on 2 cores)",
+            self.krate
+        );
+        super::run(
+            std::process::Command::new("cargo")
+                .args(["install", "--locked", self.krate])
+                .args(self.args)
+                .env("CARGO_PROFILE_RELEASE_LTO", "false")
+                .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+                .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "0"),
+        )
+        .with_context(|| format!("cargo install {} (needs cargo and a C compiler)", self.krate))?;
+        self.find().with_context(|| {
+            format!("cargo install {} left no {} program", self.krate, self.program)
+        })
+    }
+
+    /// The executable, or an error telling how to get it.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        self.find().with_context(|| {
+            format!(
+                "{} is not installed; `dedup-lab lab up` builds it with cargo install",
+                self.program
+            )
+        })
+    }
+}
