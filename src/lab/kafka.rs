@@ -33,7 +33,13 @@ fn daemon(lab: &Lab) -> Daemon {
 const TANSU: CargoTool = CargoTool {
     program: "tansu",
     krate: "tansu",
-    args: &["--version", "0.6.0", "--no-default-features", "--features", "libsql"],
+    args: &[
+        "--version",
+        "0.6.0",
+        "--no-default-features",
+        "--features",
+        "libsql",
+    ],
 };
 
 /// tansu with a clean environment in the broker's directory.

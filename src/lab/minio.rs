@@ -44,7 +44,13 @@ fn daemon(lab: &Lab) -> Daemon {
 const GARAGE: CargoTool = CargoTool {
     program: "garage",
     krate: "garage",
-    args: &["--version", VERSION, "--no-default-features", "--features", "bundled-libs,sqlite"],
+    args: &[
+        "--version",
+        VERSION,
+        "--no-default-features",
+        "--features",
+        "bundled-libs,sqlite",
+    ],
 };
 
 /// Whether Garage's admin API answers `/health` with 200 (it does once the layout, key and

@@ -166,9 +166,17 @@ impl CargoTool {
                 .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
                 .env("CARGO_PROFILE_RELEASE_DEBUG", "0"),
         )
-        .with_context(|| format!("cargo install {} (needs cargo and a C compiler)", self.krate))?;
+        .with_context(|| {
+            format!(
+                "cargo install {} (needs cargo and a C compiler)",
+                self.krate
+            )
+        })?;
         self.find().with_context(|| {
-            format!("cargo install {} left no {} program", self.krate, self.program)
+            format!(
+                "cargo install {} left no {} program",
+                self.krate, self.program
+            )
         })
     }
 
