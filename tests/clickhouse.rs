@@ -8,9 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use common::{config_with, lab_section, run_system, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::results::record::Stage;
 use dedup_lab::systems::{self, ErrorKind, System};
 
 /// Native-protocol port of the lab server (the config section names only the HTTP port).
@@ -112,32 +112,9 @@ fn run_records_counts_incompressible_growth_and_reclaim() {
         ],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "clickhouse",
-        "--payloads",
-        "random_binary",
-        "--grades",
-        "0",
-        "--runs",
-        "1",
-        "--files",
-        "40",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "clickhouse", "random_binary", "0", 40, &results);
     assert!(out.status.success(), "{}", text(&out));
-    let stages: Vec<_> = journal(&experiment_dir(&results))
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stages(&results);
     assert_eq!(stages.len(), 4, "one record per stage per cell");
     {
         let grade = 0u8;
@@ -297,24 +274,7 @@ fn foreign_databases_survive_and_an_unmarked_lab_database_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let config = config_with(tmp.path(), "clickhouse", &[("database", db.into())]);
         let results = tmp.path().join("results");
-        run(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--systems",
-            "clickhouse",
-            "--payloads",
-            "uuid_keys",
-            "--grades",
-            "0",
-            "--runs",
-            "1",
-            "--files",
-            "5",
-            "--results-dir",
-            results.to_str().unwrap(),
-            "--no-progress",
-        ])
+        run_system(&config, "clickhouse", "uuid_keys", "0", 5, &results)
     };
     let out = go("dedup_lab_t_foreign");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{experiment_dir, journal, run, text};
+use common::{run_system, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::results::record::Stage;
 use dedup_lab::systems;
 
 /// A `[systems.cockroachdb]` section from the URL; its password goes through an environment
@@ -94,32 +94,9 @@ fn run_records_every_stage() {
     let config = tmp.path().join("config.toml");
     std::fs::write(&config, toml::to_string(&doc).unwrap()).unwrap();
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "cockroachdb",
-        "--payloads",
-        "random_binary",
-        "--grades",
-        "0",
-        "--runs",
-        "1",
-        "--files",
-        "20",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "cockroachdb", "random_binary", "0", 20, &results);
     assert!(out.status.success(), "{}", text(&out));
-    let stages: Vec<_> = journal(&experiment_dir(&results))
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stages(&results);
     assert_eq!(stages.len(), 4);
     assert_eq!(
         stages

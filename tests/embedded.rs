@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{experiment_dir, journal, run, text};
+use common::{experiment_dir, journal, run, stage_records, text};
 use dedup_lab::dataset::{Manifest, PayloadType};
 use dedup_lab::results::record::{Record, Stage};
 
@@ -33,13 +33,7 @@ fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
     let exp = experiment_dir(&results);
     let records = journal(&exp);
     // 2 systems x 2 payloads x 3 grades x 2 runs = 24 cells, 4 stage records and 1 done each.
-    let stages: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stage_records(&records);
     let done = records
         .iter()
         .filter(|r| matches!(r, Record::CellDone { .. }))

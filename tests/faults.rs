@@ -179,6 +179,11 @@ fn clickhouse_recovers_from_a_restart_mid_stage() {
 }
 
 #[test]
+fn kafka_recovers_from_a_restart_mid_stage() {
+    stopped_mid_stage_and_restarted("kafka", ("prefix", "dedup_lab_t_fault"));
+}
+
+#[test]
 fn mariadb_recovers_from_a_restart_mid_stage() {
     stopped_mid_stage_and_restarted("mariadb", ("database", "dedup_lab_t_fault"));
 }

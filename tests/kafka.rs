@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use common::{config_with, experiment_dir, journal, lab_section, run_system, stage_records, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
 use dedup_lab::systems::{self, ErrorKind, System};
@@ -260,24 +260,7 @@ async fn run_records_counts_growth_and_acknowledged_latency() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with(tmp.path(), "kafka", &[("prefix", "dedup_lab_t_run".into())]);
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "kafka",
-        "--payloads",
-        "random_binary",
-        "--grades",
-        "0,90",
-        "--runs",
-        "1",
-        "--files",
-        "40",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "kafka", "random_binary", "0,90", 40, &results);
     assert!(out.status.success(), "{}", text(&out));
     let records = journal(&experiment_dir(&results));
     assert!(
@@ -286,13 +269,7 @@ async fn run_records_counts_growth_and_acknowledged_latency() {
             .any(|r| matches!(r, Record::AttemptFailed { .. })),
         "{records:?}"
     );
-    let stages: Vec<_> = records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stage_records(&records);
     assert_eq!(stages.len(), 8);
     let enqueue = enqueue_time();
     for s in &stages {
@@ -345,24 +322,7 @@ async fn foreign_topics_survive_and_unregistered_lab_topics_are_refused() {
         &[("prefix", "dedup_lab_t_foreign".into())],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "kafka",
-        "--payloads",
-        "uuid_keys",
-        "--grades",
-        "0",
-        "--runs",
-        "1",
-        "--files",
-        "5",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "kafka", "uuid_keys", "0", 5, &results);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("dedup_lab_t_foreign-1 is under the prefix")

@@ -8,9 +8,9 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use common::{config_with, lab_section, run, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage, StageRecord};
+use dedup_lab::results::record::Stage;
 use dedup_lab::systems::{self, ErrorKind, System};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -67,16 +67,6 @@ fn ibd(db: &str) -> PathBuf {
     PathBuf::from(s["fs_probe"].as_array().unwrap()[0].as_str().unwrap())
         .join(db)
         .join("files.ibd")
-}
-
-fn stages(results: &std::path::Path) -> Vec<StageRecord> {
-    journal(&experiment_dir(results))
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect()
 }
 
 fn run_lab(

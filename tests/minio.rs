@@ -11,9 +11,9 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use common::{config_with, lab_section, run, run_system, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage, StageRecord};
+use dedup_lab::results::record::{Stage, StageRecord};
 use dedup_lab::systems::System;
 use dedup_lab::systems::minio::{MARKER, Minio};
 
@@ -281,13 +281,7 @@ fn run_records_counts_and_garage_block_dedup() {
         "--no-progress",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let stages: Vec<StageRecord> = journal(&experiment_dir(&results))
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stages(&results);
     assert_eq!(stages.len(), 8);
     for s in &stages {
         let want = if s.stage.inserts() { 40 } else { 0 };
@@ -345,24 +339,7 @@ fn unmarked_prefix_is_refused_and_foreign_objects_survive() {
         &[("prefix", "dedup_lab_t_foreign".into())],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "minio",
-        "--payloads",
-        "uuid_keys",
-        "--grades",
-        "0",
-        "--runs",
-        "1",
-        "--files",
-        "5",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "minio", "uuid_keys", "0", 5, &results);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("not written by dedup-lab"),

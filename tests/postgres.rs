@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
+use common::{
+    config_with, experiment_dir, journal, lab_section, run, run_system, stage_records, text,
+};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
 use dedup_lab::systems;
@@ -43,34 +45,11 @@ fn run_against_postgres_records_honest_stages() {
         &[("schema", "dedup_lab_t_run".into())],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "postgres",
-        "--payloads",
-        "random_binary",
-        "--grades",
-        "0,90",
-        "--runs",
-        "1",
-        "--files",
-        "40",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "postgres", "random_binary", "0,90", 40, &results);
     assert!(out.status.success(), "{}", text(&out));
     let exp = experiment_dir(&results);
     let records = journal(&exp);
-    let stages: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stage_records(&records);
     assert_eq!(stages.len(), 8, "one record per stage per cell");
     assert_eq!(
         records

@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{config_with, experiment_dir, journal, lab_section, run, text};
-use dedup_lab::results::record::{Record, Stage};
+use common::{config_with, lab_section, run_system, stages, text};
+use dedup_lab::results::record::Stage;
 use dedup_lab::systems;
 
 /// redis-cli against the lab server, authenticated through the environment.
@@ -85,32 +85,9 @@ fn run_records_counts_and_incompressible_growth() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with(tmp.path(), "redis", &[("prefix", "dedup_lab_t_run".into())]);
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "redis",
-        "--payloads",
-        "random_binary",
-        "--grades",
-        "0,90",
-        "--runs",
-        "1",
-        "--files",
-        "40",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "redis", "random_binary", "0,90", 40, &results);
     assert!(out.status.success(), "{}", text(&out));
-    let stages: Vec<_> = journal(&experiment_dir(&results))
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Stage(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stages = stages(&results);
     assert_eq!(stages.len(), 8);
     for s in &stages {
         let want = if s.stage.inserts() { 40 } else { 0 };
@@ -144,24 +121,7 @@ fn keys_outside_the_lab_namespace_survive_and_unmarked_lab_keys_are_refused() {
         &[("prefix", "dedup_lab_t_foreign".into())],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "redis",
-        "--payloads",
-        "uuid_keys",
-        "--grades",
-        "0",
-        "--runs",
-        "1",
-        "--files",
-        "5",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "redis", "uuid_keys", "0", 5, &results);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("not written by dedup-lab"),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dedup_lab::experiment::{JOURNAL, journal::Journal};
-use dedup_lab::results::record::Record;
+use dedup_lab::results::record::{Record, StageRecord};
 
 /// The `dedup-lab` binary under test.
 pub fn bin() -> Command {
@@ -87,4 +87,54 @@ pub fn experiment_dir(results: &Path) -> PathBuf {
 /// Every record of an experiment's journal.
 pub fn journal(exp: &Path) -> Vec<Record> {
     Journal::read(&exp.join(JOURNAL)).expect("journal parses")
+}
+
+/// The stage records among `records` (of every attempt).
+pub fn stage_records(records: &[Record]) -> Vec<StageRecord> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stage(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The stage records of the one experiment under `results`.
+pub fn stages(results: &Path) -> Vec<StageRecord> {
+    stage_records(&journal(&experiment_dir(results)))
+}
+
+/// `dedup-lab run` of one system for one run: `--config`, `--systems`, `--payloads`,
+/// `--grades`, `--files` and `--results-dir` as given, no progress bar.
+pub fn run_system(
+    config: &Path,
+    system: &str,
+    payloads: &str,
+    grades: &str,
+    files: u32,
+    results: &Path,
+) -> Output {
+    bin()
+        .args(["run", "--config"])
+        .arg(config)
+        .args([
+            "--systems",
+            system,
+            "--payloads",
+            payloads,
+            "--grades",
+            grades,
+        ])
+        .args([
+            "--runs",
+            "1",
+            "--files",
+            &files.to_string(),
+            "--no-progress",
+        ])
+        .arg("--results-dir")
+        .arg(results)
+        .output()
+        .expect("run dedup-lab")
 }
