@@ -138,21 +138,22 @@ fn stopped_mid_stage_and_restarted(system: &'static str, namespace: (&str, &str)
     assert_eq!(code, 0, "{stderr}");
 
     let records = journal(&experiment_dir(&results));
-    let failed: Vec<(&CellKey, u32, ErrorKind)> = records
+    let failed: Vec<(&CellKey, u32, ErrorKind, &str)> = records
         .iter()
         .filter_map(|r| match r {
             Record::AttemptFailed {
                 cell,
                 attempt,
                 kind,
+                error,
                 ..
-            } => Some((cell, *attempt, *kind)),
+            } => Some((cell, *attempt, *kind, error.as_str())),
             _ => None,
         })
         .collect();
     assert_eq!(failed.len(), 1, "one failed attempt: {failed:?}");
-    let (cell, attempt, kind) = failed[0];
-    assert_eq!(kind, ErrorKind::ConnectionLost);
+    let (cell, attempt, kind, error) = failed[0];
+    assert_eq!(kind, ErrorKind::ConnectionLost, "{error}");
     let done: Vec<u32> = records
         .iter()
         .filter_map(|r| match r {

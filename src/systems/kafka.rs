@@ -1,8 +1,8 @@
 //! `kafka`: any broker speaking the Kafka protocol (Apache Kafka, Redpanda, tansu, …), through
 //! librdkafka. Namespace: one-partition topics `<prefix>-<n>`, a fresh one per reset, each
 //! listed in the registry topic `<prefix>-registry` whose marker record says dedup-lab created
-//! it. Bulk path: batched, idempotent `acks=all` production (linger and batch size are knobs),
-//! every delivery awaited. Per file: one record, done when the broker acknowledged it; deleted
+//! it. Bulk path: batched `acks=all` production (linger and batch size are knobs), every
+//! delivery awaited, no hidden resends. Per file: one record, done when the broker acknowledged it; deleted
 //! by a tombstone under compaction or by DeleteRecords (`delete_mode`). Maintenance: wait
 //! (bounded) for the log cleaner. Native size: DescribeLogDirs, where the broker offers it.
 //! The `fs` probe reads a local broker's log directory; a broker that stores its log in SQLite
@@ -25,9 +25,9 @@ use kafka_protocol::protocol::{
     Decodable, Encodable, HeaderVersion, Message as ProtocolMessage, Request, StrBytes,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -197,15 +197,36 @@ struct Kafka {
     log_dirs: Option<i16>,
 }
 
+/// The context of every librdkafka client: its logs and background errors go to `debug`.
+/// While a broker is down librdkafka reports the lost connection from each client several
+/// times a second; the failing operation itself carries the error the engine acts on, so at
+/// the default log level these would only flood the terminal.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, "{fac} {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+type Producer = FutureProducer<Quiet>;
+type MetaClient = BaseConsumer<Quiet>;
+
 /// librdkafka handles, made at connect.
 struct Clients {
     /// Bulk path: batches with the configured linger and batch size.
-    bulk: FutureProducer,
+    bulk: Producer,
     /// Per-file path: no linger, so each record leaves at once and its latency is the ack's.
-    single: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    single: Producer,
+    admin: AdminClient<Quiet>,
     /// Metadata and watermarks; never assigned partitions.
-    meta: Arc<BaseConsumer>,
+    meta: Arc<MetaClient>,
 }
 
 /// The topic of the current reset.
@@ -232,12 +253,15 @@ impl LogState {
     }
 }
 
-/// librdkafka codes that mean the broker cannot be reached or stopped answering in time.
+/// librdkafka codes that mean the broker cannot be reached or stopped answering in time, or
+/// answered that it cannot serve at all: `Unknown` (UNKNOWN_SERVER_ERROR) is what tansu
+/// returns for every request once its storage has gone away, as it does while stopping.
 fn lost(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         code,
-        BrokerTransportFailure
+        Unknown
+            | BrokerTransportFailure
             | AllBrokersDown
             | Resolve
             | MessageTimedOut
@@ -420,7 +444,9 @@ fn partition_bytes(response: &DescribeLogDirsResponse, topic: &str) -> Result<u6
 /// [`LogState`] needs (values are dropped as they arrive). Fails when no new record arrives
 /// for `timeout`.
 fn read_log(config: &ClientConfig, topic: &str, timeout: Duration) -> SysResult<LogState> {
-    let consumer: BaseConsumer = config.create().map_err(err("creating a consumer"))?;
+    let consumer: MetaClient = config
+        .create_with_context(Quiet)
+        .map_err(err("creating a consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, timeout)
         .map_err(err("reading watermarks"))?;
@@ -460,7 +486,7 @@ fn read_log(config: &ClientConfig, topic: &str, timeout: Duration) -> SysResult<
 }
 
 /// `host:port` of the leader of partition 0 of `topic`, once the broker has elected one.
-fn wait_leader(meta: &BaseConsumer, topic: &str, timeout: Duration) -> SysResult<String> {
+fn wait_leader(meta: &MetaClient, topic: &str, timeout: Duration) -> SysResult<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let md = meta
@@ -517,12 +543,17 @@ impl Kafka {
         c
     }
 
-    fn producer(&self, linger_ms: u32, batch_bytes: u32) -> SysResult<FutureProducer> {
+    fn producer(&self, linger_ms: u32, batch_bytes: u32) -> SysResult<Producer> {
         let s = &self.settings;
         let ms = (s.timeout_s * 1000).to_string();
+        // Each record is sent once: a request lost with a connection fails its delivery, so the
+        // stage fails and the engine redoes the cell from a reset, rather than librdkafka
+        // resending behind the measurement. Idempotence (which needs resends) stays off; it
+        // also brought tansu down when a producer from before a broker restart came back.
         self.common_config()
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", "false")
+            .set("message.send.max.retries", "0")
             .set("compression.type", s.compression.name())
             .set("linger.ms", linger_ms.to_string())
             .set("batch.size", batch_bytes.to_string())
@@ -532,7 +563,7 @@ impl Kafka {
             )
             .set("message.timeout.ms", &ms)
             .set("request.timeout.ms", &ms)
-            .create()
+            .create_with_context(Quiet)
             .map_err(err("creating a producer"))
     }
 
@@ -729,9 +760,9 @@ impl System for Kafka {
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         let s = &self.settings;
-        let meta: BaseConsumer = self
+        let meta: MetaClient = self
             .common_config()
-            .create()
+            .create_with_context(Quiet)
             .map_err(err("creating a client"))?;
         let meta = Arc::new(meta);
         let clients = Clients {
@@ -739,7 +770,7 @@ impl System for Kafka {
             single: self.producer(0, s.batch_bytes)?,
             admin: self
                 .common_config()
-                .create()
+                .create_with_context(Quiet)
                 .map_err(err("creating an admin client"))?,
             meta: Arc::clone(&meta),
         };
