@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use common::{config_with, lab_section, run, stages, text};
+use common::{config_with, lab_section, run_system, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::Stage;
 use dedup_lab::systems::{self, ErrorKind, System};
@@ -73,35 +73,18 @@ fn run_lab(
     database: &str,
     payloads: &str,
     grades: &str,
-    files: &str,
+    files: u32,
 ) -> (std::process::Output, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with(tmp.path(), "mariadb", &[("database", database.into())]);
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "mariadb",
-        "--payloads",
-        payloads,
-        "--grades",
-        grades,
-        "--runs",
-        "1",
-        "--files",
-        files,
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "mariadb", payloads, grades, files, &results);
     (out, tmp)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_records_counts_growth_reclaim_and_leaves_the_table_empty() {
-    let (out, tmp) = run_lab("dedup_lab_t_run", "random_binary", "0,90", "40");
+    let (out, tmp) = run_lab("dedup_lab_t_run", "random_binary", "0,90", 40);
     assert!(out.status.success(), "{}", text(&out));
     let stages = stages(&tmp.path().join("results"));
     assert_eq!(stages.len(), 8, "one record per stage per cell");
@@ -328,7 +311,7 @@ async fn tables_outside_the_lab_database_survive_a_run() {
     )
     .await
     .unwrap();
-    let (out, _tmp) = run_lab("dedup_lab_t_survive", "uuid_keys", "0", "5");
+    let (out, _tmp) = run_lab("dedup_lab_t_survive", "uuid_keys", "0", 5);
     assert!(out.status.success(), "{}", text(&out));
     let x: Option<i32> = c
         .query_first("SELECT x FROM dedup_lab_t_neighbour.precious")
@@ -351,7 +334,7 @@ async fn an_unmarked_database_with_the_lab_name_is_refused() {
     )
     .await
     .unwrap();
-    let (out, _tmp) = run_lab("dedup_lab_t_foreign", "uuid_keys", "0", "5");
+    let (out, _tmp) = run_lab("dedup_lab_t_foreign", "uuid_keys", "0", 5);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("not created by dedup-lab"),

@@ -202,22 +202,7 @@ async fn foreign_schema_is_never_dropped() {
         &[("schema", "dedup_lab_foreign".into())],
     );
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "postgres",
-        "--payloads",
-        "uuid_keys",
-        "--runs",
-        "1",
-        "--files",
-        "5",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "postgres", "uuid_keys", "0,50,90", 5, &results);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("not created by dedup-lab"),
@@ -281,22 +266,7 @@ fn unreachable_server_is_named_and_recorded_as_failure() {
     );
 
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--systems",
-        "postgres",
-        "--payloads",
-        "random_binary",
-        "--runs",
-        "1",
-        "--files",
-        "5",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run_system(&config, "postgres", "random_binary", "0,50,90", 5, &results);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let records = journal(&experiment_dir(&results));
     let failed = records
