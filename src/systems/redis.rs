@@ -42,8 +42,11 @@ struct Settings {
     password_file: Option<PathBuf>,
     /// Key prefix (without the trailing `:`); must start with `dedup_lab`.
     prefix: String,
-    /// Files per pipelined round trip of the bulk path.
+    /// Files per pipelined round trip of the bulk path, at most.
     pipeline_files: usize,
+    /// File bytes per pipelined round trip, at most (at least one file). Two round trips are
+    /// in memory at a time (one in flight, one being built), each about twice over.
+    pipeline_bytes: u64,
     /// Seconds to wait for the server's background work when settling.
     settle_timeout_s: u64,
 }
@@ -59,6 +62,7 @@ impl Default for Settings {
             password_file: None,
             prefix: "dedup_lab".into(),
             pipeline_files: 64,
+            pipeline_bytes: 8 << 20,
             settle_timeout_s: 300,
         }
     }
@@ -67,9 +71,10 @@ impl Default for Settings {
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
     let s: Settings = parse_section(DEF.name, ctx.section)?;
     check_namespace(DEF.name, "prefix", &s.prefix)?;
-    if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 {
+    if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 || s.pipeline_bytes == 0 {
         crate::bail_usage!(
-            "config [systems.redis]: db must be 0 or more and pipeline_files at least 1"
+            "config [systems.redis]: db must be 0 or more, pipeline_files and pipeline_bytes \
+             at least 1"
         );
     }
     let password = SecretSource::from_keys(s.password_env.clone(), s.password_file.clone())
@@ -189,6 +194,19 @@ impl Redis {
     }
 }
 
+/// Awaits a pipelined round trip of the bulk path, if one is in flight.
+async fn finish(
+    round_trip: Option<tokio::task::JoinHandle<redis::RedisResult<()>>>,
+) -> SysResult<()> {
+    let Some(handle) = round_trip else {
+        return Ok(());
+    };
+    handle
+        .await
+        .map_err(|e| SysError::failed(format!("redis: pipelined SET task: {e}")))?
+        .map_err(err("pipelined SET"))
+}
+
 #[async_trait]
 impl System for Redis {
     fn name(&self) -> &'static str {
@@ -284,10 +302,12 @@ impl System for Redis {
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
-        let mut conn = self.conn()?;
+        let conn = self.conn()?;
         let mut files = ds.stream();
         let mut pipe = redis::pipe();
-        let mut queued = 0;
+        let (mut queued, mut queued_bytes) = (0, 0);
+        // One round trip in flight while the next is read and built.
+        let mut in_flight: Option<tokio::task::JoinHandle<redis::RedisResult<()>>> = None;
         loop {
             let next = files.next().await;
             let done = next.is_none();
@@ -295,16 +315,20 @@ impl System for Redis {
                 let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
                 pipe.cmd("SET").arg(self.key(&f)).arg(&content[..]).ignore();
                 queued += 1;
+                queued_bytes += content.len() as u64;
             }
-            if queued > 0 && (done || queued >= self.settings.pipeline_files) {
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(err("pipelined SET"))?;
-                pipe.clear();
-                queued = 0;
+            let full = queued >= self.settings.pipeline_files
+                || queued_bytes >= self.settings.pipeline_bytes;
+            if queued > 0 && (done || full) {
+                finish(in_flight.take()).await?;
+                let (batch, mut conn) = (std::mem::replace(&mut pipe, redis::pipe()), conn.clone());
+                in_flight = Some(tokio::spawn(async move {
+                    batch.query_async::<()>(&mut conn).await
+                }));
+                (queued, queued_bytes) = (0, 0);
             }
             if done {
-                return Ok(());
+                return finish(in_flight).await;
             }
         }
     }
