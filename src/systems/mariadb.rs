@@ -126,12 +126,12 @@ fn err(context: &str) -> impl FnOnce(mysql_async::Error) -> SysError + '_ {
 /// other byte (NUL and CR included) is read back as it is.
 fn escape_into(out: &mut Vec<u8>, data: &[u8]) {
     let mut start = 0;
-    for (i, &b) in data.iter().enumerate() {
-        let escaped = match b {
-            b'\\' => b'\\',
+    // memchr3 scans many bytes per instruction; random data has a special byte every ~85.
+    for i in memchr::memchr3_iter(b'\\', b'\t', b'\n', data) {
+        let escaped = match data[i] {
             b'\t' => b't',
             b'\n' => b'n',
-            _ => continue,
+            b => b,
         };
         out.extend_from_slice(&data[start..i]);
         out.extend_from_slice(&[b'\\', escaped]);
@@ -153,17 +153,23 @@ fn tsv_row(f: &FileEntry, content: &[u8]) -> Bytes {
     row.into()
 }
 
-/// The data set as the bytes of a LOAD DATA "file", produced as the server reads it.
-fn tsv_stream(files: FileStream) -> mysql_async::InfileData {
-    futures_util::stream::unfold(files, |mut files| async move {
-        let row = files
-            .next()
-            .await?
-            .map(|(f, content)| tsv_row(&f, &content))
-            .map_err(|e| std::io::Error::other(format!("{e:#}")));
-        Some((row, files))
-    })
-    .boxed()
+/// The data set as the bytes of a LOAD DATA "file", produced as the server reads it. A task
+/// reads and escapes a few rows ahead, so that escaping overlaps sending.
+fn tsv_stream(mut files: FileStream) -> mysql_async::InfileData {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(item) = files.next().await {
+            let row = item
+                .map(|(f, content)| tsv_row(&f, &content))
+                .map_err(|e| std::io::Error::other(format!("{e:#}")));
+            let failed = row.is_err();
+            // A closed channel means the load ended early; its error is reported there.
+            if tx.send(row).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) }).boxed()
 }
 
 impl MariaDb {
