@@ -52,7 +52,14 @@ fn config(dir: &Path, system: &str, namespace: (&str, &str), retry: &str) -> Pat
     path
 }
 
-fn spawn_run(config: &Path, results: &Path, systems: &str, grades: &str) -> Child {
+/// A run of one random_binary data set per grade: `files` files of `size`.
+fn spawn_run(
+    config: &Path,
+    results: &Path,
+    systems: &str,
+    grades: &str,
+    (files, size): (u32, &str),
+) -> Child {
     bin()
         .args(["run", "--config"])
         .arg(config)
@@ -68,9 +75,9 @@ fn spawn_run(config: &Path, results: &Path, systems: &str, grades: &str) -> Chil
             "--runs",
             "1",
             "--files",
-            "300",
+            &files.to_string(),
             "--file-size",
-            "16KiB",
+            size,
             "--no-progress",
         ])
         .arg("--results-dir")
@@ -114,9 +121,18 @@ fn finish(child: Child) -> (i32, String) {
     )
 }
 
+/// The usual data set of these tests: its per-file stages last long enough on every server for
+/// a stop to land in them.
+const FILES: (u32, &str) = (300, "16KiB");
+
 /// Stops `system` during its per-file insert, starts it again a second later, and checks the
 /// experiment completes with exactly one failed attempt (connection lost) and a retry.
-fn stopped_mid_stage_and_restarted(system: &'static str, namespace: (&str, &str)) {
+/// `files` must make the per-file insert outlast the stop.
+fn stopped_mid_stage_and_restarted(
+    system: &'static str,
+    namespace: (&str, &str),
+    files: (u32, &str),
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let config = config(
@@ -126,7 +142,7 @@ fn stopped_mid_stage_and_restarted(system: &'static str, namespace: (&str, &str)
         "[retry]\nbackoff_initial_s = 0.5\nbackoff_max_s = 2\nreconnect_tries = 40\n",
     );
     let results = tmp.path().join("results");
-    let child = spawn_run(&config, &results, system, "0");
+    let child = spawn_run(&config, &results, system, "0", files);
     wait_for_bulk_insert(&results, system);
     std::thread::sleep(Duration::from_millis(150));
     {
@@ -171,32 +187,33 @@ fn stopped_mid_stage_and_restarted(system: &'static str, namespace: (&str, &str)
 
 #[test]
 fn postgres_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("postgres", ("schema", "dedup_lab_t_fault"));
+    stopped_mid_stage_and_restarted("postgres", ("schema", "dedup_lab_t_fault"), FILES);
 }
 
 #[test]
 fn clickhouse_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("clickhouse", ("database", "dedup_lab_t_fault"));
+    stopped_mid_stage_and_restarted("clickhouse", ("database", "dedup_lab_t_fault"), FILES);
 }
 
 #[test]
 fn kafka_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("kafka", ("prefix", "dedup_lab_t_fault"));
+    stopped_mid_stage_and_restarted("kafka", ("prefix", "dedup_lab_t_fault"), FILES);
 }
 
 #[test]
 fn mariadb_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("mariadb", ("database", "dedup_lab_t_fault"));
+    stopped_mid_stage_and_restarted("mariadb", ("database", "dedup_lab_t_fault"), FILES);
 }
 
 #[test]
 fn redis_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("redis", ("prefix", "dedup_lab_t_fault"));
+    // Redis answers a SET in ~0.1 ms: 300 files would be done before the stop.
+    stopped_mid_stage_and_restarted("redis", ("prefix", "dedup_lab_t_fault"), (20_000, "1KiB"));
 }
 
 #[test]
 fn minio_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("minio", ("prefix", "dedup_lab_t_fault"));
+    stopped_mid_stage_and_restarted("minio", ("prefix", "dedup_lab_t_fault"), FILES);
 }
 
 /// A server that stays down fails its own cells, fast, and nobody else's; exit code 1.
@@ -211,7 +228,7 @@ fn a_server_that_stays_down_fails_only_its_cells() {
         "[retry]\nmax_attempts = 2\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\nreconnect_tries = 3\n",
     );
     let results = tmp.path().join("results");
-    let child = spawn_run(&config, &results, "sqlite,postgres", "0,90");
+    let child = spawn_run(&config, &results, "sqlite,postgres", "0,90", FILES);
     wait_for_bulk_insert(&results, "postgres");
     let _restart = Restart("postgres");
     lab("down", "postgres");

@@ -44,14 +44,17 @@ impl Attempt<'_> {
     /// Runs the whole cell sequence of DESIGN.md §3.
     pub async fn run(mut self) -> Result<(), CellError> {
         self.reset().await?;
-        self.stage(Stage::BulkInsert).await?;
+        // From here on, any outage the client healed by itself fails the attempt (what came
+        // before was the connect and the reset, whose own operations would have failed).
+        let begun = Instant::now();
+        self.stage(Stage::BulkInsert, begun).await?;
         self.reset().await?;
         for stage in [
             Stage::PerfileInsert,
             Stage::PerfileDelete,
             Stage::Maintenance,
         ] {
-            self.stage(stage).await?;
+            self.stage(stage, begun).await?;
         }
         self.reset().await
     }
@@ -62,7 +65,7 @@ impl Attempt<'_> {
         self.sys.settle().await.map_err(at)
     }
 
-    async fn stage(&mut self, stage: Stage) -> Result<(), CellError> {
+    async fn stage(&mut self, stage: Stage, begun: Instant) -> Result<(), CellError> {
         let at = |error| CellError::System {
             stage: Some(stage),
             error,
@@ -103,6 +106,9 @@ impl Attempt<'_> {
                 "{stage} left {rows_after} files in {}, expected {expect_after}",
                 self.sys.name()
             ))));
+        }
+        if let Some(why) = self.sys.interrupted_since(begun) {
+            return Err(at(SysError::connection(why)));
         }
         let probes = before
             .into_iter()

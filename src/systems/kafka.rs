@@ -197,11 +197,20 @@ struct Kafka {
     log_dirs: Option<i16>,
 }
 
-/// The context of every librdkafka client: its logs and background errors go to `debug`.
-/// While a broker is down librdkafka reports the lost connection from each client several
-/// times a second; the failing operation itself carries the error the engine acts on, so at
-/// the default log level these would only flood the terminal.
-struct Quiet;
+/// The context of every librdkafka client. Logs and background errors go to `debug`: while a
+/// broker is down librdkafka reports it from each client several times a second, which at
+/// the default log level would flood the terminal. Background errors that mean the broker
+/// was unreachable (a failed connect, all brokers down) are kept in [`Link`]: librdkafka
+/// reconnects by itself and sends what was queued meanwhile, so no delivery fails, but the
+/// stage ran across an outage. Idle connections closed by the broker raise no such error.
+#[derive(Clone)]
+struct Quiet(Arc<Link>);
+
+/// The latest lost connection the clients of one `connect` reported, and when.
+#[derive(Default)]
+struct Link {
+    lost: std::sync::Mutex<Option<(Instant, String)>>,
+}
 
 impl ClientContext for Quiet {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -210,6 +219,10 @@ impl ClientContext for Quiet {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        if error.rdkafka_error_code().is_some_and(lost) {
+            let mut latest = self.0.lost.lock().unwrap_or_else(|p| p.into_inner());
+            *latest = Some((Instant::now(), format!("{error}: {reason}")));
+        }
     }
 }
 
@@ -227,6 +240,8 @@ struct Clients {
     admin: AdminClient<Quiet>,
     /// Metadata and watermarks; never assigned partitions.
     meta: Arc<MetaClient>,
+    /// What these clients (and the readers made for counts) saw of lost connections.
+    link: Arc<Link>,
 }
 
 /// The topic of the current reset.
@@ -443,9 +458,14 @@ fn partition_bytes(response: &DescribeLogDirsResponse, topic: &str) -> Result<u6
 /// Reads partition 0 of `topic` from its log start to its high watermark, keeping only what
 /// [`LogState`] needs (values are dropped as they arrive). Fails when no new record arrives
 /// for `timeout`.
-fn read_log(config: &ClientConfig, topic: &str, timeout: Duration) -> SysResult<LogState> {
+fn read_log(
+    config: &ClientConfig,
+    ctx: Quiet,
+    topic: &str,
+    timeout: Duration,
+) -> SysResult<LogState> {
     let consumer: MetaClient = config
-        .create_with_context(Quiet)
+        .create_with_context(ctx)
         .map_err(err("creating a consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, timeout)
@@ -543,7 +563,7 @@ impl Kafka {
         c
     }
 
-    fn producer(&self, linger_ms: u32, batch_bytes: u32) -> SysResult<Producer> {
+    fn producer(&self, ctx: &Quiet, linger_ms: u32, batch_bytes: u32) -> SysResult<Producer> {
         let s = &self.settings;
         let ms = (s.timeout_s * 1000).to_string();
         // Each record is sent once: a request lost with a connection fails its delivery, so the
@@ -563,7 +583,7 @@ impl Kafka {
             )
             .set("message.timeout.ms", &ms)
             .set("request.timeout.ms", &ms)
-            .create_with_context(Quiet)
+            .create_with_context(ctx.clone())
             .map_err(err("creating a producer"))
     }
 
@@ -582,8 +602,9 @@ impl Kafka {
     }
 
     async fn read(&self, topic: &str) -> SysResult<LogState> {
+        let ctx = Quiet(Arc::clone(&self.clients()?.link));
         let (config, topic, timeout) = (self.reader_config(), topic.to_string(), self.timeout());
-        blocking(move || read_log(&config, &topic, timeout)).await
+        blocking(move || read_log(&config, ctx, &topic, timeout)).await
     }
 
     async fn watermarks(&self) -> SysResult<(i64, i64)> {
@@ -760,19 +781,22 @@ impl System for Kafka {
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         let s = &self.settings;
+        let link = Arc::new(Link::default());
+        let ctx = Quiet(Arc::clone(&link));
         let meta: MetaClient = self
             .common_config()
-            .create_with_context(Quiet)
+            .create_with_context(ctx.clone())
             .map_err(err("creating a client"))?;
         let meta = Arc::new(meta);
         let clients = Clients {
-            bulk: self.producer(s.linger_ms, s.batch_bytes)?,
-            single: self.producer(0, s.batch_bytes)?,
+            bulk: self.producer(&ctx, s.linger_ms, s.batch_bytes)?,
+            single: self.producer(&ctx, 0, s.batch_bytes)?,
             admin: self
                 .common_config()
-                .create_with_context(Quiet)
+                .create_with_context(ctx)
                 .map_err(err("creating an admin client"))?,
             meta: Arc::clone(&meta),
+            link,
         };
         let timeout = self.timeout();
         let bootstrap = s.bootstrap.clone();
@@ -1056,6 +1080,17 @@ impl System for Kafka {
         let response = call(&t.leader, &request, version, self.timeout()).await?;
         partition_bytes(&response, &t.name)
             .map_err(|e| SysError::failed(format!("kafka: DescribeLogDirs: {e}")))
+    }
+
+    fn interrupted_since(&self, since: Instant) -> Option<String> {
+        let link = &self.clients.as_ref()?.link;
+        let lost = link.lost.lock().unwrap_or_else(|p| p.into_inner());
+        match &*lost {
+            Some((at, e)) if *at >= since => {
+                Some(format!("kafka: the broker was unreachable ({e})"))
+            }
+            _ => None,
+        }
     }
 }
 

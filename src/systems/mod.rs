@@ -263,4 +263,12 @@ pub trait System: Send {
 
     /// The system's own measure of its physical size, in bytes (when [`System::native_copies`] is `Some`).
     async fn native_size(&mut self) -> SysResult<u64>;
+
+    /// Why the connection cannot be trusted since `since`, for clients that heal lost
+    /// connections by themselves: a request queued while the server was away succeeds once it
+    /// is back, so no operation fails although the stage ran across an outage. The engine asks
+    /// before it records a stage; `Some` fails the attempt as a lost connection.
+    fn interrupted_since(&self, _since: std::time::Instant) -> Option<String> {
+        None
+    }
 }
