@@ -145,19 +145,12 @@ impl Server for ClickHouse {
         d.start(cmd)?;
         d.wait_ready(Duration::from_secs(60), ping)
             .context("clickhouse")?;
-        let mut t = toml::Table::new();
-        t.insert("host".into(), "127.0.0.1".into());
-        t.insert("port".into(), i64::from(HTTP_PORT).into());
-        t.insert("user".into(), USER.into());
-        t.insert(
-            "password_file".into(),
-            password_file.display().to_string().into(),
-        );
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![data.display().to_string().into()]),
-        );
-        Ok(t)
+        Ok(super::server_section(
+            HTTP_PORT,
+            Some(USER),
+            &password_file,
+            &data,
+        ))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {

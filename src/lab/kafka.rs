@@ -94,15 +94,12 @@ impl Server for Kafka {
         t.insert("bootstrap".into(), format!("127.0.0.1:{PORT}").into());
         t.insert("delete_mode".into(), "tombstone".into());
         t.insert("delete_topics".into(), false.into());
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![data.display().to_string().into()]),
-        );
+        t.insert("fs_probe".into(), vec![super::path_value(&data)].into());
         // tansu keeps its log in SQLite and reuses freed pages: the sqlite probe sees the
         // pages in use where the file size (fs) does not grow.
         t.insert(
             "sqlite_probe".into(),
-            toml::Value::Array(vec![data.join("tansu.db").display().to_string().into()]),
+            vec![super::path_value(&data.join("tansu.db"))].into(),
         );
         Ok(t)
     }

@@ -158,19 +158,12 @@ impl Server for MariaDb {
             pw = sql_string(password.trim_end()),
         );
         run_with_input(&mut admin(lab), sql.as_bytes()).context("creating the lab user")?;
-        let mut t = toml::Table::new();
-        t.insert("host".into(), "127.0.0.1".into());
-        t.insert("port".into(), i64::from(PORT).into());
-        t.insert("user".into(), USER.into());
-        t.insert(
-            "password_file".into(),
-            password_file.display().to_string().into(),
-        );
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![data_dir(lab).display().to_string().into()]),
-        );
-        Ok(t)
+        Ok(super::server_section(
+            PORT,
+            Some(USER),
+            &password_file,
+            &data_dir(lab),
+        ))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {

@@ -101,7 +101,6 @@ impl Server for Garage {
         std::fs::create_dir_all(&meta)?;
         // Garage's own default compression (zstd level 1) stays on: it is what users get.
         let config = d.dir.join("garage.toml");
-        let quoted = |p: &Path| toml::Value::from(p.display().to_string());
         std::fs::write(
             &config,
             format!(
@@ -110,8 +109,8 @@ impl Server for Garage {
                  rpc_bind_addr = \"127.0.0.1:{RPC_PORT}\"\nrpc_public_addr = \"127.0.0.1:{RPC_PORT}\"\n\n\
                  [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{S3_PORT}\"\n\n\
                  [admin]\napi_bind_addr = \"127.0.0.1:{ADMIN_PORT}\"\n",
-                quoted(&meta),
-                quoted(&data)
+                super::path_value(&meta),
+                super::path_value(&data)
             ),
         )?;
         let access_key_file = lab.secret("minio-access-key")?;
@@ -137,18 +136,27 @@ impl Server for Garage {
         );
         t.insert("region".into(), REGION.into());
         t.insert("bucket".into(), BUCKET.into());
-        t.insert("access_key_file".into(), quoted(&access_key_file));
-        t.insert("secret_key_file".into(), quoted(&secret_key_file));
+        t.insert(
+            "access_key_file".into(),
+            super::path_value(&access_key_file),
+        );
+        t.insert(
+            "secret_key_file".into(),
+            super::path_value(&secret_key_file),
+        );
         t.insert(
             "garage_admin".into(),
             format!("http://127.0.0.1:{ADMIN_PORT}").into(),
         );
-        t.insert("garage_admin_token_file".into(), quoted(&admin_token_file));
+        t.insert(
+            "garage_admin_token_file".into(),
+            super::path_value(&admin_token_file),
+        );
         // Both directories: blocks live in data/, and objects under 3 KiB live only in the
         // metadata database (which also grows with every object).
         t.insert(
             "fs_probe".into(),
-            toml::Value::Array(vec![quoted(&data), quoted(&meta)]),
+            toml::Value::Array(vec![super::path_value(&data), super::path_value(&meta)]),
         );
         Ok(t)
     }

@@ -319,6 +319,25 @@ fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
+/// A path as a config value.
+fn path_value(p: &Path) -> toml::Value {
+    p.display().to_string().into()
+}
+
+/// The config keys every lab server with a password gets: its loopback host and port, its
+/// user (if it has accounts), the password file, and the directories the fs probe reads.
+fn server_section(port: u16, user: Option<&str>, password_file: &Path, data: &Path) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("host".into(), "127.0.0.1".into());
+    t.insert("port".into(), i64::from(port).into());
+    if let Some(user) = user {
+        t.insert("user".into(), user.into());
+    }
+    t.insert("password_file".into(), path_value(password_file));
+    t.insert("fs_probe".into(), vec![path_value(data)].into());
+    t
+}
+
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),

@@ -153,21 +153,10 @@ impl Server for Postgres {
         if !super::port_open(PORT) {
             bail!("postgres runs but 127.0.0.1:{PORT} does not accept connections");
         }
-        let mut t = toml::Table::new();
-        t.insert("host".into(), "127.0.0.1".into());
-        t.insert("port".into(), i64::from(PORT).into());
-        t.insert("user".into(), USER.into());
+        let mut t = super::server_section(PORT, Some(USER), &password_file, &data_dir(lab));
         t.insert("database".into(), "postgres".into());
-        t.insert(
-            "password_file".into(),
-            password_file.display().to_string().into(),
-        );
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![data_dir(lab).display().to_string().into()]),
-        );
         t.insert("tls".into(), true.into());
-        t.insert("ca_file".into(), ca_file(lab).display().to_string().into());
+        t.insert("ca_file".into(), super::path_value(&ca_file(lab)));
         Ok(t)
     }
 

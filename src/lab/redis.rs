@@ -57,18 +57,12 @@ impl Server for Redis {
         d.start(cmd)?;
         d.wait_ready(Duration::from_secs(30), || super::port_open(PORT))
             .context("redis")?;
-        let mut t = toml::Table::new();
-        t.insert("host".into(), "127.0.0.1".into());
-        t.insert("port".into(), i64::from(PORT).into());
-        t.insert(
-            "password_file".into(),
-            lab.secret("redis")?.display().to_string().into(),
-        );
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![data.display().to_string().into()]),
-        );
-        Ok(t)
+        Ok(super::server_section(
+            PORT,
+            None,
+            &lab.secret("redis")?,
+            &data,
+        ))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {
