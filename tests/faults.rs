@@ -89,15 +89,18 @@ fn spawn_run(
 }
 
 /// Waits until the run's journal holds the bulk_insert record of `system`: the per-file
-/// insert is then under way.
-fn wait_for_bulk_insert(results: &Path, system: &str) {
+/// insert is then under way. If none comes, the run is stopped and the panic shows what it
+/// printed.
+fn wait_for_bulk_insert(child: &mut Child, results: &Path, system: &str) {
     let needle = format!("\"system\":\"{system}\"");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(
-            Instant::now() < deadline,
-            "no bulk_insert record for {system}"
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
+            panic!("no bulk_insert record for {system}; the run printed:\n{stderr}");
+        }
         let text = std::fs::read_dir(results)
             .ok()
             .and_then(|mut d| d.next())
@@ -142,8 +145,8 @@ fn stopped_mid_stage_and_restarted(
         "[retry]\nbackoff_initial_s = 0.5\nbackoff_max_s = 2\nreconnect_tries = 40\n",
     );
     let results = tmp.path().join("results");
-    let child = spawn_run(&config, &results, system, "0", files);
-    wait_for_bulk_insert(&results, system);
+    let mut child = spawn_run(&config, &results, system, "0", files);
+    wait_for_bulk_insert(&mut child, &results, system);
     std::thread::sleep(Duration::from_millis(150));
     {
         let _restart = Restart(system);
@@ -228,8 +231,8 @@ fn a_server_that_stays_down_fails_only_its_cells() {
         "[retry]\nmax_attempts = 2\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\nreconnect_tries = 3\n",
     );
     let results = tmp.path().join("results");
-    let child = spawn_run(&config, &results, "sqlite,postgres", "0,90", FILES);
-    wait_for_bulk_insert(&results, "postgres");
+    let mut child = spawn_run(&config, &results, "sqlite,postgres", "0,90", FILES);
+    wait_for_bulk_insert(&mut child, &results, "postgres");
     let _restart = Restart("postgres");
     lab("down", "postgres");
     let (code, stderr) = finish(child);
