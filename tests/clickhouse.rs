@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{config_with, lab_section, run_system, stages, text};
+use common::{
+    assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
+};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::Stage;
 use dedup_lab::systems::{self, ErrorKind, System};
@@ -270,27 +272,11 @@ fn foreign_databases_survive_and_an_unmarked_lab_database_is_refused() {
     cli("CREATE DATABASE dedup_lab_t_foreign");
     cli("CREATE TABLE dedup_lab_t_foreign.files (x UInt8) ENGINE = TinyLog");
     cli("INSERT INTO dedup_lab_t_foreign.files VALUES (7)");
-    let go = |db: &str| {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = config_with(tmp.path(), "clickhouse", &[("database", db.into())]);
-        let results = tmp.path().join("results");
-        run_system(&config, "clickhouse", "uuid_keys", "0", 5, &results)
-    };
-    let out = go("dedup_lab_t_foreign");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not created by dedup-lab"),
-        "{}",
-        text(&out)
-    );
-    let out = go("analytics");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("not a lab-owned name"),
-        "{}",
-        text(&out)
-    );
-    let out = go("dedup_lab_t_ok");
+    let out = run_in_namespace("clickhouse", "database", "dedup_lab_t_foreign");
+    assert_fails_with(&out, 1, &["not created by dedup-lab"]);
+    let out = run_in_namespace("clickhouse", "database", "analytics");
+    assert_fails_with(&out, 2, &["not a lab-owned name"]);
+    let out = run_in_namespace("clickhouse", "database", "dedup_lab_t_ok");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(cli("SELECT x FROM dedup_lab_t_foreign.files"), "7");
     assert_eq!(cli("SELECT x FROM precious_ch.keep"), "42");

@@ -10,7 +10,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{config_with, experiment_dir, journal, lab_section, run_system, stage_records, text};
+use common::{
+    assert_fails_with, config_with, experiment_dir, journal, lab_section, run_in_namespace,
+    run_system, stage_records, text,
+};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
 use dedup_lab::systems::{self, ErrorKind, System};
@@ -315,20 +318,14 @@ async fn foreign_topics_survive_and_unregistered_lab_topics_are_refused() {
     let _broker = BROKER.read().await;
     foreign_topic("precious_events", "keep me").await;
     foreign_topic("dedup_lab_t_foreign-1", "not ours").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(
-        tmp.path(),
-        "kafka",
-        &[("prefix", "dedup_lab_t_foreign".into())],
-    );
-    let results = tmp.path().join("results");
-    let out = run_system(&config, "kafka", "uuid_keys", "0", 5, &results);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("dedup_lab_t_foreign-1 is under the prefix")
-            && text(&out).contains("not created by dedup-lab"),
-        "{}",
-        text(&out)
+    let out = run_in_namespace("kafka", "prefix", "dedup_lab_t_foreign");
+    assert_fails_with(
+        &out,
+        1,
+        &[
+            "dedup_lab_t_foreign-1 is under the prefix",
+            "not created by dedup-lab",
+        ],
     );
     assert_eq!(
         topics("dedup_lab_t_foreign"),

@@ -8,7 +8,9 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use common::{config_with, lab_section, run_system, stages, text};
+use common::{
+    assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
+};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::Stage;
 use dedup_lab::systems::{self, ErrorKind, System};
@@ -69,24 +71,18 @@ fn ibd(db: &str) -> PathBuf {
         .join("files.ibd")
 }
 
-fn run_lab(
-    database: &str,
-    payloads: &str,
-    grades: &str,
-    files: u32,
-) -> (std::process::Output, tempfile::TempDir) {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(tmp.path(), "mariadb", &[("database", database.into())]);
-    let results = tmp.path().join("results");
-    let out = run_system(&config, "mariadb", payloads, grades, files, &results);
-    (out, tmp)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn run_records_counts_growth_reclaim_and_leaves_the_table_empty() {
-    let (out, tmp) = run_lab("dedup_lab_t_run", "random_binary", "0,90", 40);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "mariadb",
+        &[("database", "dedup_lab_t_run".into())],
+    );
+    let results = tmp.path().join("results");
+    let out = run_system(&config, "mariadb", "random_binary", "0,90", 40, &results);
     assert!(out.status.success(), "{}", text(&out));
-    let stages = stages(&tmp.path().join("results"));
+    let stages = stages(&results);
     assert_eq!(stages.len(), 8, "one record per stage per cell");
     for grade in [0u8, 90] {
         let get = |st: Stage| {
@@ -300,53 +296,45 @@ async fn a_wrong_password_fails_without_retry_and_names_the_cause() {
     assert!(!err.message.contains("not-the-password"));
 }
 
+/// Creates the database of `db_table` afresh with a one-row table (x = 42) in it.
+async fn plant(c: &mut Conn, db_table: &str) {
+    let db = db_table.split('.').next().unwrap();
+    c.query_drop(format!(
+        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};
+         CREATE TABLE {db_table} (x INT); INSERT INTO {db_table} VALUES (42);"
+    ))
+    .await
+    .unwrap();
+}
+
+/// The planted row's x, then the database dropped.
+async fn unplant(c: &mut Conn, db_table: &str) -> Option<i32> {
+    let x = c
+        .query_first(format!("SELECT x FROM {db_table}"))
+        .await
+        .unwrap();
+    let db = db_table.split('.').next().unwrap();
+    c.query_drop(format!("DROP DATABASE {db}")).await.unwrap();
+    x
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tables_outside_the_lab_database_survive_a_run() {
     let mut c = independent().await;
-    c.query_drop(
-        "DROP DATABASE IF EXISTS dedup_lab_t_neighbour;
-         CREATE DATABASE dedup_lab_t_neighbour;
-         CREATE TABLE dedup_lab_t_neighbour.precious (x INT);
-         INSERT INTO dedup_lab_t_neighbour.precious VALUES (42);",
-    )
-    .await
-    .unwrap();
-    let (out, _tmp) = run_lab("dedup_lab_t_survive", "uuid_keys", "0", 5);
+    plant(&mut c, "dedup_lab_t_neighbour.precious").await;
+    let out = run_in_namespace("mariadb", "database", "dedup_lab_t_survive");
     assert!(out.status.success(), "{}", text(&out));
-    let x: Option<i32> = c
-        .query_first("SELECT x FROM dedup_lab_t_neighbour.precious")
-        .await
-        .unwrap();
-    assert_eq!(x, Some(42));
-    c.query_drop("DROP DATABASE dedup_lab_t_neighbour")
-        .await
-        .unwrap();
+    assert_eq!(
+        unplant(&mut c, "dedup_lab_t_neighbour.precious").await,
+        Some(42)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmarked_database_with_the_lab_name_is_refused() {
     let mut c = independent().await;
-    c.query_drop(
-        "DROP DATABASE IF EXISTS dedup_lab_t_foreign;
-         CREATE DATABASE dedup_lab_t_foreign;
-         CREATE TABLE dedup_lab_t_foreign.files (x INT);
-         INSERT INTO dedup_lab_t_foreign.files VALUES (42);",
-    )
-    .await
-    .unwrap();
-    let (out, _tmp) = run_lab("dedup_lab_t_foreign", "uuid_keys", "0", 5);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not created by dedup-lab"),
-        "{}",
-        text(&out)
-    );
-    let x: Option<i32> = c
-        .query_first("SELECT x FROM dedup_lab_t_foreign.files")
-        .await
-        .unwrap();
-    assert_eq!(x, Some(42));
-    c.query_drop("DROP DATABASE dedup_lab_t_foreign")
-        .await
-        .unwrap();
+    plant(&mut c, "dedup_lab_t_foreign.files").await;
+    let out = run_in_namespace("mariadb", "database", "dedup_lab_t_foreign");
+    assert_fails_with(&out, 1, &["not created by dedup-lab"]);
+    assert_eq!(unplant(&mut c, "dedup_lab_t_foreign.files").await, Some(42));
 }

@@ -11,7 +11,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{config_with, lab_section, run, run_system, stages, text};
+use common::{assert_fails_with, config_with, lab_section, run, run_in_namespace, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Stage, StageRecord};
 use dedup_lab::systems::System;
@@ -332,20 +332,8 @@ fn unmarked_prefix_is_refused_and_foreign_objects_survive() {
         Some(b"not ours"),
     );
     rclone(&["rcat", &remote("precious/key")], Some(b"42"));
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(
-        tmp.path(),
-        "minio",
-        &[("prefix", "dedup_lab_t_foreign".into())],
-    );
-    let results = tmp.path().join("results");
-    let out = run_system(&config, "minio", "uuid_keys", "0", 5, &results);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not written by dedup-lab"),
-        "{}",
-        text(&out)
-    );
+    let out = run_in_namespace("minio", "prefix", "dedup_lab_t_foreign");
+    assert_fails_with(&out, 1, &["not written by dedup-lab"]);
     let x = rclone(&["cat", &remote("dedup_lab_t_foreign/files/x")], None);
     assert_eq!(x.stdout, b"not ours");
     assert_eq!(

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    config_with, experiment_dir, journal, lab_section, run, run_system, stage_records, text,
+    assert_fails_with, config_with, experiment_dir, journal, lab_section, run, run_in_namespace,
+    run_system, stage_records, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::results::record::{Record, Stage};
@@ -195,20 +196,8 @@ async fn foreign_schema_is_never_dropped() {
     )
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(
-        tmp.path(),
-        "postgres",
-        &[("schema", "dedup_lab_foreign".into())],
-    );
-    let results = tmp.path().join("results");
-    let out = run_system(&config, "postgres", "uuid_keys", "0,50,90", 5, &results);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not created by dedup-lab"),
-        "{}",
-        text(&out)
-    );
+    let out = run_in_namespace("postgres", "schema", "dedup_lab_foreign");
+    assert_fails_with(&out, 1, &["not created by dedup-lab"]);
     let x: i32 = c
         .query_one("SELECT x FROM dedup_lab_foreign.precious", &[])
         .await

@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{config_with, lab_section, run_system, stages, text};
+use common::{
+    assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
+};
 use dedup_lab::results::record::Stage;
 use dedup_lab::systems;
 
@@ -114,20 +116,8 @@ fn run_records_counts_and_incompressible_growth() {
 fn keys_outside_the_lab_namespace_survive_and_unmarked_lab_keys_are_refused() {
     cli(&["SET", "precious:key", "42"]);
     cli(&["SET", "dedup_lab_t_foreign:files:x", "not ours"]);
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(
-        tmp.path(),
-        "redis",
-        &[("prefix", "dedup_lab_t_foreign".into())],
-    );
-    let results = tmp.path().join("results");
-    let out = run_system(&config, "redis", "uuid_keys", "0", 5, &results);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not written by dedup-lab"),
-        "{}",
-        text(&out)
-    );
+    let out = run_in_namespace("redis", "prefix", "dedup_lab_t_foreign");
+    assert_fails_with(&out, 1, &["not written by dedup-lab"]);
     assert!(cli(&["GET", "dedup_lab_t_foreign:files:x"]).contains("not ours"));
     assert!(cli(&["GET", "precious:key"]).contains("42"));
     cli(&["DEL", "precious:key", "dedup_lab_t_foreign:files:x"]);

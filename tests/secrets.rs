@@ -50,6 +50,34 @@ fn all_cmdlines() -> Vec<String> {
         .collect()
 }
 
+/// A run with debug logging, the distinctive password in the environment its config names,
+/// one uuid_keys data set of `files` files.
+fn debug_run(config: &Path, results: &Path, systems: &str, files: u32) -> Command {
+    let mut c = bin();
+    c.env("DEDUP_LAB_TEST_DISTINCT_PW", PASSWORD)
+        .args([
+            "-vv",
+            "run",
+            "--systems",
+            systems,
+            "--payloads",
+            "uuid_keys",
+        ])
+        .args([
+            "--grades",
+            "0",
+            "--runs",
+            "1",
+            "--files",
+            &files.to_string(),
+        ])
+        .args(["--no-progress", "--config"])
+        .arg(config)
+        .arg("--results-dir")
+        .arg(results);
+    c
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_distinctive_password_appears_nowhere() {
     let c = admin().await;
@@ -66,29 +94,7 @@ async fn a_distinctive_password_appears_nowhere() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), ROLE, "dedup_lab_t_secret");
     let results = tmp.path().join("results");
-    let mut child = bin()
-        .env("DEDUP_LAB_TEST_DISTINCT_PW", PASSWORD)
-        .args([
-            "-vv",
-            "run",
-            "--systems",
-            "postgres,sqlite",
-            "--payloads",
-            "uuid_keys",
-        ])
-        .args([
-            "--grades",
-            "0",
-            "--runs",
-            "1",
-            "--files",
-            "200",
-            "--no-progress",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--results-dir")
-        .arg(&results)
+    let mut child = debug_run(&config, &results, "postgres,sqlite", 200)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -120,31 +126,7 @@ async fn a_distinctive_password_appears_nowhere() {
 
     // A failing connection with the same password: its error message is clean too.
     let wrong = write_config(tmp.path(), "dedup_lab_no_such_role", "dedup_lab_t_secret");
-    let out = bin()
-        .env("DEDUP_LAB_TEST_DISTINCT_PW", PASSWORD)
-        .args([
-            "-vv",
-            "run",
-            "--systems",
-            "postgres",
-            "--payloads",
-            "uuid_keys",
-        ])
-        .args([
-            "--grades",
-            "0",
-            "--runs",
-            "1",
-            "--files",
-            "5",
-            "--no-progress",
-            "--config",
-        ])
-        .arg(&wrong)
-        .arg("--results-dir")
-        .arg(&results)
-        .output()
-        .unwrap();
+    let out = debug_run(&wrong, &results, "postgres", 5).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
 

@@ -68,6 +68,31 @@ pub fn config_with(dir: &Path, name: &str, changes: &[(&str, toml::Value)]) -> P
     path
 }
 
+/// A small run of `system` (uuid_keys, grade 0, 5 files) with its namespace key `key` set to
+/// `namespace`, in a temporary directory: for the tests of what a namespace may hold.
+pub fn run_in_namespace(system: &str, key: &str, namespace: &str) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(tmp.path(), system, &[(key, namespace.into())]);
+    run_system(
+        &config,
+        system,
+        "uuid_keys",
+        "0",
+        5,
+        &tmp.path().join("results"),
+    )
+}
+
+/// Asserts exit code `code` and every one of `words` in the output.
+pub fn assert_fails_with(out: &Output, code: i32, words: &[&str]) {
+    let t = text(out);
+    assert_eq!(out.status.code(), Some(code), "{t}");
+    assert!(
+        words.iter().all(|w| t.contains(w)),
+        "expected {words:?}: {t}"
+    );
+}
+
 /// The single experiment directory under a results directory.
 pub fn experiment_dir(results: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(results)
