@@ -54,7 +54,12 @@ impl Default for ExperimentConfig {
             results_dir: PathBuf::from("results"),
             runs: 3,
             seed: 1,
-            systems: vec!["sqlite".into(), "fs".into()],
+            // The embedded default: every registered system that needs no server.
+            systems: crate::systems::REGISTRY
+                .iter()
+                .filter(|d| d.embedded)
+                .map(|d| d.name.to_string())
+                .collect(),
             payloads: vec!["all".into()],
             grades: vec![0, 50, 90],
         }
