@@ -152,6 +152,9 @@ pub enum LabAction {
     Up,
     /// Stop what `up` started.
     Down,
+    /// Stop the servers and delete their data directories (secrets and installed programs
+    /// stay), so the next `up` starts them empty.
+    Wipe,
     /// Show which lab servers run.
     Status,
 }

@@ -132,6 +132,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("lab is up; config written to {}", config.display());
                 }
                 LabAction::Down => lab.down()?,
+                LabAction::Wipe => {
+                    lab.wipe()?;
+                    println!("lab servers stopped and their data deleted");
+                }
                 LabAction::Status => print!("{}", lab.status()?),
             }
             Ok(ExitCode::SUCCESS)

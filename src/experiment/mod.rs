@@ -208,8 +208,9 @@ pub fn prepare_dir(config: &Resolved) -> anyhow::Result<PathBuf> {
 struct Live {
     sys: Box<dyn System>,
     probes: ProbeSet,
-    /// Set when the system is unusable for the rest of the run: why.
-    down: Option<String>,
+    /// Set when the system is unusable for the rest of the run: the error that made it so
+    /// (its kind is recorded for every cell it then fails).
+    down: Option<(ErrorKind, String)>,
 }
 
 /// Runs (or resumes) the experiment.
@@ -254,7 +255,7 @@ pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome
             Ok(_) => None,
             Err(e) => {
                 tracing::error!("{}: cannot connect: {}", sys.name(), e.message);
-                Some(format!("cannot connect: {}", e.message))
+                Some((e.kind, format!("cannot connect: {}", e.message)))
             }
         };
         live.push(Live { probes, sys, down });
@@ -358,16 +359,17 @@ async fn run_cell(
     let mut last = String::new();
     for _ in 0..retry.max_attempts {
         let attempt = state.next_attempt(key);
-        if let Some(why) = &l.down {
+        if let Some((kind, why)) = &l.down {
+            let error = format!("{} not attempted: {why}", key.system);
             journal.append(&Record::AttemptFailed {
                 cell: key.clone(),
                 attempt,
                 stage: None,
-                kind: ErrorKind::ConnectionLost,
-                error: format!("{} is down: {why}", key.system),
+                kind: *kind,
+                error: error.clone(),
                 at: Utc::now(),
             })?;
-            return Ok(Err(format!("{} is down: {why}", key.system)));
+            return Ok(Err(error));
         }
         let result = Attempt {
             sys: l.sys.as_mut(),
@@ -408,12 +410,15 @@ async fn run_cell(
         last = error.message.clone();
         match error.kind {
             ErrorKind::Unsafe => {
-                l.down = Some(error.message);
+                l.down = Some((ErrorKind::Unsafe, format!("refused: {}", error.message)));
                 return Ok(Err(last));
             }
             ErrorKind::ConnectionLost => {
                 if let Err(e) = reconnect(l.sys.as_mut(), retry).await {
-                    l.down = Some(format!("connection lost and not regained: {}", e.message));
+                    l.down = Some((
+                        ErrorKind::ConnectionLost,
+                        format!("connection lost and not regained: {}", e.message),
+                    ));
                 }
             }
             ErrorKind::Failed => {}

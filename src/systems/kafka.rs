@@ -251,6 +251,23 @@ struct Topic {
     leader: String,
     /// Files in it by offset, from delivery reports: what `delete_one` may delete.
     live: BTreeMap<i64, String>,
+    /// Its log as far as the last count read it: the next count reads only what follows.
+    read: Option<LogRead>,
+}
+
+fn no_topic() -> SysError {
+    SysError::failed("kafka: no lab topic: reset first")
+}
+
+/// A partition's log read from `low` (its log start then) up to `next`. A Kafka log only
+/// grows at its end, and compaction removes only records a later one supersedes, so what a
+/// read found stays true while the log start is unchanged: a later read need only go on from
+/// `next`. Reading a 64 MiB topic takes tansu about 1.7 s.
+#[derive(Debug, Default)]
+struct LogRead {
+    low: i64,
+    next: i64,
+    state: LogState,
 }
 
 /// What a topic holds, read from its log start to its high watermark.
@@ -455,32 +472,41 @@ fn partition_bytes(response: &DescribeLogDirsResponse, topic: &str) -> Result<u6
     total.ok_or_else(|| format!("no log dir of the leader holds {topic}"))
 }
 
-/// Reads partition 0 of `topic` from its log start to its high watermark, keeping only what
-/// [`LogState`] needs (values are dropped as they arrive). Fails when no new record arrives
-/// for `timeout`.
+/// Reads partition 0 of `topic` up to its high watermark, keeping only what [`LogState`]
+/// needs (values are dropped as they arrive): from where `earlier` stopped if the log still
+/// starts where it did then, else from the log start. Fails when no new record arrives for
+/// `timeout`.
 fn read_log(
     config: &ClientConfig,
     ctx: Quiet,
     topic: &str,
+    earlier: Option<LogRead>,
     timeout: Duration,
-) -> SysResult<LogState> {
+) -> SysResult<LogRead> {
     let consumer: MetaClient = config
         .create_with_context(ctx)
         .map_err(err("creating a consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, timeout)
         .map_err(err("reading watermarks"))?;
-    let mut state = LogState::default();
-    if high <= low {
-        return Ok(state);
+    let mut read = match earlier {
+        Some(r) if r.low == low && r.next <= high => r,
+        _ => LogRead {
+            low,
+            next: low,
+            state: LogState::default(),
+        },
+    };
+    if high <= read.next {
+        return Ok(read);
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+    tpl.add_partition_offset(topic, 0, Offset::Offset(read.next))
         .map_err(err("assigning"))?;
     consumer.assign(&tpl).map_err(err("assigning"))?;
     let mut progress = Instant::now();
-    let mut next = low;
-    while next < high {
+    let LogRead { next, state, .. } = &mut read;
+    while *next < high {
         if progress.elapsed() > timeout {
             return Err(SysError::connection(format!(
                 "kafka: reading {topic}: no record for {timeout:?} at offset {next} of {high} \
@@ -491,10 +517,10 @@ fn read_log(
             None => {}
             Some(Err(e)) => return Err(classify(&format!("reading {topic}"), &e)),
             // tansu re-delivers records after the gaps compaction leaves: count each offset once.
-            Some(Ok(m)) if m.offset() < next => {}
+            Some(Ok(m)) if m.offset() < *next => {}
             Some(Ok(m)) => {
                 progress = Instant::now();
-                next = m.offset() + 1;
+                *next = m.offset() + 1;
                 state.records += 1;
                 if let Some(key) = m.key() {
                     state.latest.insert(key.to_vec(), m.payload().is_some());
@@ -502,7 +528,7 @@ fn read_log(
             }
         }
     }
-    Ok(state)
+    Ok(read)
 }
 
 /// `host:port` of the leader of partition 0 of `topic`, once the broker has elected one.
@@ -539,9 +565,11 @@ impl Kafka {
     }
 
     fn topic(&self) -> SysResult<&Topic> {
-        self.topic
-            .as_ref()
-            .ok_or_else(|| SysError::failed("kafka: no lab topic: reset first"))
+        self.topic.as_ref().ok_or_else(no_topic)
+    }
+
+    fn topic_mut(&mut self) -> SysResult<&mut Topic> {
+        self.topic.as_mut().ok_or_else(no_topic)
     }
 
     fn timeout(&self) -> Duration {
@@ -601,10 +629,11 @@ impl Kafka {
         c
     }
 
-    async fn read(&self, topic: &str) -> SysResult<LogState> {
+    /// Reads `topic`, going on from `earlier` where [`read_log`] can.
+    async fn read(&self, topic: &str, earlier: Option<LogRead>) -> SysResult<LogRead> {
         let ctx = Quiet(Arc::clone(&self.clients()?.link));
         let (config, topic, timeout) = (self.reader_config(), topic.to_string(), self.timeout());
-        blocking(move || read_log(&config, ctx, &topic, timeout)).await
+        blocking(move || read_log(&config, ctx, &topic, earlier, timeout)).await
     }
 
     async fn watermarks(&self) -> SysResult<(i64, i64)> {
@@ -666,7 +695,7 @@ impl Kafka {
                 .await?;
             return Ok(BTreeSet::new());
         }
-        let log = self.read(&registry).await?;
+        let log = self.read(&registry, None).await?.state;
         if log.latest.get(MARKER_KEY.as_bytes()) != Some(&true) {
             return Err(refuse(format!(
                 "topic {registry} holds no dedup-lab marker record"
@@ -897,6 +926,7 @@ impl System for Kafka {
             name,
             leader,
             live: BTreeMap::new(),
+            read: None,
         });
         Ok(())
     }
@@ -1015,35 +1045,40 @@ impl System for Kafka {
             ));
         }
         // Poll the log until each key has one record left, with growing pauses: every poll
-        // reads the whole topic.
+        // reads the whole topic, as only a whole read sees what compaction removed.
         let start = Instant::now();
         let limit = Duration::from_secs(self.settings.maintenance_timeout_s);
-        let mut state = self.read(&topic).await?;
-        let before = state.records;
-        let mut pause = Duration::from_millis(250);
+        let mut read = self.read(&topic, None).await?;
+        let before = read.state.records;
+        let mut pause = Duration::from_millis(100);
         loop {
+            let state = &read.state;
             let keys = state.latest.len() as u64;
             let tombstones = keys - state.live_keys();
             if state.records == keys {
-                return Ok(format!(
+                let note = format!(
                     "log compaction of {topic}: {before} records before, {} after {:.1} s: one \
                      per key ({tombstones} tombstones)",
                     state.records,
                     start.elapsed().as_secs_f64()
-                ));
+                );
+                self.topic_mut()?.read = Some(read);
+                return Ok(note);
             }
             if start.elapsed() + pause > limit {
-                return Ok(format!(
+                let note = format!(
                     "log compaction of {topic} did not finish within {} s: {} records remain for \
                      {keys} keys ({before} before); brokers compact closed segments on their own \
                      schedule",
                     limit.as_secs(),
                     state.records
-                ));
+                );
+                self.topic_mut()?.read = Some(read);
+                return Ok(note);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-            state = self.read(&topic).await?;
+            pause = pause.mul_f32(1.5).min(Duration::from_secs(2));
+            read = self.read(&topic, None).await?;
         }
     }
 
@@ -1059,8 +1094,12 @@ impl System for Kafka {
                 Ok((high - low).max(0) as u64)
             }
             DeleteMode::Tombstone => {
-                let topic = self.topic()?.name.clone();
-                Ok(self.read(&topic).await?.live_keys())
+                let topic = self.topic_mut()?;
+                let (name, earlier) = (topic.name.clone(), topic.read.take());
+                let read = self.read(&name, earlier).await?;
+                let live = read.state.live_keys();
+                self.topic_mut()?.read = Some(read);
+                Ok(live)
             }
         }
     }
