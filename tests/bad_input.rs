@@ -215,6 +215,26 @@ const CASES: &[Case] = &[
         words: &["probe path /nonexistent/pgdata does not exist"],
     },
     Case {
+        name: "credentials in a prometheus probe URL",
+        config: Some(
+            "[systems.minio.prometheus_probe]\nurl = \"http://admin:pw@127.0.0.1:9000/metrics\"\n\
+             metric = \"minio_bucket_usage_total_bytes\"\n",
+        ),
+        args: &["run", "--config", "{config}", "--systems", "minio"],
+        code: 2,
+        words: &["prometheus_probe", "carries credentials", "token_file"],
+    },
+    Case {
+        name: "prometheus probe token file missing",
+        config: Some(
+            "[systems.minio.prometheus_probe]\nurl = \"http://127.0.0.1:9000/metrics\"\n\
+             metric = \"minio_bucket_usage_total_bytes\"\ntoken_file = \"/nonexistent/token\"\n",
+        ),
+        args: &["run", "--config", "{config}", "--systems", "minio"],
+        code: 2,
+        words: &["cannot read secret file /nonexistent/token"],
+    },
+    Case {
         name: "invalid experiment id",
         config: None,
         args: &["run", "--id", "../escape"],

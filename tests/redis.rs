@@ -1,28 +1,52 @@
-//! Redis against the lab server: counts, native size checked with redis-cli, deletes, and
-//! keys outside the lab namespace.
+//! Redis against the lab server: counts, native size checked with redis-cli, deletes, keys
+//! outside the lab namespace, and the prometheus probe on the lab's redis_exporter.
 
 mod common;
 
-use std::process::Command;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 
 use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
+use dedup_lab::probe::ProbeConfig;
+use dedup_lab::probe::prometheus::{Prometheus, PrometheusConfig};
 use dedup_lab::results::record::Stage;
 use dedup_lab::systems;
 
-/// redis-cli against the lab server, authenticated through the environment.
+/// Tests here change the server's memory, which the prometheus probe reads server-wide: they
+/// take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// redis-cli against the lab server's db 15, authenticated through the environment.
 fn cli(args: &[&str]) -> String {
+    cli_in(15, args, None)
+}
+
+/// redis-cli against logical db `db`; with `input`, it becomes the last argument (`-x`), so
+/// values of any size pass.
+fn cli_in(db: u8, args: &[&str], input: Option<&[u8]>) -> String {
     let s = lab_section("redis");
     let password = std::fs::read_to_string(s["password_file"].as_str().unwrap()).unwrap();
-    let out = Command::new("redis-cli")
+    let mut child = Command::new("redis-cli")
         .env("REDISCLI_AUTH", password.trim())
         .args(["-h", "127.0.0.1", "-p"])
         .arg(s["port"].as_integer().unwrap().to_string())
-        .args(["-n", "15", "--no-raw"])
+        .args(["-n", &db.to_string(), "--no-raw"])
+        .args(input.map(|_| "-x"))
         .args(args)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("redis-cli");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.unwrap_or_default())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -48,6 +72,7 @@ fn memory_usage(key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn native_size_is_memory_usage_and_deletes_remove_keys() {
+    let _turn = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("redis");
     section.insert("prefix".into(), "dedup_lab_t_native".into());
@@ -84,6 +109,7 @@ async fn native_size_is_memory_usage_and_deletes_remove_keys() {
 
 #[test]
 fn run_records_counts_and_incompressible_growth() {
+    let _turn = SERIAL.blocking_lock();
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with(tmp.path(), "redis", &[("prefix", "dedup_lab_t_run".into())]);
     let results = tmp.path().join("results");
@@ -95,7 +121,7 @@ fn run_records_counts_and_incompressible_growth() {
         let want = if s.stage.inserts() { 40 } else { 0 };
         assert_eq!(s.rows_after, want, "{} {}", s.cell, s.stage);
         if s.stage == Stage::BulkInsert {
-            for probe in ["native", "fs"] {
+            for probe in ["native", "fs", "prometheus"] {
                 let p = &s.probes[probe];
                 let grown = p.after.bytes().unwrap() - p.before.bytes().unwrap();
                 assert!(
@@ -114,6 +140,7 @@ fn run_records_counts_and_incompressible_growth() {
 
 #[test]
 fn keys_outside_the_lab_namespace_survive_and_unmarked_lab_keys_are_refused() {
+    let _turn = SERIAL.blocking_lock();
     cli(&["SET", "precious:key", "42"]);
     cli(&["SET", "dedup_lab_t_foreign:files:x", "not ours"]);
     let out = run_in_namespace("redis", "prefix", "dedup_lab_t_foreign");
@@ -121,4 +148,63 @@ fn keys_outside_the_lab_namespace_survive_and_unmarked_lab_keys_are_refused() {
     assert!(cli(&["GET", "dedup_lab_t_foreign:files:x"]).contains("not ours"));
     assert!(cli(&["GET", "precious:key"]).contains("42"));
     cli(&["DEL", "precious:key", "dedup_lab_t_foreign:files:x"]);
+}
+
+/// `INFO memory`'s used_memory, read with redis-cli.
+fn used_memory() -> u64 {
+    let info = cli(&["INFO", "memory"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .expect("used_memory in INFO memory")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The lab config's prometheus probe reads the server's used memory through redis_exporter:
+/// it agrees with `INFO memory` and grows by what is stored. A probe on `redis_db_keys` of one
+/// logical db sees exactly the keys written there.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_probe_reads_used_memory_and_selects_samples_by_label() {
+    let _turn = SERIAL.lock().await;
+    let section = lab_section("redis");
+    let (_, probes) = ProbeConfig::take("redis", Some(&section)).unwrap();
+    let memory = probes
+        .prometheus
+        .expect("lab.toml gives redis a prometheus_probe");
+    let config: PrometheusConfig = section["prometheus_probe"].clone().try_into().unwrap();
+    let keys_in_13 = Prometheus::new(
+        "redis",
+        &PrometheusConfig {
+            metric: "redis_db_keys".into(),
+            labels: [("db".to_string(), "db13".to_string())].into(),
+            ..config
+        },
+    )
+    .unwrap();
+    // Db 13 is this test's own: no adapter or other test uses it.
+    let names: Vec<String> = (0..16).map(|i| format!("dedup_lab_t_prom:{i}")).collect();
+    let before = memory.read().await.unwrap();
+    // Redis stores values as given: any 1 MiB will do.
+    let value: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    for name in &names {
+        cli_in(13, &["SET", name], Some(&value));
+    }
+    let after = memory.read().await.unwrap();
+    let by_cli = used_memory();
+    let written = (names.len() << 20) as f64;
+    assert!(
+        (after - before) as f64 >= 0.9 * written,
+        "used memory grew {} for {written} bytes stored",
+        after - before
+    );
+    assert!(
+        after.abs_diff(by_cli) < 1 << 20,
+        "probe {after} vs INFO memory {by_cli}"
+    );
+    assert_eq!(keys_in_13.read().await.unwrap(), 16);
+    let mut del = vec!["DEL"];
+    del.extend(names.iter().map(String::as_str));
+    cli_in(13, &del, None);
+    assert_eq!(keys_in_13.read().await.unwrap(), 0);
 }

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{self, Resolved};
 use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
 use crate::error::usage;
-use crate::probe::{ProbePaths, ProbeSet};
+use crate::probe::{ProbeConfig, ProbeSet};
 use crate::results::record::{CellKey, Record, Stage};
 use crate::systems::{ErrorKind, ServerInfo, SysError, System, SystemContext, SystemDef};
 use cell::{Attempt, CellError};
@@ -78,14 +78,14 @@ pub struct Subject {
     pub def: &'static SystemDef,
     /// The adapter.
     pub sys: Box<dyn System>,
-    /// The configured probe paths.
-    pub paths: ProbePaths,
+    /// Its configured probes.
+    pub probe_config: ProbeConfig,
 }
 
 impl Subject {
     /// Its probes now (the native probe may depend on what `connect` learned).
     pub fn probes(&self) -> ProbeSet {
-        ProbeSet::of(self.sys.as_ref(), &self.paths)
+        ProbeSet::of(self.sys.as_ref(), &self.probe_config)
     }
 }
 
@@ -95,12 +95,17 @@ pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result
         .systems
         .iter()
         .map(|&def| {
-            let (section, paths) = ProbePaths::take(def.name, config.config.systems.get(def.name))?;
+            let (section, probe_config) =
+                ProbeConfig::take(def.name, config.config.systems.get(def.name))?;
             let sys = (def.build)(&SystemContext {
                 section: section.as_ref(),
                 experiment_dir,
             })?;
-            Ok(Subject { def, sys, paths })
+            Ok(Subject {
+                def,
+                sys,
+                probe_config,
+            })
         })
         .collect()
 }
@@ -109,7 +114,7 @@ pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result
 fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Subject>> {
     let subjects = build_systems(config, &config.experiment_dir())?;
     for s in &subjects {
-        if let Some(p) = s.paths.all().find(|p| !p.exists()) {
+        if let Some(p) = s.probe_config.paths().find(|p| !p.exists()) {
             return Err(usage(format!(
                 "config [systems.{}]: probe path {} does not exist; point fs_probe or \
                  sqlite_probe at the server's files on this machine, or remove it",

@@ -1,5 +1,7 @@
 //! Lab Redis: a private instance on 127.0.0.1:16379 with an append-only file; the password
-//! is in its config file (mode 0600), never on the command line.
+//! is in its config file (mode 0600), never on the command line. Next to it runs Debian's
+//! redis_exporter on 127.0.0.1:19121 (password from its environment), the endpoint of the
+//! lab's `prometheus` probe: the server's used memory as a Prometheus metric.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -12,6 +14,10 @@ use super::{Lab, Server};
 
 /// Loopback port of the lab server.
 pub const PORT: u16 = 16379;
+/// Loopback port of its Prometheus exporter.
+pub const EXPORTER_PORT: u16 = 19121;
+/// The exporter's program (Debian package prometheus-redis-exporter).
+const EXPORTER: &str = "prometheus-redis-exporter";
 
 /// The Redis lab server.
 pub struct Redis;
@@ -23,17 +29,26 @@ fn daemon(lab: &Lab) -> Daemon {
     }
 }
 
+fn exporter(lab: &Lab) -> Daemon {
+    Daemon {
+        dir: lab.server_dir("redis").join("exporter"),
+        program: EXPORTER,
+    }
+}
+
 impl Server for Redis {
     fn name(&self) -> &'static str {
         "redis"
     }
 
     fn packages(&self) -> &'static [&'static str] {
-        &["redis-server", "redis-tools"]
+        &["redis-server", "redis-tools", "prometheus-redis-exporter"]
     }
 
     fn installed(&self) -> bool {
-        super::process::on_path("redis-server") && super::process::on_path("redis-cli")
+        ["redis-server", "redis-cli", EXPORTER]
+            .into_iter()
+            .all(super::process::on_path)
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
@@ -57,19 +72,37 @@ impl Server for Redis {
         d.start(cmd)?;
         d.wait_ready(Duration::from_secs(30), || super::port_open(PORT))
             .context("redis")?;
-        Ok(super::server_section(
-            PORT,
-            None,
-            &lab.secret("redis")?,
-            &data,
-        ))
+        let e = exporter(lab);
+        let mut cmd = Command::new(EXPORTER);
+        cmd.args(["-redis.addr", &format!("redis://127.0.0.1:{PORT}")])
+            .args(["-web.listen-address", &format!("127.0.0.1:{EXPORTER_PORT}")])
+            .arg("-redis-only-metrics")
+            .env("REDIS_PASSWORD", password.trim_end());
+        e.start(cmd)?;
+        e.wait_ready(Duration::from_secs(30), || super::port_open(EXPORTER_PORT))
+            .context("redis_exporter")?;
+        let mut section = super::server_section(PORT, None, &lab.secret("redis")?, &data);
+        let mut probe = toml::Table::new();
+        probe.insert(
+            "url".into(),
+            format!("http://127.0.0.1:{EXPORTER_PORT}/metrics").into(),
+        );
+        // INFO memory's used_memory: what the server holds, keys and overhead.
+        probe.insert("metric".into(), "redis_memory_used_bytes".into());
+        section.insert("prometheus_probe".into(), probe.into());
+        Ok(section)
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {
+        exporter(lab).stop(Duration::from_secs(10))?;
         daemon(lab).stop(Duration::from_secs(30))
     }
 
     fn status(&self, lab: &Lab) -> anyhow::Result<String> {
-        Ok(format!("{} on 127.0.0.1:{PORT}", daemon(lab).status()))
+        Ok(format!(
+            "{} on 127.0.0.1:{PORT}; exporter {} on 127.0.0.1:{EXPORTER_PORT}",
+            daemon(lab).status(),
+            exporter(lab).status()
+        ))
     }
 }

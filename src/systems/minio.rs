@@ -5,9 +5,10 @@
 //! (bounded), multipart above a threshold; per file: one PUT (acknowledged) / one
 //! DeleteObject; count and logical size: ListObjectsV2 page by page (continuation tokens),
 //! never a HEAD per object; maintenance: none exists in S3, the note says what the server
-//! still owes. No native size probe: a listing gives logical bytes, not physical ones (MinIO's
-//! bucket-usage metric is a later `prometheus` probe kind). The `fs` probe reads the server's
-//! directories when they are local. With Garage's admin API configured (`garage_admin`),
+//! still owes. No native size probe: a listing gives logical bytes, not physical ones. MinIO's
+//! `minio_bucket_usage_total_bytes{bucket=…}` is read by the engine's `prometheus` probe when
+//! configured (`prometheus_probe`, with a bearer token from `mc admin prometheus generate`).
+//! The `fs` probe reads the server's directories when they are local. With Garage's admin API configured (`garage_admin`),
 //! records name the Garage version and settling waits for Garage's table queues.
 
 use std::path::PathBuf;
@@ -822,8 +823,8 @@ impl System for Minio {
                  and its metadata database does not shrink; not waited for"
             }
             "MinIO" => {
-                "MinIO frees deleted objects at once; its bucket-usage metric lags by a scanner \
-                 cycle (not read: no prometheus probe yet)"
+                "MinIO frees deleted objects at once; its bucket-usage metric (the prometheus \
+                 probe) lags by a scanner cycle"
             }
             _ => "the server may free space later; not waited for",
         };

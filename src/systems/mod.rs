@@ -86,7 +86,7 @@ pub fn names() -> String {
 }
 
 /// Builds system `name` from a whole `[systems.<name>]` table as a config file holds it. The
-/// probe keys (`fs_probe`, `sqlite_probe`) belong to the engine and are left out. For tools
+/// probe keys (`fs_probe`, `sqlite_probe`, `prometheus_probe`) belong to the engine and are left out. For tools
 /// and tests that drive one adapter directly.
 pub fn build_from_section(
     name: &str,
@@ -95,7 +95,7 @@ pub fn build_from_section(
 ) -> anyhow::Result<Box<dyn System>> {
     let def = lookup(name)
         .ok_or_else(|| usage(format!("unknown system '{name}'; valid names: {}", names())))?;
-    let (section, _) = crate::probe::ProbePaths::take(name, Some(section))?;
+    let (section, _) = crate::probe::ProbeConfig::take(name, Some(section))?;
     (def.build)(&SystemContext {
         section: section.as_ref(),
         experiment_dir,
