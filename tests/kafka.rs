@@ -175,7 +175,8 @@ async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
     sys.reset().await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 30);
-    let bulk = read_topic(&newest(prefix));
+    let bulk_topic = newest(prefix);
+    let bulk = read_topic(&bulk_topic);
     assert_eq!(bulk.len(), 30);
     let stored: HashMap<String, Vec<u8>> = bulk
         .into_iter()
@@ -194,6 +195,14 @@ async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
     // Per file: when insert_one returns, the broker has the record (its high watermark, asked
     // by another client, already counts it): the latency is until acknowledgement.
     sys.reset().await.unwrap();
+    // tansu keeps the topic (delete_topics = false): the reset deleted its files, so that
+    // compaction can free them.
+    let emptied = latest(&bulk_topic);
+    assert_eq!(emptied.len(), 30);
+    assert!(
+        emptied.values().all(Option::is_none),
+        "every file tombstoned"
+    );
     let topic = newest(prefix);
     let watcher: BaseConsumer = client_config().create().unwrap();
     for (i, f) in ds.manifest.files.iter().enumerate() {
