@@ -17,9 +17,12 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, DescribeLogDirsRequest, DescribeLogDirsResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    IncrementalAlterConfigsRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{
     Decodable, Encodable, HeaderVersion, Message as ProtocolMessage, Request, StrBytes,
@@ -116,8 +119,8 @@ struct Settings {
     prefix: String,
     delete_mode: DeleteMode,
     /// Whether a reset deletes the topics of earlier resets (never with tansu: its
-    /// DeleteTopics deletes every topic of the cluster). If not, a reset deletes the files
-    /// left in the topic before it, as `delete_mode` deletes a file.
+    /// DeleteTopics deletes every topic of the cluster). If not, a reset retires the topic
+    /// before it: see [`Kafka::retire`].
     delete_topics: bool,
     compression: Compression,
     /// Bulk path: how long the producer waits to fill a batch.
@@ -185,6 +188,8 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
         clients: None,
         topic: None,
         log_dirs: None,
+        alter_configs: None,
+        tansu: false,
     }))
 }
 
@@ -196,6 +201,11 @@ struct Kafka {
     topic: Option<Topic>,
     /// DescribeLogDirs version both sides speak, if the broker offers it: the native probe.
     log_dirs: Option<i16>,
+    /// IncrementalAlterConfigs version both sides speak, if the broker offers it: how a
+    /// compacted topic that stays is retired.
+    alter_configs: Option<i16>,
+    /// Whether the broker is tansu, which deletes a retired topic's records within a second.
+    tansu: bool,
 }
 
 /// The context of every librdkafka client. Logs and background errors go to `debug`: while a
@@ -416,12 +426,10 @@ async fn call<R: Request>(
         .map_err(|e| SysError::failed(format!("kafka: decoding the {api} reply: {e:#}")))
 }
 
-/// The DescribeLogDirs version to use: the highest both the broker and the codec speak.
-fn log_dirs_version(apis: &[ApiVersion]) -> Option<i16> {
-    let ours = <DescribeLogDirsRequest as ProtocolMessage>::VERSIONS;
-    let theirs = apis
-        .iter()
-        .find(|a| a.api_key == ApiKey::DescribeLogDirs as i16)?;
+/// The version of request `R` to use: the highest both the broker and the codec speak.
+fn shared_version<R: Request + ProtocolMessage>(apis: &[ApiVersion]) -> Option<i16> {
+    let ours = R::VERSIONS;
+    let theirs = apis.iter().find(|a| a.api_key == R::KEY)?;
     let max = theirs.max_version.min(ours.max);
     (max >= theirs.min_version.max(ours.min)).then_some(max)
 }
@@ -436,6 +444,7 @@ fn describe_apis(apis: &[ApiVersion]) -> String {
         ApiKey::DeleteTopics,
         ApiKey::DeleteRecords,
         ApiKey::DescribeLogDirs,
+        ApiKey::IncrementalAlterConfigs,
     ];
     let list: Vec<String> = used
         .iter()
@@ -639,9 +648,9 @@ impl Kafka {
         blocking(move || read_log(&config, ctx, &topic, earlier, timeout)).await
     }
 
-    async fn watermarks(&self) -> SysResult<(i64, i64)> {
+    async fn watermarks(&self, topic: &str) -> SysResult<(i64, i64)> {
         let meta = Arc::clone(&self.clients()?.meta);
-        let (topic, timeout) = (self.topic()?.name.clone(), self.timeout());
+        let (topic, timeout) = (topic.to_string(), self.timeout());
         blocking(move || {
             meta.fetch_watermarks(&topic, 0, timeout)
                 .map_err(err("reading watermarks"))
@@ -673,23 +682,74 @@ impl Kafka {
         Ok(())
     }
 
-    /// Deletes what is left in a topic that stays, the way its delete mode deletes a file, so
-    /// the broker can free the space: a store of topics that are never deleted otherwise only
-    /// grows (tansu's reads and its maintenance slowed tenfold at 3 GB).
-    async fn empty(&self, topic: &Topic) -> SysResult<()> {
-        match self.settings.delete_mode {
-            DeleteMode::Tombstone => {
-                for name in topic.live.values() {
-                    self.send_one(&topic.name, name, None).await?;
-                }
+    /// Retires a topic that stays on the broker (`delete_topics = false`) so that the broker
+    /// can free its space: DeleteRecords up to its end, or, for a compacted topic, the
+    /// policy `delete` with `retention.ms = 0`. Tombstones would not do: tansu's compaction
+    /// reads every value of a topic once per tombstoned key, which for 4096 keys of 64 KiB
+    /// outlasted any timeout. A store of topics never emptied only grows (tansu's reads and
+    /// its maintenance slowed tenfold at 3 GB).
+    async fn retire(&self, topic: &Topic) -> SysResult<()> {
+        if self.settings.delete_mode == DeleteMode::DeleteRecords {
+            if let Some(&last) = topic.live.keys().next_back() {
+                self.delete_before(&topic.name, last + 1).await?;
             }
-            DeleteMode::DeleteRecords => {
-                if let Some(&last) = topic.live.keys().next_back() {
-                    self.delete_before(&topic.name, last + 1).await?;
-                }
+            return Ok(());
+        }
+        let Some(version) = self.alter_configs else {
+            return Ok(()); // said once at connect
+        };
+        let set = |name: &'static str, value: &'static str| {
+            AlterableConfig::default()
+                .with_name(StrBytes::from_static_str(name))
+                .with_config_operation(0) // SET
+                .with_value(Some(StrBytes::from_static_str(value)))
+        };
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2) // TOPIC
+                .with_resource_name(StrBytes::from_string(topic.name.clone()))
+                .with_configs(vec![
+                    set("cleanup.policy", "delete"),
+                    set("retention.ms", "0"),
+                ]),
+        ]);
+        let response = call(&topic.leader, &request, version, self.timeout()).await?;
+        for r in &response.responses {
+            if r.error_code != 0 {
+                return Err(SysError::failed(format!(
+                    "kafka: IncrementalAlterConfigs of {}: error code {} {}",
+                    topic.name,
+                    r.error_code,
+                    r.error_message.as_deref().unwrap_or("")
+                )));
             }
         }
+        if self.tansu {
+            self.await_empty(&topic.name).await?;
+        }
         Ok(())
+    }
+
+    /// Polls until `topic` holds no record, so that the broker frees a retired topic's space
+    /// before the next stage rather than during it; bounded by `timeout_s`.
+    async fn await_empty(&self, topic: &str) -> SysResult<()> {
+        let deadline = Instant::now() + self.timeout();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (low, high) = self.watermarks(topic).await?;
+            if low >= high {
+                return Ok(());
+            }
+            if Instant::now() + pause > deadline {
+                return Err(SysError::failed(format!(
+                    "kafka: {topic} still holds offsets {low}..{high} {} s after its retention \
+                     was set to 0",
+                    self.settings.timeout_s
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = pause.mul_f32(1.5).min(Duration::from_secs(1));
+        }
     }
 
     /// Produces one record through the per-file producer and waits for its acknowledgement.
@@ -910,7 +970,18 @@ impl System for Kafka {
                 ));
             }
         }
-        self.log_dirs = log_dirs_version(&versions.api_keys);
+        self.log_dirs = shared_version::<DescribeLogDirsRequest>(&versions.api_keys);
+        self.alter_configs = shared_version::<IncrementalAlterConfigsRequest>(&versions.api_keys);
+        self.tansu = cluster == TANSU_CLUSTER_ID;
+        if !s.delete_topics
+            && s.delete_mode == DeleteMode::Tombstone
+            && self.alter_configs.is_none()
+        {
+            tracing::warn!(
+                "kafka: the broker does not offer IncrementalAlterConfigs, so topics of earlier \
+                 resets keep their records (delete_topics = false)"
+            );
+        }
         self.clients = Some(clients);
         Ok(ServerInfo {
             product: "Kafka protocol broker".into(),
@@ -919,16 +990,16 @@ impl System for Kafka {
     }
 
     /// Makes a fresh topic (refusing if the prefix holds topics dedup-lab did not create),
-    /// after deleting the earlier ones if `delete_topics`, else emptying the one before.
+    /// after deleting the earlier ones if `delete_topics`, else retiring the one before.
     async fn reset(&mut self) -> SysResult<()> {
         if let Some(old) = self.topic.take()
             && !self.settings.delete_topics
         {
             // Housekeeping of a topic no cell needs any more: only a lost connection stops
             // the reset.
-            match self.empty(&old).await {
+            match self.retire(&old).await {
                 Err(e) if e.kind == ErrorKind::ConnectionLost => return Err(e),
-                Err(e) => tracing::warn!("kafka: emptying {}: {}", old.name, e.message),
+                Err(e) => tracing::warn!("kafka: retiring {}: {}", old.name, e.message),
                 Ok(()) => {}
             }
         }
@@ -1077,7 +1148,7 @@ impl System for Kafka {
     async fn maintenance(&mut self) -> SysResult<String> {
         let topic = self.topic()?.name.clone();
         if self.settings.delete_mode == DeleteMode::DeleteRecords {
-            let (low, high) = self.watermarks().await?;
+            let (low, high) = self.watermarks(&topic).await?;
             return Ok(format!(
                 "nothing to wait for: DeleteRecords moved the log start of {topic} to {low} (high \
                  watermark {high}); the broker removes segment files below it at its own \
@@ -1133,7 +1204,7 @@ impl System for Kafka {
     /// stored twice shows in either count.
     async fn count(&mut self) -> SysResult<u64> {
         if self.settings.delete_mode == DeleteMode::DeleteRecords || !self.topic()?.tombstoned {
-            let (low, high) = self.watermarks().await?;
+            let (low, high) = self.watermarks(&self.topic()?.name).await?;
             return Ok((high - low).max(0) as u64);
         }
         let topic = self.topic_mut()?;
@@ -1276,17 +1347,20 @@ mod tests {
 
     #[test]
     fn uses_describe_log_dirs_only_in_a_version_both_sides_speak() {
-        assert_eq!(log_dirs_version(&[api(ApiKey::Produce, 0, 11)]), None);
         assert_eq!(
-            log_dirs_version(&[api(ApiKey::DescribeLogDirs, 0, 0)]),
+            shared_version::<DescribeLogDirsRequest>(&[api(ApiKey::Produce, 0, 11)]),
             None
         );
         assert_eq!(
-            log_dirs_version(&[api(ApiKey::DescribeLogDirs, 0, 2)]),
+            shared_version::<DescribeLogDirsRequest>(&[api(ApiKey::DescribeLogDirs, 0, 0)]),
+            None
+        );
+        assert_eq!(
+            shared_version::<DescribeLogDirsRequest>(&[api(ApiKey::DescribeLogDirs, 0, 2)]),
             Some(2)
         );
         assert_eq!(
-            log_dirs_version(&[api(ApiKey::DescribeLogDirs, 1, 9)]),
+            shared_version::<DescribeLogDirsRequest>(&[api(ApiKey::DescribeLogDirs, 1, 9)]),
             Some(4)
         );
     }
