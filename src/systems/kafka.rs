@@ -1363,6 +1363,19 @@ mod tests {
             shared_version::<DescribeLogDirsRequest>(&[api(ApiKey::DescribeLogDirs, 1, 9)]),
             Some(4)
         );
+        // Each request type is looked up by its own key.
+        let apis = [
+            api(ApiKey::DescribeLogDirs, 0, 4),
+            api(ApiKey::IncrementalAlterConfigs, 0, 1),
+        ];
+        assert_eq!(
+            shared_version::<IncrementalAlterConfigsRequest>(&apis),
+            Some(1)
+        );
+        assert_eq!(
+            shared_version::<IncrementalAlterConfigsRequest>(&apis[..1]),
+            None
+        );
     }
 
     #[test]
@@ -1375,7 +1388,7 @@ mod tests {
         assert_eq!(
             describe_apis(&decoded.api_keys),
             "2 APIs (Produce v0-11, Fetch -, ListOffsets -, CreateTopics -, DeleteTopics -, \
-             DeleteRecords -, DescribeLogDirs v1-4)"
+             DeleteRecords -, DescribeLogDirs v1-4, IncrementalAlterConfigs -)"
         );
     }
 
