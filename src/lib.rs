@@ -16,3 +16,4 @@ pub mod probe;
 pub mod results;
 pub mod secret;
 pub mod systems;
+pub mod tls;

@@ -639,9 +639,7 @@ impl System for Minio {
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        // reqwest is built without a default crypto provider: use ring, as the rest of
-        // dedup-lab does (an error only means one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let s = &self.settings;
         // Plain http only where a configured URL asks for it.
         let plain_http = [Some(&s.endpoint), self.garage.as_ref().map(|g| &g.url)]
