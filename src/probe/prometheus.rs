@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::usage;
 use crate::secret::{Secret, SecretSource, redact};
 
 /// `prometheus_probe = { … }` in a `[systems.<name>]` section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     /// Where the metrics are served: `http(s)://host:port/path`, no credentials.
@@ -30,10 +30,10 @@ pub struct PrometheusConfig {
     #[serde(default = "one")]
     pub copies: u32,
     /// Environment variable holding a bearer token (MinIO's metrics need one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub token_env: Option<String>,
     /// File holding a bearer token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Seconds to wait for the endpoint.
     #[serde(default = "ten")]
@@ -94,9 +94,7 @@ impl Prometheus {
         }
         let token = SecretSource::from_keys(c.token_env.clone(), c.token_file.clone())
             .resolve(&format!("{what} token"))?;
-        // reqwest is built without a default crypto provider: use ring, as the rest of
-        // dedup-lab does (an error only means one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(c.timeout_s))
             .build()
