@@ -90,12 +90,10 @@ fn latest(topic: &str) -> HashMap<String, Option<Vec<u8>>> {
 
 /// Rows of `topic` in tansu's SQLite file, read beside the broker.
 fn stored_records(topic: &str) -> i64 {
-    let path = lab_section("kafka")["sqlite_probe"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let section = lab_section("kafka");
+    let path = section["sqlite_probe"][0].as_str().unwrap();
     let db =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
     db.query_row(
         "SELECT count(*) FROM record r JOIN topition tp ON tp.id = r.topition \

@@ -955,7 +955,8 @@ impl System for Kafka {
             )));
         }
         let cluster = cluster.unwrap_or_else(|| "unknown".into());
-        if cluster == TANSU_CLUSTER_ID {
+        self.tansu = cluster == TANSU_CLUSTER_ID;
+        if self.tansu {
             if s.delete_topics {
                 return Err(SysError::unsafe_namespace(
                     "kafka: the broker is tansu (cluster id tansu_cluster), whose DeleteTopics \
@@ -972,7 +973,6 @@ impl System for Kafka {
         }
         self.log_dirs = shared_version::<DescribeLogDirsRequest>(&versions.api_keys);
         self.alter_configs = shared_version::<IncrementalAlterConfigsRequest>(&versions.api_keys);
-        self.tansu = cluster == TANSU_CLUSTER_ID;
         if !s.delete_topics
             && s.delete_mode == DeleteMode::Tombstone
             && self.alter_configs.is_none()
@@ -1166,24 +1166,26 @@ impl System for Kafka {
             let state = &read.state;
             let keys = state.latest.len() as u64;
             let tombstones = keys - state.live_keys();
-            if state.records == keys {
-                let note = format!(
+            let note = if state.records == keys {
+                Some(format!(
                     "log compaction of {topic}: {before} records before, {} after {:.1} s: one \
                      per key ({tombstones} tombstones)",
                     state.records,
                     start.elapsed().as_secs_f64()
-                );
-                self.topic_mut()?.read = Some(read);
-                return Ok(note);
-            }
-            if start.elapsed() + pause > limit {
-                let note = format!(
+                ))
+            } else if start.elapsed() + pause > limit {
+                Some(format!(
                     "log compaction of {topic} did not finish within {} s: {} records remain for \
                      {keys} keys ({before} before); brokers compact closed segments on their own \
                      schedule",
                     limit.as_secs(),
                     state.records
-                );
+                ))
+            } else {
+                None
+            };
+            if let Some(note) = note {
+                // The next count goes on from this read.
                 self.topic_mut()?.read = Some(read);
                 return Ok(note);
             }
