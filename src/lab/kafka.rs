@@ -15,7 +15,8 @@ use super::{Lab, Server};
 /// Loopback port of the lab broker.
 pub const PORT: u16 = 19092;
 /// Storage URL, relative to the broker's directory (tansu resolves even absolute paths against
-/// its working directory). Maintenance (retention, compaction) runs every second instead of every 10 min.
+/// its working directory). Maintenance (retention, compaction) runs every second instead of
+/// every 10 min.
 const STORAGE: &str = "sqlite://data/tansu.db?maintenance_interval=1s";
 
 /// The Kafka lab server.

@@ -3,8 +3,8 @@
 //! `lab up` installs what is missing (Debian packages), starts every server in its own
 //! directory under the lab directory on non-standard ports, and writes `lab.toml`, a config
 //! that `dedup-lab run --config` uses. Passwords are generated into `secrets/` (mode 0600)
-//! and referenced by path. `lab down` stops exactly what `up` started; `lab wipe` also deletes their data. Each server is one
-//! file implementing [`Server`].
+//! and referenced by path. `lab down` stops exactly what `up` started; `lab wipe` also
+//! deletes their data. Each server is one file implementing [`Server`].
 
 mod clickhouse;
 mod kafka;
@@ -177,10 +177,9 @@ impl Lab {
         }
     }
 
-    /// Stops the selected servers and deletes their directories. The lab's tansu cannot drop
-    /// a topic without dropping all (see the kafka adapter), so its store only ever grows
-    /// (12 GB after a few matrices, when its maintenance query starves requests); this is how
-    /// the lab sheds it. Secrets stay, so configs that name them stay valid.
+    /// Stops the selected servers and deletes their directories, so that the next `up` starts
+    /// them empty (before timing a matrix; tansu keeps every topic it ever had, as it cannot
+    /// drop one without dropping all). Secrets stay, so configs that name them stay valid.
     pub fn wipe(&self) -> anyhow::Result<()> {
         self.down()?;
         for s in &self.servers {

@@ -8,8 +8,9 @@
 //! still owes. No native size probe: a listing gives logical bytes, not physical ones. MinIO's
 //! `minio_bucket_usage_total_bytes{bucket=…}` is read by the engine's `prometheus` probe when
 //! configured (`prometheus_probe`, with a bearer token from `mc admin prometheus generate`).
-//! The `fs` probe reads the server's directories when they are local. With Garage's admin API configured (`garage_admin`),
-//! records name the Garage version and settling waits for Garage's table queues.
+//! The `fs` probe reads the server's directories when they are local. With Garage's admin API
+//! configured (`garage_admin`), records name the Garage version and settling waits for
+//! Garage's table queues.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

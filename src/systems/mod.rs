@@ -86,8 +86,8 @@ pub fn names() -> String {
 }
 
 /// Builds system `name` from a whole `[systems.<name>]` table as a config file holds it. The
-/// probe keys (`fs_probe`, `sqlite_probe`, `prometheus_probe`) belong to the engine and are left out. For tools
-/// and tests that drive one adapter directly.
+/// probe keys (`fs_probe`, `sqlite_probe`, `prometheus_probe`) belong to the engine and are
+/// left out. For tools and tests that drive one adapter directly.
 pub fn build_from_section(
     name: &str,
     section: &toml::Table,
