@@ -1,7 +1,8 @@
 //! `redis`: Redis (any RESP server). Namespace: keys under a lab prefix in a dedicated
 //! logical database, with a marker key. Bulk path: pipelined `SET`s; per-file `SET` / `DEL`;
-//! maintenance: `BGREWRITEAOF` (when the AOF is on) and `MEMORY PURGE`; settle: wait until no
-//! AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over the lab's
+//! maintenance: `BGREWRITEAOF` (when the AOF is on) and `MEMORY PURGE`; a reset also rewrites
+//! the AOF, so every cell starts from a log without an earlier cell's garbage; settle: wait
+//! until no AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over the lab's
 //! keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
 
 use std::path::PathBuf;
@@ -163,6 +164,20 @@ impl Redis {
         }
     }
 
+    /// Rewrites the AOF to the keys that exist now and waits until the rewrite is done.
+    async fn rewrite_aof(&self) -> SysResult<()> {
+        self.wait_background().await?;
+        let started = redis::cmd("BGREWRITEAOF")
+            .query_async::<()>(&mut self.conn()?)
+            .await;
+        match started {
+            // A rewrite the server began by itself after the wait above holds every write too.
+            Err(e) if e.to_string().contains("already in progress") => {}
+            other => other.map_err(err("BGREWRITEAOF"))?,
+        }
+        self.wait_background().await
+    }
+
     /// Waits until the server has no AOF rewrite or RDB save running or scheduled.
     async fn wait_background(&self) -> SysResult<()> {
         let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
@@ -298,7 +313,14 @@ impl System for Redis {
             .arg("created by dedup-lab; its keys are deleted by its resets")
             .query_async::<()>(&mut conn)
             .await
-            .map_err(err("SET marker"))
+            .map_err(err("SET marker"))?;
+        // The log still holds the deleted keys' SETs and the DELs. Left there, the server's
+        // automatic rewrite would reclaim them in the middle of a later stage, whose physical
+        // growth would then shrink by an earlier cell's garbage.
+        if self.aof {
+            self.rewrite_aof().await?;
+        }
+        Ok(())
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
@@ -361,11 +383,7 @@ impl System for Redis {
         let mut conn = self.conn()?;
         let mut done = Vec::new();
         if self.aof {
-            redis::cmd("BGREWRITEAOF")
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(err("BGREWRITEAOF"))?;
-            self.wait_background().await?;
+            self.rewrite_aof().await?;
             done.push("BGREWRITEAOF");
         }
         redis::cmd("MEMORY")
