@@ -150,7 +150,8 @@ fn ratio(num: f64, den: Option<i64>) -> Option<f64> {
 pub const PLAUSIBLE_SHARE: f64 = 0.5;
 
 /// Flags an insert of incompressible data whose physical growth is below
-/// [`PLAUSIBLE_SHARE`] × U: a partial load, or a probe that lags behind the data.
+/// [`PLAUSIBLE_SHARE`] × U: a partial load, a probe that lags behind the data, or content
+/// matched against deleted data the system has not removed yet.
 fn partial_load(s: &StageRecord, delta: Option<i64>) -> Option<String> {
     let delta = delta?;
     let incompressible = s.cell.payload == crate::dataset::PayloadType::RandomBinary;
@@ -158,7 +159,8 @@ fn partial_load(s: &StageRecord, delta: Option<i64>) -> Option<String> {
     (s.stage.inserts() && incompressible && (delta as f64) < floor).then(|| {
         format!(
             "implausibly small growth for incompressible data: ΔP = {delta} bytes for U = {} \
-             bytes (a partial load, or a probe lagging behind the data)",
+             bytes (a partial load, a probe lagging behind the data, or content deduplicated \
+             against deleted data not yet removed)",
             s.unique_bytes
         )
     })

@@ -39,7 +39,8 @@ pub const HEADER: [&str; 13] = [
 /// What the table's marks mean.
 pub const LEGEND: &str = "n = native probe, fs = allocated bytes on disk; – = not applicable or \
      not measured; ! = runs disagree (CV > 10 %); ? = growth implausibly small for \
-     incompressible data (partial load or lagging probe; see results.csv).";
+     incompressible data (partial load, lagging probe or dedup against deleted data; see \
+     results.csv).";
 
 /// The table's cells: one row per group, formatted, in [`HEADER`] order.
 pub fn rows(s: &Summary) -> Vec<Vec<String>> {
