@@ -24,7 +24,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::MARKER_TABLE;
+use super::poll::Pacer;
 use super::{
     ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
@@ -268,8 +269,10 @@ impl ClickHouse {
     /// `settle_timeout_s`.
     async fn wait_idle(&self, context: &str, merges_too: bool, cleanup_too: bool) -> SysResult<()> {
         let db = &self.settings.database;
-        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
-        let mut pause = Duration::from_millis(1);
+        // A delete mutation takes tens of milliseconds and a stage awaits 64 of them one by
+        // one: a finer cap than other systems' keeps each wait close to its mutation's time.
+        let limit = Duration::from_secs(self.settings.settle_timeout_s);
+        let mut pacer = Pacer::new(limit).cap(Duration::from_millis(5));
         loop {
             let query = self.query(BUSY_SQL)?.bind(db).bind(db).bind(db);
             let (merges, mutations, replaced): (u64, u64, u64) = self.fetch(context, query).await?;
@@ -279,7 +282,7 @@ impl ClickHouse {
             if busy == 0 {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if !pacer.pause().await {
                 return Err(SysError::failed(format!(
                     "clickhouse: {context}: after {} s {db}.files still has {mutations} \
                      unfinished mutations, {merges} running merges and {replaced} replaced parts \
@@ -287,8 +290,6 @@ impl ClickHouse {
                     self.settings.settle_timeout_s
                 )));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 }

@@ -38,6 +38,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::poll::Pacer;
 use super::{
     ErrorKind, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
@@ -543,30 +544,19 @@ fn read_log(
     Ok(read)
 }
 
-/// `host:port` of the leader of partition 0 of `topic`, once the broker has elected one.
-fn wait_leader(meta: &MetaClient, topic: &str, timeout: Duration) -> SysResult<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let md = meta
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(err("metadata"))?;
-        let leader = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions())
-            .find(|p| p.id() == 0 && p.error().is_none() && p.leader() >= 0)
-            .and_then(|p| md.brokers().iter().find(|b| b.id() == p.leader()));
-        if let Some(b) = leader {
-            return Ok(format!("{}:{}", b.host(), b.port()));
-        }
-        if Instant::now() > deadline {
-            return Err(SysError::failed(format!(
-                "kafka: topic {topic} has no partition leader after {timeout:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `host:port` of the leader of partition 0 of `topic`, if the broker has elected one.
+fn leader(meta: &MetaClient, topic: &str, timeout: Duration) -> SysResult<Option<String>> {
+    let md = meta
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(err("metadata"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions())
+        .find(|p| p.id() == 0 && p.error().is_none() && p.leader() >= 0)
+        .and_then(|p| md.brokers().iter().find(|b| b.id() == p.leader()))
+        .map(|b| format!("{}:{}", b.host(), b.port())))
 }
 
 impl Kafka {
@@ -733,22 +723,37 @@ impl Kafka {
     /// Polls until `topic` holds no record, so that the broker frees a retired topic's space
     /// before the next stage rather than during it; bounded by `timeout_s`.
     async fn await_empty(&self, topic: &str) -> SysResult<()> {
-        let deadline = Instant::now() + self.timeout();
-        let mut pause = Duration::from_millis(50);
+        let mut pacer = Pacer::new(self.timeout());
         loop {
             let (low, high) = self.watermarks(topic).await?;
             if low >= high {
                 return Ok(());
             }
-            if Instant::now() + pause > deadline {
+            if !pacer.pause().await {
                 return Err(SysError::failed(format!(
                     "kafka: {topic} still holds offsets {low}..{high} {} s after its retention \
                      was set to 0",
                     self.settings.timeout_s
                 )));
             }
-            tokio::time::sleep(pause).await;
-            pause = pause.mul_f32(1.5).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The leader of `topic`'s partition, once the broker has elected one.
+    async fn wait_leader(&self, topic: &str) -> SysResult<String> {
+        let mut pacer = Pacer::new(self.timeout());
+        loop {
+            let meta = Arc::clone(&self.clients()?.meta);
+            let (name, timeout) = (topic.to_string(), self.timeout());
+            if let Some(leader) = blocking(move || leader(&meta, &name, timeout)).await? {
+                return Ok(leader);
+            }
+            if !pacer.pause().await {
+                return Err(SysError::failed(format!(
+                    "kafka: topic {topic} has no partition leader after {} s",
+                    self.settings.timeout_s
+                )));
+            }
         }
     }
 
@@ -1046,9 +1051,7 @@ impl System for Kafka {
             self.send_one(&registry, &name, None).await?;
             return Err(e);
         }
-        let meta = Arc::clone(&self.clients()?.meta);
-        let topic = name.clone();
-        let leader = blocking(move || wait_leader(&meta, &topic, timeout)).await?;
+        let leader = self.wait_leader(&name).await?;
         self.topic = Some(Topic {
             name,
             leader,
@@ -1155,13 +1158,13 @@ impl System for Kafka {
                  retention check, which the protocol does not report"
             ));
         }
-        // Poll the log until each key has one record left, with growing pauses: every poll
+        // Poll the log until each key has one record left, with pauses up to 2 s: every poll
         // reads the whole topic, as only a whole read sees what compaction removed.
         let start = Instant::now();
         let limit = Duration::from_secs(self.settings.maintenance_timeout_s);
+        let mut pacer = Pacer::new(limit).cap(Duration::from_secs(2));
         let mut read = self.read(&topic, None).await?;
         let before = read.state.records;
-        let mut pause = Duration::from_millis(100);
         loop {
             let state = &read.state;
             let keys = state.latest.len() as u64;
@@ -1173,7 +1176,7 @@ impl System for Kafka {
                     state.records,
                     start.elapsed().as_secs_f64()
                 ))
-            } else if start.elapsed() + pause > limit {
+            } else if !pacer.pause().await {
                 Some(format!(
                     "log compaction of {topic} did not finish within {} s: {} records remain for \
                      {keys} keys ({before} before); brokers compact closed segments on their own \
@@ -1189,8 +1192,6 @@ impl System for Kafka {
                 self.topic_mut()?.read = Some(read);
                 return Ok(note);
             }
-            tokio::time::sleep(pause).await;
-            pause = pause.mul_f32(1.5).min(Duration::from_secs(2));
             read = self.read(&topic, None).await?;
         }
     }

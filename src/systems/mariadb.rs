@@ -7,7 +7,7 @@
 //! native probe fails there with the server's message.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use mysql_async::{Conn, OptsBuilder};
 use serde::Deserialize;
 
 use super::MARKER_TABLE;
+use super::poll::Pacer;
 use super::{
     ErrorKind, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
@@ -394,7 +395,7 @@ impl System for MariaDb {
     /// needs no privilege, is polled. Either way the poll has the last word.
     async fn settle(&mut self) -> SysResult<()> {
         let limit = Duration::from_secs(self.settings.settle_timeout_s);
-        let deadline = Instant::now() + limit;
+        let mut pacer = Pacer::new(limit);
         if self.lag_wait != Some(false) {
             let wait = self
                 .conn()?
@@ -422,10 +423,9 @@ impl System for MariaDb {
             if history == 0 {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if !pacer.pause().await {
                 return Err(self.purge_overdue(&format!("{history} transactions")));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use object_store::{
 use serde::Deserialize;
 use tokio::task::JoinSet;
 
+use super::poll::Pacer;
 use super::{
     LAB_PREFIX, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
@@ -417,7 +418,7 @@ impl Minio {
     /// metadata database after a PUT is acknowledged) are empty. Block resync queues are not
     /// waited for: they hold deleted blocks for Garage's fixed 600 s delay.
     async fn wait_garage_queues(&self) -> SysResult<()> {
-        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
         loop {
             let workers = self.garage_call("ListWorkers", true).await?;
             let busy: Vec<String> = workers
@@ -434,14 +435,13 @@ impl Minio {
             if busy.is_empty() {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if !pacer.pause().await {
                 return Err(SysError::failed(format!(
                     "minio: Garage queues still busy after {} s: {}",
                     self.settings.settle_timeout_s,
                     busy.join(", ")
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod minio;
 pub mod pgwire;
+pub mod poll;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

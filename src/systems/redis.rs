@@ -6,7 +6,7 @@
 //! keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo};
 use serde::Deserialize;
 
+use super::poll::Pacer;
 use super::{
     ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
     error_chain, parse_section,
@@ -180,7 +181,7 @@ impl Redis {
 
     /// Waits until the server has no AOF rewrite or RDB save running or scheduled.
     async fn wait_background(&self) -> SysResult<()> {
-        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
         loop {
             let info = self.info("persistence").await?;
             let busy = [
@@ -198,13 +199,12 @@ impl Redis {
                 }
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if !pacer.pause().await {
                 return Err(SysError::failed(format!(
                     "redis: background persistence still running after {} s",
                     self.settings.settle_timeout_s
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -267,16 +267,15 @@ impl System for Redis {
         let server = self.info("server").await?;
         // A restarted server answers INFO while it loads its data but refuses everything
         // else: connected means loaded.
-        let deadline = Instant::now() + Duration::from_secs(self.settings.settle_timeout_s);
+        let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
         let persistence = loop {
             let p = self.info("persistence").await?;
             if info_field(&p, "loading") != Some("1") {
                 break p;
             }
-            if Instant::now() > deadline {
+            if !pacer.pause().await {
                 return Err(SysError::connection("redis: still loading its data set"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         self.aof = info_field(&persistence, "aof_enabled") == Some("1");
         Ok(ServerInfo {
