@@ -263,7 +263,8 @@ struct Topic {
     leader: String,
     /// Files in it by offset, from delivery reports: what `delete_one` may delete.
     live: BTreeMap<i64, String>,
-    /// Its log as far as the last count read it: the next count reads only what follows.
+    /// Its log as far as known (read by a count or by maintenance, or the acknowledged
+    /// records the watermarks confirmed): the next count reads only what follows.
     read: Option<LogRead>,
     /// Whether a tombstone was produced to it; until then every record is a file of its own.
     tombstoned: bool,
@@ -291,6 +292,30 @@ struct LogState {
     records: u64,
     /// Per key: whether its latest record holds a value (`false`: a tombstone).
     latest: HashMap<Vec<u8>, bool>,
+}
+
+impl LogRead {
+    /// The log as the delivery reports describe it, when the broker's watermarks confirm
+    /// that it holds exactly the acknowledged records: `live` spans `low..high`, one record
+    /// per offset. The count after the tombstones then reads only the tombstones, and the
+    /// values are read once, by maintenance: the broker compacts while a whole read of
+    /// uncompacted values would take seconds, and that wait belongs to maintenance.
+    fn acknowledged(live: &BTreeMap<i64, String>, low: i64, high: i64) -> Option<LogRead> {
+        let spans = live.first_key_value().map(|(&o, _)| o) == Some(low)
+            && live.last_key_value().map(|(&o, _)| o + 1) == Some(high)
+            && live.len() as i64 == high - low;
+        spans.then(|| LogRead {
+            low,
+            next: high,
+            state: LogState {
+                records: live.len() as u64,
+                latest: live
+                    .values()
+                    .map(|k| (k.as_bytes().to_vec(), true))
+                    .collect(),
+            },
+        })
+    }
 }
 
 impl LogState {
@@ -1162,11 +1187,15 @@ impl System for Kafka {
             ));
         }
         // Poll the log until each key has one record left, with pauses up to 2 s: every poll
-        // reads the whole topic, as only a whole read sees what compaction removed.
+        // reads the whole topic, as only a whole read sees what compaction removed. Polls
+        // start from the log as the count after the deletes knew it.
         let start = Instant::now();
         let limit = Duration::from_secs(self.settings.maintenance_timeout_s);
         let mut pacer = Pacer::new(limit).cap(Duration::from_secs(2));
-        let mut read = self.read(&topic, None).await?;
+        let mut read = match self.topic_mut()?.read.take() {
+            Some(known) => known,
+            None => self.read(&topic, None).await?,
+        };
         let before = read.state.records;
         loop {
             let state = &read.state;
@@ -1206,11 +1235,16 @@ impl System for Kafka {
 
     /// The records between the log start and the high watermark, while every record is a
     /// file of its own (DeleteRecords removes whole records; no tombstone yet); else the live
-    /// keys, read from the log. Files have distinct keys, so a record the broker lost or
-    /// stored twice shows in either count.
+    /// keys, read from the log as far as it is not known yet (see [`LogRead::acknowledged`]).
+    /// Files have distinct keys, so a record the broker lost or stored twice shows in either
+    /// count.
     async fn count(&mut self) -> SysResult<u64> {
         if self.settings.delete_mode == DeleteMode::DeleteRecords || !self.topic()?.tombstoned {
             let (low, high) = self.watermarks(&self.topic()?.name).await?;
+            if self.settings.delete_mode == DeleteMode::Tombstone {
+                let topic = self.topic_mut()?;
+                topic.read = LogRead::acknowledged(&topic.live, low, high);
+            }
             return Ok((high - low).max(0) as u64);
         }
         let topic = self.topic_mut()?;
@@ -1382,6 +1416,23 @@ mod tests {
             shared_version::<IncrementalAlterConfigsRequest>(&apis[..1]),
             None
         );
+    }
+
+    #[test]
+    fn acknowledged_records_stand_for_the_log_only_where_the_watermarks_confirm_them() {
+        let live = |offsets: &[i64]| -> BTreeMap<i64, String> {
+            offsets.iter().map(|&o| (o, format!("f{o}"))).collect()
+        };
+        let read = LogRead::acknowledged(&live(&[5, 6, 7]), 5, 8).expect("spans 5..8");
+        assert_eq!((read.low, read.next, read.state.records), (5, 8, 3));
+        assert_eq!(read.state.live_keys(), 3);
+        assert_eq!(read.state.latest.get(b"f6".as_slice()), Some(&true));
+        // A record the broker holds beyond the acknowledged ones, one missing from the
+        // middle, or a log start moved past them: read the log instead.
+        assert!(LogRead::acknowledged(&live(&[5, 6, 7]), 5, 9).is_none());
+        assert!(LogRead::acknowledged(&live(&[5, 7]), 5, 8).is_none());
+        assert!(LogRead::acknowledged(&live(&[5, 6, 7]), 6, 8).is_none());
+        assert!(LogRead::acknowledged(&live(&[]), 0, 0).is_none());
     }
 
     #[test]
