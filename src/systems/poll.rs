@@ -11,11 +11,17 @@ use tokio::time::Instant;
 
 /// The pauses of one polling loop, bounded by a time limit:
 ///
-/// ```ignore
-/// let mut pacer = Pacer::new(limit);
-/// loop {
-///     if done().await? { return Ok(()) }
-///     if !pacer.pause().await { return Err(overdue) }
+/// ```
+/// # use std::time::Duration;
+/// # use dedup_lab::systems::poll::Pacer;
+/// async fn settle(done: impl AsyncFn() -> bool) -> Result<(), String> {
+///     let mut pacer = Pacer::new(Duration::from_secs(60));
+///     while !done().await {
+///         if !pacer.pause().await {
+///             return Err("still busy after 60 s".into());
+///         }
+///     }
+///     Ok(())
 /// }
 /// ```
 #[derive(Debug)]
