@@ -570,7 +570,7 @@ fn read_log(
 }
 
 /// `host:port` of the leader of partition 0 of `topic`, if the broker has elected one.
-fn leader(meta: &MetaClient, topic: &str, timeout: Duration) -> SysResult<Option<String>> {
+fn find_leader(meta: &MetaClient, topic: &str, timeout: Duration) -> SysResult<Option<String>> {
     let md = meta
         .fetch_metadata(Some(topic), timeout)
         .map_err(err("metadata"))?;
@@ -773,7 +773,7 @@ impl Kafka {
         loop {
             let meta = Arc::clone(&self.clients()?.meta);
             let (name, timeout) = (topic.to_string(), self.timeout());
-            if let Some(leader) = blocking(move || leader(&meta, &name, timeout)).await? {
+            if let Some(leader) = blocking(move || find_leader(&meta, &name, timeout)).await? {
                 return Ok(leader);
             }
             if !pacer.pause().await {

@@ -2,8 +2,8 @@
 //! logical database, with a marker key. Bulk path: pipelined `SET`s; per-file `SET` / `DEL`;
 //! maintenance: `BGREWRITEAOF` (when the AOF is on) and `MEMORY PURGE`; a reset also rewrites
 //! the AOF, so every cell starts from a log without an earlier cell's garbage; settle: wait
-//! until no AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over the lab's
-//! keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
+//! until no AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over
+//! the lab's keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
 
 use std::path::PathBuf;
 use std::time::Duration;
