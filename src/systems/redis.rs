@@ -179,6 +179,17 @@ impl Redis {
         self.wait_background().await
     }
 
+    /// Whether the AOF has grown since its last rewrite (`aof_current_size` above
+    /// `aof_base_size`); a server that reports neither counts as grown.
+    async fn aof_grown(&self) -> SysResult<bool> {
+        let info = self.info("persistence").await?;
+        let size = |field| info_field(&info, field).and_then(|v| v.parse::<u64>().ok());
+        Ok(match (size("aof_current_size"), size("aof_base_size")) {
+            (Some(current), Some(base)) => current > base,
+            _ => true,
+        })
+    }
+
     /// Waits until the server has no AOF rewrite or RDB save running or scheduled.
     async fn wait_background(&self) -> SysResult<()> {
         let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
@@ -307,16 +318,19 @@ impl System for Redis {
                 .await
                 .map_err(err("UNLINK"))?;
         }
+        // NX: an existing marker is left alone, so the log gets no write for it.
         redis::cmd("SET")
             .arg(&marker)
             .arg("created by dedup-lab; its keys are deleted by its resets")
+            .arg("NX")
             .query_async::<()>(&mut conn)
             .await
             .map_err(err("SET marker"))?;
         // The log still holds the deleted keys' SETs and the DELs. Left there, the server's
         // automatic rewrite would reclaim them in the middle of a later stage, whose physical
-        // growth would then shrink by an earlier cell's garbage.
-        if self.aof {
+        // growth would then shrink by an earlier cell's garbage. A log that has not grown
+        // since its last rewrite (a reset right after another) holds none.
+        if self.aof && self.aof_grown().await? {
             self.rewrite_aof().await?;
         }
         Ok(())
