@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{PayloadType, SizeSpec};
 use crate::error::usage;
-use crate::systems;
+use crate::systems::{self, Instance};
 
 /// The whole config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub struct Config {
     pub dataset: DatasetConfig,
     /// How failures are retried.
     pub retry: RetryConfig,
-    /// One `[systems.<name>]` table per configured system, parsed by its adapter.
+    /// One `[systems.<name>]` table per configured system instance, parsed by its adapter.
     pub systems: BTreeMap<String, toml::Table>,
 }
 
@@ -39,12 +39,16 @@ pub struct ExperimentConfig {
     pub runs: u32,
     /// Experiment seed; every run and data set derives its own seed from it.
     pub seed: u64,
-    /// Systems to measure; `all` means every configured system.
+    /// System instances to measure; `all` means every configured instance and the embedded
+    /// ones.
     pub systems: Vec<String>,
     /// Payload types; `all` means every synthetic type.
     pub payloads: Vec<String>,
     /// Grades in percent (0–99).
     pub grades: Vec<i64>,
+    /// Seconds after which a namespace lease of a run on another host that stopped renewing
+    /// it counts as abandoned (a run on this host is checked by its process instead).
+    pub lease_ttl_s: u64,
 }
 
 impl Default for ExperimentConfig {
@@ -58,10 +62,11 @@ impl Default for ExperimentConfig {
             systems: crate::systems::REGISTRY
                 .iter()
                 .filter(|d| d.embedded)
-                .map(|d| d.name.to_string())
+                .map(|d| d.kind.to_string())
                 .collect(),
             payloads: vec!["all".into()],
             grades: vec![0, 50, 90],
+            lease_ttl_s: 600,
         }
     }
 }
@@ -143,8 +148,8 @@ pub struct Resolved {
     pub config: Config,
     /// Experiment id.
     pub id: String,
-    /// Systems to measure, in registry order.
-    pub systems: Vec<&'static systems::SystemDef>,
+    /// System instances to measure, in registry order of their kinds, then by name.
+    pub systems: Vec<Instance>,
     /// Payload types.
     pub payloads: Vec<PayloadType>,
     /// Grades.
@@ -242,13 +247,10 @@ impl Config {
                 "[retry] needs max_attempts >= 1 and 0 < backoff_initial_s <= backoff_max_s",
             ));
         }
-        for name in self.systems.keys() {
-            if systems::lookup(name).is_none() {
-                return Err(usage(format!(
-                    "config has a section [systems.{name}] but there is no system '{name}'; valid names: {}",
-                    systems::names()
-                )));
-            }
+        if e.lease_ttl_s == 0 {
+            return Err(usage(
+                "[experiment] lease_ttl_s = 0: a lease must live at least a second; use e.g. 600",
+            ));
         }
         let systems = self.resolve_systems()?;
         let payloads = resolve_payloads(&e.payloads)?;
@@ -269,42 +271,65 @@ impl Config {
         })
     }
 
-    fn resolve_systems(&self) -> anyhow::Result<Vec<&'static systems::SystemDef>> {
+    /// Every instance the config defines: one per section, and the embedded kinds that have
+    /// none.
+    pub fn instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let mut out = Vec::new();
+        for (name, section) in &self.systems {
+            out.push(Instance::new(name, Some(section))?);
+        }
+        for def in systems::REGISTRY.iter().filter(|d| d.embedded) {
+            if !self.systems.contains_key(def.kind) {
+                out.push(Instance::new(def.kind, None)?);
+            }
+        }
+        let rank = |i: &Instance| {
+            systems::REGISTRY
+                .iter()
+                .position(|d| d.kind == i.def.kind)
+                .unwrap_or(usize::MAX)
+        };
+        out.sort_by(|a, b| (rank(a), &a.name).cmp(&(rank(b), &b.name)));
+        Ok(out)
+    }
+
+    fn resolve_systems(&self) -> anyhow::Result<Vec<Instance>> {
+        let all = self.instances()?;
         let wanted = &self.experiment.systems;
+        let names = || {
+            all.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if wanted.is_empty() {
             return Err(usage(format!(
-                "no systems selected; name at least one of: {}",
-                systems::names()
+                "no systems selected; name at least one of: {}, or all",
+                names()
             )));
         }
-        let mut out = Vec::new();
-        for name in wanted {
-            if name == "all" {
-                out.extend(
-                    systems::REGISTRY
-                        .iter()
-                        .filter(|d| d.embedded || self.systems.contains_key(d.name)),
-                );
+        for name in wanted.iter().filter(|n| *n != "all") {
+            if all.iter().any(|i| i.name == *name) {
                 continue;
             }
-            let def = systems::lookup(name).ok_or_else(|| {
-                usage(format!(
-                    "unknown system '{name}'; valid names: {}, or all",
+            return Err(usage(match systems::lookup(name) {
+                Some(def) => format!(
+                    "system '{name}' is not configured: add a [systems.{}] section to the config \
+                     file (see the README), or run `dedup-lab lab up` and use its config",
+                    def.kind
+                ),
+                None => format!(
+                    "unknown system '{name}'; valid names: {}, or all (the configured \
+                     instances; system kinds: {})",
+                    names(),
                     systems::names()
-                ))
-            })?;
-            if !def.embedded && !self.systems.contains_key(name) {
-                return Err(usage(format!(
-                    "system '{name}' is not configured: add a [systems.{name}] section to the \
-                     config file (see the README), or run `dedup-lab lab up` and use its config"
-                )));
-            }
-            out.push(def);
+                ),
+            }));
         }
-        // Registry order, each once.
-        Ok(systems::REGISTRY
-            .iter()
-            .filter(|d| out.iter().any(|o| o.name == d.name))
+        let every = wanted.iter().any(|n| n == "all");
+        Ok(all
+            .into_iter()
+            .filter(|i| every || wanted.contains(&i.name))
             .collect())
     }
 
@@ -323,6 +348,7 @@ impl Config {
             if let Some(e) = obj.get_mut("experiment").and_then(|e| e.as_object_mut()) {
                 e.remove("results_dir");
                 e.remove("id");
+                e.remove("lease_ttl_s");
             }
             if let Some(d) = obj.get_mut("dataset").and_then(|d| d.as_object_mut()) {
                 d.remove("keep");
@@ -437,7 +463,10 @@ mod tests {
     fn defaults_resolve_to_embedded_matrix() {
         let r = Config::default().resolve().unwrap();
         assert_eq!(
-            r.systems.iter().map(|d| d.name).collect::<Vec<_>>(),
+            r.systems
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>(),
             ["sqlite", "fs"]
         );
         assert_eq!(r.payloads.len(), 6);
@@ -465,7 +494,7 @@ mod tests {
                     systems: Some(vec!["postgress".into()]),
                     ..Default::default()
                 },
-                "valid names: sqlite, fs, postgres",
+                "kinds: sqlite, fs, postgres",
             ),
             (
                 Overrides {

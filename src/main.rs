@@ -125,7 +125,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab(args) => {
-            let lab = lab::Lab::new(&args.dir, args.systems.as_deref())?;
+            let lab = lab::Lab::new(
+                &args.dir,
+                &dedup_lab::systems::lab_servers(),
+                args.systems.as_deref(),
+            )?;
             match args.action {
                 LabAction::Up => {
                     let config = lab.up().await?;

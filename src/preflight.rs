@@ -6,13 +6,14 @@ use std::fmt::Write as _;
 
 use crate::config::Resolved;
 use crate::experiment::{Subject, build_systems};
-use crate::probe::{self, ProbeSet, Reading};
-use crate::systems::ServerInfo;
+use crate::model::{Reading, ServerInfo};
 
-/// What preflight found for one system.
+/// What preflight found for one system instance.
 pub struct Check {
-    /// System name.
-    pub system: &'static str,
+    /// Instance name.
+    pub system: String,
+    /// Its kind.
+    pub kind: &'static str,
     /// Where its data goes.
     pub target: String,
     /// Version, or the reason it could not be reached.
@@ -34,28 +35,14 @@ pub async fn check(config: &Resolved) -> anyhow::Result<Vec<Check>> {
 
 async fn check_one(mut s: Subject) -> Check {
     let server = s.sys.connect().await.map_err(|e| e.message);
-    let mut probes = s.probes();
-    if server.is_err() {
-        // Only what can be read without the server.
-        probes = ProbeSet {
-            native_copies: None,
-            ..probes
-        };
-    }
-    let readings = probe::read_all(s.sys.as_mut(), &probes)
-        .await
-        .unwrap_or_else(|e| {
-            BTreeMap::from([(
-                probe::NATIVE.to_string(),
-                Reading::Error { error: e.message },
-            )])
-        });
+    let readings = s.probes.read_each(s.sys.as_mut()).await;
     Check {
-        system: s.def.name,
+        system: s.instance.name.clone(),
+        kind: s.instance.def.kind,
         target: s.sys.target(),
         server,
         readings,
-        embedded: s.def.embedded,
+        embedded: s.instance.def.embedded,
     }
 }
 
@@ -99,18 +86,23 @@ pub fn render(checks: &[Check]) -> (String, bool) {
     (out, ok)
 }
 
-/// One line per registered system: what it is, and whether it is configured and reachable.
+/// One line per registered kind (what it is) and, under it, one per configured instance of it
+/// (whether it is reachable).
 pub fn render_registry(checks: &[Check]) -> String {
     let mut out = String::new();
     for def in crate::systems::REGISTRY {
-        let status = match checks.iter().find(|c| c.system == def.name) {
-            None => "not configured".to_string(),
-            Some(c) => match &c.server {
+        let _ = writeln!(out, "{:<12} {}", def.kind, def.about);
+        let instances: Vec<&Check> = checks.iter().filter(|c| c.kind == def.kind).collect();
+        if instances.is_empty() {
+            let _ = writeln!(out, "{:<12}   not configured", "");
+        }
+        for c in instances {
+            let status = match &c.server {
                 Ok(info) => format!("reachable: {} {}", info.product, info.version),
                 Err(e) => format!("UNREACHABLE: {e}"),
-            },
-        };
-        let _ = writeln!(out, "{:<12} {:<60} {status}", def.name, def.about);
+            };
+            let _ = writeln!(out, "{:<12}   {:<16} {status}", "", c.system);
+        }
     }
     out
 }

@@ -145,6 +145,39 @@ const CASES: &[Case] = &[
         words: &["[systems.oracle]", "valid names"],
     },
     Case {
+        name: "unknown kind of an instance",
+        config: Some("[systems.pg2]\nkind = \"postgress\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &[
+            "[systems.pg2] kind = \"postgress\" is not a system kind",
+            "postgres",
+        ],
+    },
+    Case {
+        name: "instance named after another kind",
+        config: Some("[systems.redis]\nkind = \"postgres\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["named after the kind redis", "another name"],
+    },
+    Case {
+        name: "duplicate instance name",
+        config: Some(
+            "[systems.pg_lz4]\nkind = \"postgres\"\n[systems.pg_lz4]\nkind = \"postgres\"\n",
+        ),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["duplicate key", "pg_lz4"],
+    },
+    Case {
+        name: "instance name not an identifier",
+        config: Some("[systems.\"PG-1\"]\nkind = \"postgres\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[systems.PG-1]", "only a-z, 0-9 and _"],
+    },
+    Case {
         name: "system not configured",
         config: None,
         args: &["run", "--systems", "postgres"],

@@ -12,8 +12,9 @@ use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::Stage;
-use dedup_lab::systems::{self, ErrorKind, System};
+use dedup_lab::model::ErrorKind;
+use dedup_lab::model::Stage;
+use dedup_lab::systems::{self, System};
 
 /// Native-protocol port of the lab server (the config section names only the HTTP port).
 const LAB_TCP_PORT: u16 = 19000;
@@ -182,7 +183,7 @@ async fn native_probe_and_counts_match_clickhouse_client_and_deletes_are_awaited
     assert_eq!(info.product, "ClickHouse");
     assert_eq!(info.version, cli("SELECT version()"));
     let ds = data_set(tmp.path(), PayloadType::StructuredJson, 50, 30);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     sys.settle().await.unwrap();
     assert_eq!(rows(db), 30);
@@ -226,7 +227,7 @@ async fn native_probe_and_counts_match_clickhouse_client_and_deletes_are_awaited
         )),
         0
     );
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     assert_eq!(rows(db), 0);
 }
 
@@ -238,7 +239,7 @@ async fn identical_blocks_are_all_stored() {
     let mut sys = adapter(&[("database", db.into()), ("bulk_block_mib", 1.into())]).await;
     let ds = data_set(tmp.path(), PayloadType::RandomBinary, 0, 80);
     assert!(ds.manifest.logical_bytes > 3 << 20);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     let f = &ds.manifest.files[3];
@@ -258,7 +259,7 @@ async fn identical_blocks_are_all_stored() {
     sys.maintenance().await.unwrap();
     sys.settle().await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 2 * 80 + 3);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
 }
 
 #[test]

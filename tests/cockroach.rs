@@ -6,7 +6,7 @@ mod common;
 
 use common::{run_system, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::Stage;
+use dedup_lab::model::Stage;
 use dedup_lab::systems;
 
 /// A `[systems.cockroachdb]` section from the URL; its password goes through an environment
@@ -67,7 +67,7 @@ async fn adapter_loads_counts_and_deletes() {
         &tmp.path().join("ds"),
     )
     .unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 150);
     for f in &ds.manifest.files[..10] {
@@ -76,7 +76,7 @@ async fn adapter_loads_counts_and_deletes() {
     assert_eq!(sys.count().await.unwrap(), 140);
     sys.native_size().await.unwrap();
     assert!(sys.maintenance().await.unwrap().contains("gc.ttlseconds"));
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 0);
 }
 

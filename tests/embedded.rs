@@ -4,7 +4,7 @@ mod common;
 
 use common::{experiment_dir, journal, run, stage_records, text};
 use dedup_lab::dataset::{Manifest, PayloadType};
-use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::model::{Record, Stage};
 
 #[test]
 fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
@@ -170,7 +170,7 @@ fn bad_input_exits_2_with_the_fix() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["run", "--systems", "postgress"],
-            "valid names: sqlite, fs, postgres",
+            "system kinds: sqlite, fs, postgres",
         ),
         (&["run", "--payloads", "jpeg"], "valid names: random_binary"),
         (
@@ -240,11 +240,11 @@ fn embedded_namespaces_not_created_by_dedup_lab_are_refused_and_survive() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains("fs:") && t.contains("refusing to empty it"),
+        t.contains("fs:") && t.contains("not created by dedup-lab"),
         "{t}"
     );
     assert!(
-        t.contains("sqlite:") && t.contains("refusing to delete it"),
+        t.contains("sqlite:") && t.contains("refusing to touch it"),
         "{t}"
     );
     assert_eq!(

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{bin, experiment_dir, journal, lab_config, lab_section};
-use dedup_lab::results::record::{CellKey, Record};
-use dedup_lab::systems::ErrorKind;
+use dedup_lab::model::ErrorKind;
+use dedup_lab::model::{CellKey, Record};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -15,8 +15,9 @@ use common::{
     run_system, stage_records, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage};
-use dedup_lab::systems::{self, ErrorKind, System};
+use dedup_lab::model::ErrorKind;
+use dedup_lab::model::{Record, Stage};
+use dedup_lab::systems::{self, System};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -188,7 +189,7 @@ async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
     assert_eq!(sys.native_copies(), None);
 
     let ds = dataset(&tmp.path().join("ds"), PayloadType::TextDocument, 50, 30);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 30);
     let bulk_topic = newest(prefix);
@@ -210,7 +211,7 @@ async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
 
     // Per file: when insert_one returns, the broker has the record (its high watermark, asked
     // by another client, already counts it): the latency is until acknowledgement.
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     // tansu keeps the topic (delete_topics = false); the reset retired it, and the broker has
     // deleted its records before the reset returned: none to read, none in tansu's file.
     assert!(topics(prefix).contains(&bulk_topic));

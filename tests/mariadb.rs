@@ -12,8 +12,9 @@ use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::Stage;
-use dedup_lab::systems::{self, ErrorKind, System};
+use dedup_lab::model::ErrorKind;
+use dedup_lab::model::Stage;
+use dedup_lab::systems::{self, System};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
@@ -146,7 +147,7 @@ async fn native_size_is_the_tablespace_and_every_byte_round_trips() {
     // Sizes from 1 byte to 100 kB of random bytes: every byte value, including the ones the
     // bulk path escapes (\, TAB, LF, NUL), many times over.
     let ds = random_files(tmp.path(), 60, 5);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     sys.settle().await.unwrap();
     let mut c = independent().await;
@@ -202,7 +203,7 @@ async fn native_size_is_the_tablespace_and_every_byte_round_trips() {
     assert_eq!(gone, 0);
     let err = sys.delete_one(&ds.manifest.files[0]).await.unwrap_err();
     assert!(err.message.contains("removed 0 rows"), "{}", err.message);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     assert_eq!(count(&mut c, "dedup_lab_t_native").await, 0);
 }
 
@@ -224,7 +225,7 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
         &tmp.path().join("first"),
     )
     .unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&first).await.unwrap();
     for f in &first.manifest.files {
         sys.delete_one(f).await.unwrap();
@@ -240,7 +241,7 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
         refilled - purged,
         first.manifest.logical_bytes
     );
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
 }
 
 /// A connection the server kills is reported as lost (so the engine reconnects and retries
@@ -249,7 +250,7 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
 async fn a_killed_connection_is_connection_lost_and_connect_recovers() {
     let (mut sys, _tmp) = adapter("dedup_lab_t_kill");
     sys.connect().await.unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     let mut c = independent().await;
     // Hold the table so that the adapter's query waits where we can find it, then kill it.
     c.query_drop("LOCK TABLES dedup_lab_t_kill.files WRITE")
@@ -279,7 +280,7 @@ async fn a_killed_connection_is_connection_lost_and_connect_recovers() {
     c.query_drop("UNLOCK TABLES").await.unwrap();
     sys.connect().await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 0);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@ use common::{
     run_system, stage_records, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Record, Stage};
+use dedup_lab::model::{Record, Stage};
 use dedup_lab::systems;
 use tokio_postgres::NoTls;
 
@@ -132,7 +132,7 @@ async fn native_probe_and_counts_match_independent_queries() {
         &tmp.path().join("ds"),
     )
     .unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     sys.settle().await.unwrap();
     let c = independent().await;
@@ -181,7 +181,7 @@ async fn native_probe_and_counts_match_independent_queries() {
         .unwrap()
         .get(0);
     assert_eq!(n, 25);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 0);
 }
 
@@ -282,7 +282,7 @@ async fn batched_insert_path_stores_every_row_intact() {
     section.insert("schema".into(), "dedup_lab_t_batch".into());
     let mut sys = systems::build_from_section("postgres", &section, tmp.path()).unwrap();
     sys.connect().await.unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     let files = (BATCH_ROWS * 2 + 7) as u32;
     let ds = DataSet::generate(
         &DataSetSpec {
@@ -315,5 +315,5 @@ async fn batched_insert_path_stores_every_row_intact() {
         assert_eq!(name, f.name);
         assert_eq!(blake3::hash(&content).to_hex().as_str(), f.blake3);
     }
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
 }

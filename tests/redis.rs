@@ -9,9 +9,8 @@ use std::process::{Command, Stdio};
 use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
-use dedup_lab::probe::ProbeConfig;
+use dedup_lab::model::Stage;
 use dedup_lab::probe::prometheus::{Prometheus, PrometheusConfig};
-use dedup_lab::results::record::Stage;
 use dedup_lab::systems;
 
 /// Tests here change the server's memory, which the prometheus probe reads server-wide: they
@@ -92,7 +91,7 @@ async fn native_size_is_memory_usage_deletes_remove_keys_and_resets_compact_the_
         &tmp.path().join("ds"),
     )
     .unwrap();
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     let aof_before = info_number("persistence", "aof_current_size");
     sys.bulk_insert(&ds).await.unwrap();
     let stored = keys("dedup_lab_t_native:files:*");
@@ -104,7 +103,7 @@ async fn native_size_is_memory_usage_deletes_remove_keys_and_resets_compact_the_
         sys.delete_one(f).await.unwrap();
     }
     assert_eq!(keys("dedup_lab_t_native:files:*").len(), 25);
-    sys.reset().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
     assert!(keys("dedup_lab_t_native:files:*").is_empty());
     // The reset rewrote the log: what the deleted keys took there is gone, so the server's
     // automatic rewrite cannot reclaim it in the middle of a later cell.
@@ -153,7 +152,7 @@ fn keys_outside_the_lab_namespace_survive_and_unmarked_lab_keys_are_refused() {
     cli(&["SET", "precious:key", "42"]);
     cli(&["SET", "dedup_lab_t_foreign:files:x", "not ours"]);
     let out = run_in_namespace("redis", "prefix", "dedup_lab_t_foreign");
-    assert_fails_with(&out, 1, &["not written by dedup-lab"]);
+    assert_fails_with(&out, 1, &["not created by dedup-lab"]);
     assert!(cli(&["GET", "dedup_lab_t_foreign:files:x"]).contains("not ours"));
     assert!(cli(&["GET", "precious:key"]).contains("42"));
     cli(&["DEL", "precious:key", "dedup_lab_t_foreign:files:x"]);
@@ -177,11 +176,11 @@ fn info_number(section: &str, field: &str) -> u64 {
 async fn prometheus_probe_reads_used_memory_and_selects_samples_by_label() {
     let _turn = SERIAL.lock().await;
     let section = lab_section("redis");
-    let (_, probes) = ProbeConfig::take("redis", Some(&section)).unwrap();
-    let memory = probes
-        .prometheus
+    let config: PrometheusConfig = section["prometheus_probe"]
+        .clone()
+        .try_into()
         .expect("lab.toml gives redis a prometheus_probe");
-    let config: PrometheusConfig = section["prometheus_probe"].clone().try_into().unwrap();
+    let memory = Prometheus::new("redis", &config).unwrap();
     let keys_in_13 = Prometheus::new(
         "redis",
         &PrometheusConfig {
@@ -193,13 +192,13 @@ async fn prometheus_probe_reads_used_memory_and_selects_samples_by_label() {
     .unwrap();
     // Db 13 is this test's own: no adapter or other test uses it.
     let names: Vec<String> = (0..16).map(|i| format!("dedup_lab_t_prom:{i}")).collect();
-    let before = memory.read().await.unwrap();
+    let before = memory.scrape().await.unwrap();
     // Redis stores values as given: any 1 MiB will do.
     let value: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     for name in &names {
         cli_in(13, &["SET", name], Some(&value));
     }
-    let after = memory.read().await.unwrap();
+    let after = memory.scrape().await.unwrap();
     let by_cli = info_number("memory", "used_memory");
     let written = (names.len() << 20) as f64;
     assert!(
@@ -211,9 +210,9 @@ async fn prometheus_probe_reads_used_memory_and_selects_samples_by_label() {
         after.abs_diff(by_cli) < 1 << 20,
         "probe {after} vs INFO memory {by_cli}"
     );
-    assert_eq!(keys_in_13.read().await.unwrap(), 16);
+    assert_eq!(keys_in_13.scrape().await.unwrap(), 16);
     let mut del = vec!["DEL"];
     del.extend(names.iter().map(String::as_str));
     cli_in(13, &del, None);
-    assert_eq!(keys_in_13.read().await.unwrap(), 0);
+    assert_eq!(keys_in_13.scrape().await.unwrap(), 0);
 }

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{bin, journal, run, text};
+use dedup_lab::model::Record;
 use dedup_lab::results::derive;
-use dedup_lab::results::record::Record;
 
 /// 2 systems × 2 payloads × 3 grades × 2 runs.
 const CELLS: usize = 24;

@@ -1,14 +1,16 @@
 //! One cell attempt: reset, the four stages with probes around each, reset.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use chrono::Utc;
 
-use super::journal::Journal;
 use crate::dataset::DataSet;
-use crate::probe::{self, ProbeSet};
-use crate::results::record::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord};
-use crate::systems::{SysError, System};
+use crate::journal::Journal;
+use crate::model::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord, SysError};
+use crate::probe::Probes;
+use crate::systems::toolkit::ownership::{self, Claim};
+use crate::systems::{Keys, System};
 
 /// Why a cell attempt stopped.
 #[derive(Debug)]
@@ -29,7 +31,9 @@ pub struct Attempt<'a> {
     /// The system under test.
     pub sys: &'a mut dyn System,
     /// Its probes.
-    pub probes: &'a ProbeSet,
+    pub probes: &'a Probes,
+    /// This run's claim on its namespace.
+    pub claim: &'a mut Claim,
     /// The data set of the cell.
     pub ds: &'a DataSet,
     /// The cell.
@@ -61,8 +65,36 @@ impl Attempt<'_> {
 
     async fn reset(&mut self) -> Result<(), CellError> {
         let at = |error| CellError::System { stage: None, error };
-        self.sys.reset().await.map_err(at)?;
+        let taken = ownership::reset(self.sys, self.claim).await.map_err(at)?;
+        if let Some(previous) = taken {
+            tracing::warn!(
+                "{}: took over the namespace of a run that no longer runs ({})",
+                self.sys.name(),
+                previous.describe(Utc::now())
+            );
+            self.journal
+                .append(&Record::LeaseTaken {
+                    system: self.sys.name().to_string(),
+                    previous,
+                    at: Utc::now(),
+                })
+                .map_err(CellError::Journal)?;
+        }
         self.sys.settle().await.map_err(at)
+    }
+
+    /// Entries the system holds after storing every file: one per file, or one per
+    /// distinct content where duplicates land on the same entry.
+    fn stored_entries(&self) -> u64 {
+        let files = &self.ds.manifest.files;
+        match self.sys.keys() {
+            Keys::ByName => files.len() as u64,
+            Keys::ByContent => files
+                .iter()
+                .map(|f| f.blake3.as_str())
+                .collect::<HashSet<_>>()
+                .len() as u64,
+        }
     }
 
     async fn stage(&mut self, stage: Stage, begun: Instant) -> Result<(), CellError> {
@@ -70,8 +102,10 @@ impl Attempt<'_> {
             stage: Some(stage),
             error,
         };
-        let files = &self.ds.manifest.files;
-        let before = probe::read_all(self.sys, self.probes).await.map_err(at)?;
+        let files = self.ds.manifest.files.len() as u64;
+        let stored = self.stored_entries();
+        let before = self.probes.read_all(self.sys).await.map_err(at)?;
+        let retried = self.sys.retried_requests();
         let started_at = Utc::now();
         let clock = Instant::now();
         let mut latency = None;
@@ -79,15 +113,15 @@ impl Attempt<'_> {
         let (count, logical, expect_after) = match stage {
             Stage::BulkInsert => {
                 self.sys.bulk_insert(self.ds).await.map_err(at)?;
-                (files.len(), self.ds.manifest.logical_bytes, files.len())
+                (files, self.ds.manifest.logical_bytes, stored)
             }
             Stage::PerfileInsert | Stage::PerfileDelete => {
                 let insert = stage == Stage::PerfileInsert;
                 latency = Some(self.per_file(insert).await.map_err(at)?);
                 (
-                    files.len(),
+                    files,
                     self.ds.manifest.logical_bytes,
-                    if insert { files.len() } else { 0 },
+                    if insert { stored } else { 0 },
                 )
             }
             Stage::Maintenance => {
@@ -95,13 +129,14 @@ impl Attempt<'_> {
                 (0, 0, 0)
             }
         };
+        let retried_requests = self.sys.retried_requests() - retried;
         let duration = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
         self.sys.settle().await.map_err(at)?;
         let settle = clock.elapsed().as_secs_f64();
-        let after = probe::read_all(self.sys, self.probes).await.map_err(at)?;
+        let after = self.probes.read_all(self.sys).await.map_err(at)?;
         let rows_after = self.sys.count().await.map_err(at)?;
-        if rows_after != expect_after as u64 {
+        if rows_after != expect_after {
             return Err(at(SysError::failed(format!(
                 "{stage} left {rows_after} files in {}, expected {expect_after}",
                 self.sys.name()
@@ -116,7 +151,7 @@ impl Attempt<'_> {
                 let record = ProbeRecord {
                     before,
                     after: after.get(&name)?.clone(),
-                    copies: self.probes.copies(&name),
+                    copies: self.probes.copies(&name, self.sys),
                 };
                 Some((name, record))
             })
@@ -126,7 +161,7 @@ impl Attempt<'_> {
             attempt: self.attempt,
             stage,
             started_at,
-            files: count as u64,
+            files: count,
             logical_bytes: logical,
             unique_bytes: self.ds.manifest.unique_bytes,
             rows_after,
@@ -136,6 +171,7 @@ impl Attempt<'_> {
             latency_us: latency,
             probes,
             note,
+            retried_requests,
         };
         self.journal
             .append(&Record::Stage(record))
@@ -143,11 +179,26 @@ impl Attempt<'_> {
     }
 
     /// Inserts or deletes every file with one request each, timing each request. File
-    /// contents are read before the clock starts.
+    /// contents are read before the clock starts. Where the system keys files by content, a
+    /// file is deleted only with the last file that shares its content (as an application
+    /// that keeps content by its hash does): deleting an earlier one would delete the
+    /// survivors' data, so it sends no request.
     async fn per_file(&mut self, insert: bool) -> Result<Latency, SysError> {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid histogram bounds");
+        let mut sharing: std::collections::HashMap<&str, u32> = Default::default();
+        if self.sys.keys() == Keys::ByContent {
+            for f in &self.ds.manifest.files {
+                *sharing.entry(&f.blake3).or_default() += 1;
+            }
+        }
         for f in &self.ds.manifest.files {
+            if !insert && let Some(left) = sharing.get_mut(f.blake3.as_str()) {
+                *left -= 1;
+                if *left > 0 {
+                    continue;
+                }
+            }
             let content = if insert {
                 Some(
                     self.ds

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Resolved};
+use crate::model::ServerInfo;
 use crate::secret::redact;
-use crate::systems::ServerInfo;
 
 /// Run metadata, rewritten at the start and end of every `run` invocation.
 #[derive(Debug, Serialize)]
@@ -30,8 +30,8 @@ pub struct Metadata {
     pub config: Config,
     /// Experiment seed and the seed of every run.
     pub seeds: Seeds,
-    /// Product and version of every system, or why it could not be reached.
-    pub servers: BTreeMap<String, ServerStatus>,
+    /// Kind, product and version of every system instance, or why it could not be reached.
+    pub servers: BTreeMap<String, SystemMeta>,
     /// Peak resident memory of this invocation, bytes (at the end).
     pub peak_rss_bytes: Option<u64>,
 }
@@ -58,6 +58,16 @@ pub struct Seeds {
     pub runs: BTreeMap<u32, u64>,
 }
 
+/// A system instance: its kind and its server.
+#[derive(Debug, Serialize)]
+pub struct SystemMeta {
+    /// The instance's kind.
+    pub kind: String,
+    /// Its server.
+    #[serde(flatten)]
+    pub server: ServerStatus,
+}
+
 /// A system's server as seen at connect time.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
@@ -73,7 +83,10 @@ pub enum ServerStatus {
 
 impl Metadata {
     /// Metadata for a starting invocation.
-    pub fn new(config: &Resolved, servers: BTreeMap<String, Result<ServerInfo, String>>) -> Self {
+    pub fn new(
+        config: &Resolved,
+        servers: BTreeMap<String, (String, Result<ServerInfo, String>)>,
+    ) -> Self {
         let c = &config.config;
         Metadata {
             experiment: config.id.clone(),
@@ -96,12 +109,12 @@ impl Metadata {
             },
             servers: servers
                 .into_iter()
-                .map(|(k, v)| {
-                    let s = match v {
+                .map(|(name, (kind, v))| {
+                    let server = match v {
                         Ok(info) => ServerStatus::Up(info),
                         Err(error) => ServerStatus::Down { error },
                     };
-                    (k, s)
+                    (name, SystemMeta { kind, server })
                 })
                 .collect(),
             peak_rss_bytes: None,

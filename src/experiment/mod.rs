@@ -2,30 +2,31 @@
 //! retries and reconnects; the journal records everything.
 
 mod cell;
-pub mod journal;
 mod metadata;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, Resolved};
 use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
 use crate::error::usage;
-use crate::probe::{ProbeConfig, ProbeSet};
-use crate::results::record::{CellKey, Record, Stage};
-use crate::systems::{ErrorKind, ServerInfo, SysError, System, SystemContext, SystemDef};
+use crate::journal::{self, Journal};
+use crate::model::{CellKey, ErrorKind, Record, ServerInfo, Stage, SysError};
+use crate::probe::Probes;
+use crate::systems::toolkit::ownership::Claim;
+use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
-use journal::Journal;
 pub use metadata::Metadata;
 
-/// File names inside an experiment directory.
-pub const JOURNAL: &str = "journal.jsonl";
-/// The config the experiment was started with.
+/// The config the experiment was started with, inside its directory.
 pub const CONFIG: &str = "config.json";
 
 /// How `run` behaves beyond the config.
@@ -72,39 +73,27 @@ pub fn dataset_dir(root: &Path, run: u32, payload: PayloadType, grade: u8) -> Pa
         .join(format!("{}-U{grade}", payload.name()))
 }
 
-/// A system built from its config section, with where its probes look.
+/// A system instance built from its config section, with its probes.
 pub struct Subject {
-    /// Its registry entry.
-    pub def: &'static SystemDef,
+    /// The instance.
+    pub instance: Instance,
     /// The adapter.
     pub sys: Box<dyn System>,
-    /// Its configured probes.
-    pub probe_config: ProbeConfig,
+    /// Its probes.
+    pub probes: Probes,
 }
 
-impl Subject {
-    /// Its probes now (the native probe may depend on what `connect` learned).
-    pub fn probes(&self) -> ProbeSet {
-        ProbeSet::of(self.sys.as_ref(), &self.probe_config)
-    }
-}
-
-/// Builds every selected system from its config section (no connection yet).
+/// Builds every selected instance from its config section (no connection yet).
 pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result<Vec<Subject>> {
     config
         .systems
         .iter()
-        .map(|&def| {
-            let (section, probe_config) =
-                ProbeConfig::take(def.name, config.config.systems.get(def.name))?;
-            let sys = (def.build)(&SystemContext {
-                section: section.as_ref(),
-                experiment_dir,
-            })?;
+        .map(|instance| {
+            let (sys, probes) = instance.build(experiment_dir)?;
             Ok(Subject {
-                def,
+                instance: instance.clone(),
                 sys,
-                probe_config,
+                probes,
             })
         })
         .collect()
@@ -114,14 +103,7 @@ pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result
 fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Subject>> {
     let subjects = build_systems(config, &config.experiment_dir())?;
     for s in &subjects {
-        if let Some(p) = s.probe_config.paths().find(|p| !p.exists()) {
-            return Err(usage(format!(
-                "config [systems.{}]: probe path {} does not exist; point fs_probe or \
-                 sqlite_probe at the server's files on this machine, or remove it",
-                s.def.name,
-                p.display()
-            )));
-        }
+        s.probes.check_paths(&s.instance.name)?;
     }
     Ok(subjects)
 }
@@ -147,11 +129,16 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
         c.dataset.file_size,
     );
     for s in &systems {
+        let kind = if s.instance.name == s.instance.def.kind {
+            String::new()
+        } else {
+            format!(" ({})", s.instance.def.kind)
+        };
         out.push_str(&format!(
-            "  {:<12} {}  probes: {}\n",
-            s.def.name,
+            "  {:<12} {}{kind}  probes: {}\n",
+            s.instance.name,
             s.sys.target(),
-            s.probes().names().join(" ")
+            s.probes.names(s.sys.as_ref()).join(" ")
         ));
     }
     let mut total = 0u64;
@@ -212,7 +199,9 @@ pub fn prepare_dir(config: &Resolved) -> anyhow::Result<PathBuf> {
 /// A system with its state in this run.
 struct Live {
     sys: Box<dyn System>,
-    probes: ProbeSet,
+    probes: Probes,
+    /// This run's claim on the system's namespace.
+    claim: Claim,
     /// Set when the system is unusable for the rest of the run: the error that made it so
     /// (its kind is recorded for every cell it then fails).
     down: Option<(ErrorKind, String)>,
@@ -221,21 +210,31 @@ struct Live {
 /// Runs (or resumes) the experiment.
 pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome> {
     for name in &opts.repeat {
-        if !config.systems.iter().any(|d| d.name == name) {
+        if !config.systems.iter().any(|i| i.name == *name) {
             return Err(usage(format!(
                 "--repeat {name}: '{name}' is not among the systems of this experiment ({})",
                 config
                     .systems
                     .iter()
-                    .map(|d| d.name)
+                    .map(|i| i.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
         }
     }
     let systems = build_for_run(config)?;
+    run_subjects(config, systems, opts).await
+}
+
+/// Runs (or resumes) the experiment on systems already built: the engine itself, which
+/// knows no system.
+pub async fn run_subjects(
+    config: &Resolved,
+    systems: Vec<Subject>,
+    opts: &RunOptions,
+) -> anyhow::Result<Outcome> {
     let dir = prepare_dir(config)?;
-    let (mut journal, records) = Journal::open(&dir.join(JOURNAL))?;
+    let (mut journal, records) = Journal::open(&dir.join(journal::FILE))?;
     let mut state = JournalState::new(&records);
     for name in &opts.repeat {
         state.forget(name);
@@ -246,29 +245,37 @@ pub async fn run(config: &Resolved, opts: &RunOptions) -> anyhow::Result<Outcome
         pid: std::process::id(),
     })?;
 
+    let c = &config.config;
+    let ttl = Duration::from_secs(c.experiment.lease_ttl_s);
     let mut live = Vec::new();
-    let mut servers: BTreeMap<String, Result<ServerInfo, String>> = BTreeMap::new();
+    let mut servers: BTreeMap<String, (String, Result<ServerInfo, String>)> = BTreeMap::new();
     for mut subject in systems {
         let connected = subject.sys.connect().await;
-        let probes = subject.probes();
-        let sys = subject.sys;
+        let name = subject.instance.name.clone();
         servers.insert(
-            sys.name().to_string(),
-            connected.clone().map_err(|e| e.message.clone()),
+            name.clone(),
+            (
+                subject.instance.def.kind.to_string(),
+                connected.clone().map_err(|e| e.message.clone()),
+            ),
         );
         let down = match connected {
             Ok(_) => None,
             Err(e) => {
-                tracing::error!("{}: cannot connect: {}", sys.name(), e.message);
+                tracing::error!("{name}: cannot connect: {}", e.message);
                 Some((e.kind, format!("cannot connect: {}", e.message)))
             }
         };
-        live.push(Live { probes, sys, down });
+        live.push(Live {
+            claim: Claim::new(&config.id, &name, ttl),
+            probes: subject.probes,
+            sys: subject.sys,
+            down,
+        });
     }
     let mut meta = Metadata::new(config, servers);
     meta.write(&dir)?;
 
-    let c = &config.config;
     let total = c.experiment.runs as u64
         * (config.payloads.len() * config.grades.len() * live.len()) as u64;
     let bar = progress_bar(opts.progress, total);
@@ -379,6 +386,7 @@ async fn run_cell(
         let result = Attempt {
             sys: l.sys.as_mut(),
             probes: &l.probes,
+            claim: &mut l.claim,
             ds,
             key,
             attempt,
@@ -433,23 +441,28 @@ async fn run_cell(
 }
 
 /// Reconnects with exponential backoff (initial, doubled, capped) for a bounded number of
-/// tries; returns the last error if the system stays away.
+/// tries, waiting before each try (the server has just gone); returns the last error if the
+/// system stays away.
 async fn reconnect(sys: &mut dyn System, retry: &config::RetryConfig) -> Result<(), SysError> {
-    let mut delay = retry.backoff_initial_s;
+    let delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs_f64(retry.backoff_initial_s))
+        .with_max_delay(Duration::from_secs_f64(retry.backoff_max_s))
+        .with_factor(2.0)
+        .with_max_times(retry.reconnect_tries as usize)
+        .build();
     let mut last = SysError::connection("no reconnect tries configured");
-    for n in 1..=retry.reconnect_tries {
-        tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+    for (n, delay) in delays.enumerate() {
+        tokio::time::sleep(delay).await;
         match sys.connect().await {
             Ok(_) => {
-                tracing::info!("{}: reconnected after {n} tries", sys.name());
+                tracing::info!("{}: reconnected after {} tries", sys.name(), n + 1);
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!("{}: reconnect {n} failed: {}", sys.name(), e.message);
+                tracing::warn!("{}: reconnect {} failed: {}", sys.name(), n + 1, e.message);
                 last = e;
             }
         }
-        delay = (delay * 2.0).min(retry.backoff_max_s);
     }
     Err(last)
 }
@@ -472,7 +485,7 @@ impl JournalState {
                     (cell, *attempt)
                 }
                 Record::AttemptFailed { cell, attempt, .. } => (cell, *attempt),
-                Record::Session { .. } => continue,
+                Record::Session { .. } | Record::LeaseTaken { .. } => continue,
             };
             let a = attempts.entry(cell.clone()).or_default();
             *a = (*a).max(attempt);

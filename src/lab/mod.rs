@@ -1,18 +1,14 @@
 //! The local lab: private server instances on loopback for tests and local experiments.
 //!
-//! `lab up` installs what is missing (Debian packages), starts every server in its own
-//! directory under the lab directory on non-standard ports, and writes `lab.toml`, a config
-//! that `dedup-lab run --config` uses. Passwords are generated into `secrets/` (mode 0600)
-//! and referenced by path. `lab down` stops exactly what `up` started; `lab wipe` also
-//! deletes their data. Each server is one file implementing [`Server`].
+//! `lab up` installs what is missing (Debian packages, crates.io programs), starts every server
+//! in its own directory under the lab directory on non-standard ports, and writes `lab.toml`,
+//! a config that `dedup-lab run --config` uses. Passwords are generated into `secrets/` (mode
+//! 0600) and referenced by path. `lab down` stops exactly what `up` started; `lab wipe` also
+//! deletes their data. Each server is a [`Recipe`] that lives with its system (in
+//! `systems/<kind>/lab.rs`) and is registered with it; this module runs them and offers what
+//! they share.
 
-mod clickhouse;
-mod kafka;
-mod mariadb;
-mod minio;
-mod postgres;
-mod process;
-mod redis;
+pub mod process;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
@@ -24,19 +20,10 @@ use anyhow::{Context as _, bail};
 
 use crate::error::usage;
 
-/// Every lab server, in start order.
-static SERVERS: &[&dyn Server] = &[
-    &postgres::Postgres,
-    &redis::Redis,
-    &mariadb::MariaDb,
-    &clickhouse::ClickHouse,
-    &kafka::Kafka,
-    &minio::Garage,
-];
-
-/// A server the lab can run.
-trait Server: Sync {
-    /// The system name it serves (its `[systems.<name>]` section).
+/// A server the lab can run for one system kind.
+pub trait Recipe: Sync {
+    /// The instance it serves: its `[systems.<name>]` section in `lab.toml` and its directory
+    /// under the lab directory.
     fn name(&self) -> &'static str;
     /// Debian packages that provide it.
     fn packages(&self) -> &'static [&'static str];
@@ -46,7 +33,8 @@ trait Server: Sync {
     fn cargo_tools(&self) -> &'static [process::CargoTool] {
         &[]
     }
-    /// Starts it if it is not running (idempotent) and returns its config section.
+    /// Starts it if it is not running (idempotent) and returns its instance's config section
+    /// (without `kind`, which the lab adds).
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table>;
     /// Stops it if it runs.
     fn down(&self, lab: &Lab) -> anyhow::Result<()>;
@@ -54,33 +42,40 @@ trait Server: Sync {
     fn status(&self, lab: &Lab) -> anyhow::Result<String>;
 }
 
+/// A lab server with the kind of system it serves.
+#[derive(Clone, Copy)]
+pub struct Server {
+    /// The system kind (`kind = "…"` in its section when the instance is named otherwise).
+    pub kind: &'static str,
+    /// How to run it.
+    pub recipe: &'static dyn Recipe,
+}
+
 /// A lab directory and the servers selected in it.
 pub struct Lab {
     dir: PathBuf,
-    servers: Vec<&'static dyn Server>,
+    servers: Vec<Server>,
 }
 
 /// Name of the generated config inside the lab directory.
 pub const CONFIG: &str = "lab.toml";
 
 impl Lab {
-    /// Selects servers by name (all when `None`).
-    pub fn new(dir: &Path, names: Option<&[String]>) -> anyhow::Result<Lab> {
+    /// Selects servers among `all` (in start order) by instance name (all when `None`).
+    pub fn new(dir: &Path, all: &[Server], names: Option<&[String]>) -> anyhow::Result<Lab> {
         let servers = match names {
-            None => SERVERS.to_vec(),
+            None => all.to_vec(),
             Some(names) => names
                 .iter()
                 .map(|n| {
-                    SERVERS
-                        .iter()
+                    all.iter()
                         .copied()
-                        .find(|s| s.name() == n)
+                        .find(|s| s.recipe.name() == n)
                         .ok_or_else(|| {
                             usage(format!(
                                 "the lab has no server '{n}'; lab servers: {}",
-                                SERVERS
-                                    .iter()
-                                    .map(|s| s.name())
+                                all.iter()
+                                    .map(|s| s.recipe.name())
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             ))
@@ -101,7 +96,7 @@ impl Lab {
     }
 
     /// A server's own directory.
-    fn server_dir(&self, name: &str) -> PathBuf {
+    pub fn server_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -110,8 +105,8 @@ impl Lab {
         let missing: Vec<&str> = self
             .servers
             .iter()
-            .filter(|s| !s.installed())
-            .flat_map(|s| s.packages().iter().copied())
+            .filter(|s| !s.recipe.installed())
+            .flat_map(|s| s.recipe.packages().iter().copied())
             .collect();
         if !missing.is_empty() {
             install_packages(&missing)?;
@@ -120,7 +115,7 @@ impl Lab {
         let tools: Vec<&process::CargoTool> = self
             .servers
             .iter()
-            .flat_map(|s| s.cargo_tools())
+            .flat_map(|s| s.recipe.cargo_tools())
             .filter(|t| t.find().is_none())
             .collect();
         std::thread::scope(|scope| {
@@ -147,10 +142,15 @@ impl Lab {
             _ => toml::Table::new(),
         };
         for s in &self.servers {
-            let section = s
+            let name = s.recipe.name();
+            let mut section = s
+                .recipe
                 .up(self)
-                .with_context(|| format!("lab: starting {}", s.name()))?;
-            systems.insert(s.name().into(), toml::Value::Table(section));
+                .with_context(|| format!("lab: starting {name}"))?;
+            if name != s.kind {
+                section.insert("kind".into(), s.kind.into());
+            }
+            systems.insert(name.into(), toml::Value::Table(section));
         }
         doc.insert("systems".into(), toml::Value::Table(systems));
         let text = format!(
@@ -166,8 +166,8 @@ impl Lab {
     pub fn down(&self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for s in self.servers.iter().rev() {
-            if let Err(e) = s.down(self) {
-                failed.push(format!("{}: {e:#}", s.name()));
+            if let Err(e) = s.recipe.down(self) {
+                failed.push(format!("{}: {e:#}", s.recipe.name()));
             }
         }
         if failed.is_empty() {
@@ -183,7 +183,7 @@ impl Lab {
     pub fn wipe(&self) -> anyhow::Result<()> {
         self.down()?;
         for s in &self.servers {
-            let dir = self.server_dir(s.name());
+            let dir = self.server_dir(s.recipe.name());
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -197,18 +197,19 @@ impl Lab {
     pub fn status(&self) -> anyhow::Result<String> {
         let mut out = String::new();
         for s in &self.servers {
-            out.push_str(&format!("{:<12} {}\n", s.name(), s.status(self)?));
+            let name = s.recipe.name();
+            out.push_str(&format!("{name:<12} {}\n", s.recipe.status(self)?));
         }
         Ok(out)
     }
 
     /// The path of a generated secret, creating it (random, mode 0600) on first use.
-    fn secret(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub fn secret(&self, name: &str) -> anyhow::Result<PathBuf> {
         self.secret_of(name, 18)
     }
 
     /// [`Lab::secret`] of `len` random bytes, written as hex.
-    fn secret_of(&self, name: &str, len: usize) -> anyhow::Result<PathBuf> {
+    pub fn secret_of(&self, name: &str, len: usize) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("secrets");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -225,12 +226,12 @@ impl Lab {
 }
 
 /// Whether this process runs as root.
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
 /// Runs a command, failing with its exit status and the end of its output.
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
@@ -240,7 +241,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 /// [`run`] with `input` written to the command's stdin: how a secret reaches a client without
 /// appearing in its arguments. The input is written before any output is read, so it must be
 /// small (a few statements).
-fn run_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<String> {
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<String> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -258,7 +259,7 @@ fn run_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<String> {
 
 /// The stdout of a finished command, or an error with its exit status and the end of its
 /// output.
-fn checked(cmd: &Command, out: Output) -> anyhow::Result<String> {
+pub fn checked(cmd: &Command, out: Output) -> anyhow::Result<String> {
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stdout));
@@ -277,7 +278,7 @@ fn checked(cmd: &Command, out: Output) -> anyhow::Result<String> {
 }
 
 /// A command run as `user` when we are root (servers refuse to run as root), else as us.
-fn as_user(user: &str, program: &Path) -> Command {
+pub fn as_user(user: &str, program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.arg("-u").arg(user).arg("--").arg(program);
@@ -288,7 +289,7 @@ fn as_user(user: &str, program: &Path) -> Command {
 }
 
 /// Gives a directory tree to `user` when we are root.
-fn chown_to(user: &str, path: &Path) -> anyhow::Result<()> {
+pub fn chown_to(user: &str, path: &Path) -> anyhow::Result<()> {
     if is_root() {
         run(Command::new("chown")
             .arg("-R")
@@ -299,7 +300,7 @@ fn chown_to(user: &str, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Installs Debian packages without starting their services (the lab runs private instances).
-fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
+pub fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
     if !is_root() {
         return Err(usage(format!(
             "missing packages: {0}; install them with `sudo apt-get install {0}` or run \
@@ -334,27 +335,13 @@ fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
     result
 }
 
-/// Whether something accepts TCP connections on 127.0.0.1:`port`.
 /// A path as a config value.
-fn path_value(p: &Path) -> toml::Value {
+pub fn path_value(p: &Path) -> toml::Value {
     p.display().to_string().into()
 }
 
-/// The config keys every lab server with a password gets: its loopback host and port, its
-/// user (if it has accounts), the password file, and the directories the fs probe reads.
-fn server_section(port: u16, user: Option<&str>, password_file: &Path, data: &Path) -> toml::Table {
-    let mut t = toml::Table::new();
-    t.insert("host".into(), "127.0.0.1".into());
-    t.insert("port".into(), i64::from(port).into());
-    if let Some(user) = user {
-        t.insert("user".into(), user.into());
-    }
-    t.insert("password_file".into(), path_value(password_file));
-    t.insert("fs_probe".into(), vec![path_value(data)].into());
-    t
-}
-
-fn port_open(port: u16) -> bool {
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),
@@ -366,10 +353,44 @@ fn port_open(port: u16) -> bool {
 mod tests {
     use super::*;
 
+    /// A server that is never running.
+    struct Idle(&'static str);
+
+    impl Recipe for Idle {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn packages(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn installed(&self) -> bool {
+            true
+        }
+        fn up(&self, _: &Lab) -> anyhow::Result<toml::Table> {
+            Ok(toml::Table::new())
+        }
+        fn down(&self, _: &Lab) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn status(&self, _: &Lab) -> anyhow::Result<String> {
+            Ok("stopped".into())
+        }
+    }
+
     #[test]
     fn wipe_deletes_the_selected_servers_directories_and_keeps_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let lab = Lab::new(dir.path(), Some(&["redis".to_string()])).unwrap();
+        let all = [
+            Server {
+                kind: "redis",
+                recipe: &Idle("redis"),
+            },
+            Server {
+                kind: "kafka",
+                recipe: &Idle("kafka"),
+            },
+        ];
+        let lab = Lab::new(dir.path(), &all, Some(&["redis".to_string()])).unwrap();
         let secret = lab.secret("redis").unwrap();
         for server in ["redis", "kafka"] {
             std::fs::create_dir_all(dir.path().join(server).join("data")).unwrap();

@@ -1,10 +1,70 @@
-//! The `fs` probe: allocated bytes (`st_blocks` × 512) of files and directories on disk.
+//! The `fs` probe: allocated bytes (`st_blocks` × 512) of files and directories on disk, under
+//! the paths in `fs_probe` (default: an embedded system's own files).
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+
+use super::{Built, Probe, ProbeContext, ProbeDef};
+use crate::model::{Measured, Reading, SysError};
+
+/// Registry entry.
+pub const DEF: ProbeDef = ProbeDef {
+    name: "fs",
+    key: Some(KEY),
+    key_help: "a list of paths",
+    about: "allocated bytes (st_blocks) under directories or files on local disk",
+    build,
+};
+
+/// The config key.
+pub const KEY: &str = "fs_probe";
+
+fn build(ctx: &ProbeContext<'_>) -> Built {
+    let paths: Option<Vec<PathBuf>> = ctx.parse(&DEF)?;
+    Ok(Some(Box::new(Fs {
+        paths: paths.unwrap_or_default(),
+    })))
+}
+
+/// The configured paths, or the system's own files when none are configured.
+struct Fs {
+    paths: Vec<PathBuf>,
+}
+
+impl Fs {
+    fn paths(&self, sys: &dyn Measured) -> Vec<PathBuf> {
+        if self.paths.is_empty() {
+            sys.own_files()
+        } else {
+            self.paths.clone()
+        }
+    }
+}
+
+#[async_trait]
+impl Probe for Fs {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn applies(&self, sys: &dyn Measured) -> bool {
+        !self.paths(sys).is_empty()
+    }
+
+    /// The configured paths (an embedded system's own files appear at its first reset).
+    fn required_paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    async fn read(&self, sys: &mut dyn Measured) -> Result<Reading, SysError> {
+        let paths = self.paths(sys);
+        Ok(super::blocking(move || allocated_bytes(&paths)).await)
+    }
+}
 
 /// Sums the allocated bytes of every path (recursively for directories), counting each inode
 /// once and not following symbolic links. A missing or unreadable path is an error.

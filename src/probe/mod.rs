@@ -1,221 +1,228 @@
-//! Probes: ways to read physical size before and after a stage.
+//! Probes: ways to read physical size before and after a stage. One trait ([`Probe`]), one
+//! registry ([`REGISTRY`]); adding a probe means adding its file and one registry line.
 //!
-//! `native` asks the system itself ([`System::native_size`]); `fs` sums the allocated bytes
-//! of directories on local disk; `sqlite` sums the pages in use of SQLite database files that
-//! a server keeps its data in (free pages a server reuses would hide growth from `fs`);
-//! `prometheus` sums a size metric a server publishes. A probe that fails gives an error
-//! reading, never a number. Where `fs`, `sqlite` and `prometheus` look is configured per
-//! system with the same keys for every system ([`ProbeConfig`]).
+//! Each probe kind reads one config key of a system's section (`fs_probe`, …), the same key for
+//! every system, and decides from it (and the system) whether it applies. A probe that fails
+//! gives an error reading, never a number; only a lost connection to the system itself is an
+//! error, because nothing measured across an outage may be recorded. Probes see a system only
+//! through [`Measured`], so they do not depend on the systems.
 
 pub mod fs;
+pub mod native;
 pub mod prometheus;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use async_trait::async_trait;
 
 use crate::error::usage;
-use crate::systems::{ErrorKind, SysError, System};
+use crate::model::{Measured, Reading, SysError};
 
-/// One probe reading: bytes, or why there are none.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Reading {
-    /// The probe answered.
-    Bytes {
-        /// Physical size in bytes.
-        bytes: u64,
-    },
-    /// The probe failed; the message says why.
-    Error {
-        /// What went wrong.
-        error: String,
-    },
+/// Every probe kind, in the order records and reports show them.
+pub static REGISTRY: &[ProbeDef] = &[native::DEF, fs::DEF, sqlite::DEF, prometheus::DEF];
+
+/// Where probe `name` stands in the registry, for ordering reports (unknown names last).
+pub fn rank(name: &str) -> usize {
+    REGISTRY
+        .iter()
+        .position(|d| d.name == name)
+        .unwrap_or(usize::MAX)
 }
 
-impl Reading {
-    /// The bytes, if the probe answered.
-    pub fn bytes(&self) -> Option<u64> {
-        match self {
-            Reading::Bytes { bytes } => Some(*bytes),
-            Reading::Error { .. } => None,
-        }
-    }
+/// What a probe kind's `build` gives: the probe, `None` where it does not apply, or a
+/// usage error about its setting.
+pub type Built = anyhow::Result<Option<Box<dyn Probe>>>;
 
-    fn of(result: anyhow::Result<u64>) -> Reading {
-        match result {
-            Ok(bytes) => Reading::Bytes { bytes },
-            Err(e) => Reading::Error {
-                error: format!("{e:#}"),
-            },
-        }
-    }
+/// A registry entry.
+pub struct ProbeDef {
+    /// Name in records and reports.
+    pub name: &'static str,
+    /// The key of a system's section that configures it; `None` for a probe without settings.
+    pub key: Option<&'static str>,
+    /// What the key's value looks like, for error messages.
+    pub key_help: &'static str,
+    /// One line for the README and `dedup-lab systems`.
+    pub about: &'static str,
+    /// Builds the probe for one instance, or `None` where it does not apply (no setting and
+    /// no default). Checks the setting; does not read anything yet.
+    pub build: fn(&ProbeContext<'_>) -> Built,
 }
 
-/// Name of the native probe in records.
-pub const NATIVE: &str = "native";
-/// Name of the filesystem probe in records.
-pub const FS: &str = "fs";
-/// Name of the SQLite used-pages probe in records.
-pub const SQLITE: &str = "sqlite";
-/// Name of the Prometheus metric probe in records.
-pub const PROMETHEUS: &str = "prometheus";
-
-/// The probe keys of a `[systems.<name>]` section as written.
-#[derive(Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct ProbeKeys {
-    fs_probe: Vec<PathBuf>,
-    sqlite_probe: Vec<PathBuf>,
-    prometheus_probe: Option<prometheus::PrometheusConfig>,
+/// What a probe is built from.
+pub struct ProbeContext<'a> {
+    /// The system instance it measures.
+    pub instance: &'a str,
+    /// The value of the probe's key in the instance's section, if set.
+    pub value: Option<&'a toml::Value>,
 }
 
-/// The probe keys of a `[systems.<name>]` section, which every system accepts, checked.
-#[derive(Clone, Debug, Default)]
-pub struct ProbeConfig {
-    /// Directories or files whose allocated bytes the `fs` probe sums; default: an embedded
-    /// system's own files.
-    pub fs_probe: Vec<PathBuf>,
-    /// SQLite database files whose pages in use the `sqlite` probe sums.
-    pub sqlite_probe: Vec<PathBuf>,
-    /// The metric the `prometheus` probe sums.
-    pub prometheus: Option<Arc<prometheus::Prometheus>>,
-}
-
-impl ProbeConfig {
-    /// Takes the probe keys out of a system's section; the rest belongs to the adapter.
-    pub fn take(
-        system: &str,
-        section: Option<&toml::Table>,
-    ) -> anyhow::Result<(Option<toml::Table>, ProbeConfig)> {
-        let Some(section) = section else {
-            return Ok((None, ProbeConfig::default()));
+impl ProbeContext<'_> {
+    /// Parses the value into the probe's settings type, naming the key and its form on error.
+    pub fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        def: &ProbeDef,
+    ) -> anyhow::Result<Option<T>> {
+        let Some(value) = self.value else {
+            return Ok(None);
         };
-        let mut rest = section.clone();
-        let mut keys = toml::Table::new();
-        for key in ["fs_probe", "sqlite_probe", "prometheus_probe"] {
-            if let Some(v) = rest.remove(key) {
-                keys.insert(key.into(), v);
+        T::deserialize(value.clone()).map(Some).map_err(|e| {
+            usage(format!(
+                "config [systems.{}] {}: {}; it takes {}",
+                self.instance,
+                def.key.unwrap_or(def.name),
+                e.to_string().trim(),
+                def.key_help
+            ))
+        })
+    }
+}
+
+/// One probe of one system instance.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// Its registry name.
+    fn name(&self) -> &'static str;
+
+    /// Whether it measures this (connected) system.
+    fn applies(&self, _sys: &dyn Measured) -> bool {
+        true
+    }
+
+    /// Full copies of the data it counts (replicas), for `EDR_replica`.
+    fn copies(&self, _sys: &dyn Measured) -> u32 {
+        1
+    }
+
+    /// Configured paths it reads, which must exist before a run starts.
+    fn required_paths(&self) -> &[PathBuf] {
+        &[]
+    }
+
+    /// Reads the size. `Err` only when the system's connection was lost.
+    async fn read(&self, sys: &mut dyn Measured) -> Result<Reading, SysError>;
+}
+
+/// A config value for probe `key` as a lab recipe writes it.
+pub fn setting(key: &str, value: &impl serde::Serialize) -> (String, toml::Value) {
+    (
+        key.to_string(),
+        toml::Value::try_from(value).expect("probe setting serializes"),
+    )
+}
+
+/// The probe keys of one section, taken out of it (the rest belongs to the adapter).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeKeys(BTreeMap<&'static str, toml::Value>);
+
+impl ProbeKeys {
+    /// Takes every registered probe key out of `section`.
+    pub fn take(section: &mut toml::Table) -> ProbeKeys {
+        ProbeKeys(
+            REGISTRY
+                .iter()
+                .filter_map(|d| d.key)
+                .filter_map(|k| Some((k, section.remove(k)?)))
+                .collect(),
+        )
+    }
+}
+
+/// The probes of one system instance.
+pub struct Probes(Vec<Box<dyn Probe>>);
+
+impl Probes {
+    /// Builds every registered probe that applies to `instance`.
+    pub fn build(instance: &str, keys: &ProbeKeys) -> anyhow::Result<Probes> {
+        let mut out = Vec::new();
+        for def in REGISTRY {
+            let ctx = ProbeContext {
+                instance,
+                value: def.key.and_then(|k| keys.0.get(k)),
+            };
+            out.extend((def.build)(&ctx)?);
+        }
+        Ok(Probes(out))
+    }
+
+    /// Refuses configured paths that do not exist, naming the first one.
+    pub fn check_paths(&self, instance: &str) -> anyhow::Result<()> {
+        for p in &self.0 {
+            if let Some(path) = p.required_paths().iter().find(|p| !p.exists()) {
+                return Err(usage(format!(
+                    "config [systems.{instance}]: {} probe path {} does not exist; point it at \
+                     the server's files on this machine, or remove it",
+                    p.name(),
+                    path.display()
+                )));
             }
         }
-        let keys = ProbeKeys::deserialize(toml::Value::Table(keys)).map_err(|e| {
-            usage(format!(
-                "config [systems.{system}]: {}; fs_probe and sqlite_probe are lists of paths, \
-                 prometheus_probe a table {{ url, metric, labels, copies, token_env or \
-                 token_file, timeout_s }}",
-                e.to_string().trim()
-            ))
-        })?;
-        let prometheus = keys
-            .prometheus_probe
-            .map(|c| prometheus::Prometheus::new(system, &c).map(Arc::new))
-            .transpose()?;
-        let config = ProbeConfig {
-            fs_probe: keys.fs_probe,
-            sqlite_probe: keys.sqlite_probe,
-            prometheus,
-        };
-        Ok((Some(rest), config))
+        Ok(())
     }
 
-    /// Every configured path, for checks that they exist.
-    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.fs_probe.iter().chain(&self.sqlite_probe)
+    /// The probes that measure this system, in registry order.
+    pub fn applicable<'a>(&'a self, sys: &'a dyn Measured) -> impl Iterator<Item = &'a dyn Probe> {
+        self.0
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(move |p| p.applies(sys))
+    }
+
+    /// Names of the probes that measure this system.
+    pub fn names(&self, sys: &dyn Measured) -> Vec<&'static str> {
+        self.applicable(sys).map(|p| p.name()).collect()
+    }
+
+    /// Copies counted by probe `name`.
+    pub fn copies(&self, name: &str, sys: &dyn Measured) -> u32 {
+        self.0
+            .iter()
+            .find(|p| p.name() == name)
+            .map_or(1, |p| p.copies(sys))
+    }
+
+    /// Reads every applicable probe. A lost connection to the system is returned as an
+    /// error; any other failure, including an unreachable metrics endpoint, is an error
+    /// reading.
+    pub async fn read_all(
+        &self,
+        sys: &mut dyn Measured,
+    ) -> Result<BTreeMap<String, Reading>, SysError> {
+        let mut out = BTreeMap::new();
+        for p in &self.0 {
+            if p.applies(sys) {
+                out.insert(p.name().to_string(), p.read(sys).await?);
+            }
+        }
+        Ok(out)
     }
 }
 
-/// The probes a system is measured with.
-#[derive(Clone, Debug, Default)]
-pub struct ProbeSet {
-    /// `Some(R)`: the native probe, counting R full copies of the data.
-    pub native_copies: Option<u32>,
-    /// Paths of the `fs` probe (one copy of the data).
-    pub fs: Vec<PathBuf>,
-    /// Database files of the `sqlite` probe (one copy of the data).
-    pub sqlite: Vec<PathBuf>,
-    /// The `prometheus` probe, which says how many copies its metric counts.
-    pub prometheus: Option<Arc<prometheus::Prometheus>>,
-}
-
-impl ProbeSet {
-    /// The probes of a connected system as configured.
-    pub fn of(sys: &dyn System, config: &ProbeConfig) -> ProbeSet {
-        ProbeSet {
-            native_copies: sys.native_copies(),
-            fs: if config.fs_probe.is_empty() {
-                sys.default_fs_probe()
-            } else {
-                config.fs_probe.clone()
-            },
-            sqlite: config.sqlite_probe.clone(),
-            prometheus: config.prometheus.clone(),
-        }
-    }
-
-    /// Full copies of the data that probe `name` counts.
-    pub fn copies(&self, name: &str) -> u32 {
-        match name {
-            NATIVE => self.native_copies.unwrap_or(1),
-            PROMETHEUS => self.prometheus.as_ref().map_or(1, |p| p.copies()),
-            _ => 1,
-        }
-    }
-
-    /// The names of the probes in this set, in record order.
-    pub fn names(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.native_copies.is_some() {
-            out.push(NATIVE);
-        }
-        if !self.fs.is_empty() {
-            out.push(FS);
-        }
-        if !self.sqlite.is_empty() {
-            out.push(SQLITE);
-        }
-        if self.prometheus.is_some() {
-            out.push(PROMETHEUS);
+impl Probes {
+    /// Reads every applicable probe, a lost connection included as an error reading: for
+    /// looking, not for recording a stage.
+    pub async fn read_each(&self, sys: &mut dyn Measured) -> BTreeMap<String, Reading> {
+        let mut out = BTreeMap::new();
+        for p in &self.0 {
+            if p.applies(sys) {
+                let r = p
+                    .read(sys)
+                    .await
+                    .unwrap_or_else(|e| Reading::Error { error: e.message });
+                out.insert(p.name().to_string(), r);
+            }
         }
         out
     }
 }
 
-/// Reads every probe of `set`. A lost connection to the system is returned as an error,
-/// because nothing measured across an outage may be recorded; any other failure, including an
-/// unreachable metrics endpoint, becomes an error reading.
-pub async fn read_all(
-    sys: &mut dyn System,
-    set: &ProbeSet,
-) -> Result<BTreeMap<String, Reading>, SysError> {
-    let mut out = BTreeMap::new();
-    if set.native_copies.is_some() {
-        let r = match sys.native_size().await {
-            Ok(bytes) => Reading::Bytes { bytes },
-            Err(e) if e.kind == ErrorKind::ConnectionLost => return Err(e),
-            Err(e) => Reading::Error { error: e.message },
-        };
-        out.insert(NATIVE.to_string(), r);
+/// Runs a blocking probe function on the blocking pool, as a reading.
+pub async fn blocking(f: impl FnOnce() -> anyhow::Result<u64> + Send + 'static) -> Reading {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Reading::of(result),
+        Err(e) => Reading::Error {
+            error: format!("probe task: {e}"),
+        },
     }
-    let (fs_paths, sqlite_paths) = (set.fs.clone(), set.sqlite.clone());
-    let local = tokio::task::spawn_blocking(move || {
-        let fs = (!fs_paths.is_empty()).then(|| Reading::of(fs::allocated_bytes(&fs_paths)));
-        let sqlite =
-            (!sqlite_paths.is_empty()).then(|| Reading::of(sqlite::used_bytes(&sqlite_paths)));
-        (fs, sqlite)
-    })
-    .await
-    .map_err(|e| SysError::failed(format!("probe task: {e}")))?;
-    if let Some(r) = local.0 {
-        out.insert(FS.to_string(), r);
-    }
-    if let Some(r) = local.1 {
-        out.insert(SQLITE.to_string(), r);
-    }
-    if let Some(p) = &set.prometheus {
-        out.insert(PROMETHEUS.to_string(), Reading::of(p.read().await));
-    }
-    Ok(out)
 }

@@ -10,13 +10,50 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
+use super::{Built, Probe, ProbeContext, ProbeDef};
 use crate::error::usage;
+use crate::model::{Measured, Reading, SysError};
 use crate::secret::{Secret, SecretSource, redact};
 
+/// Registry entry.
+pub const DEF: ProbeDef = ProbeDef {
+    name: "prometheus",
+    key: Some(KEY),
+    key_help: "a table { url, metric, labels, copies, token_env or token_file, timeout_s }",
+    about: "the sum of one size metric's samples from a Prometheus text endpoint",
+    build,
+};
+
+/// The config key.
+pub const KEY: &str = "prometheus_probe";
+
+fn build(ctx: &ProbeContext<'_>) -> Built {
+    let config: Option<PrometheusConfig> = ctx.parse(&DEF)?;
+    config
+        .map(|c| Ok(Box::new(Prometheus::new(ctx.instance, &c)?) as Box<dyn Probe>))
+        .transpose()
+}
+
+#[async_trait]
+impl Probe for Prometheus {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn copies(&self, _: &dyn Measured) -> u32 {
+        self.copies
+    }
+
+    async fn read(&self, _: &mut dyn Measured) -> Result<Reading, SysError> {
+        Ok(Reading::of(self.scrape().await))
+    }
+}
+
 /// `prometheus_probe = { … }` in a `[systems.<name>]` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     /// Where the metrics are served: `http(s)://host:port/path`, no credentials.
@@ -30,10 +67,10 @@ pub struct PrometheusConfig {
     #[serde(default = "one")]
     pub copies: u32,
     /// Environment variable holding a bearer token (MinIO's metrics need one).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
     /// File holding a bearer token.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// Seconds to wait for the endpoint.
     #[serde(default = "ten")]
@@ -109,13 +146,8 @@ impl Prometheus {
         })
     }
 
-    /// Full copies of the data the metric counts.
-    pub fn copies(&self) -> u32 {
-        self.copies
-    }
-
     /// Scrapes the endpoint and sums the matching samples.
-    pub async fn read(&self) -> anyhow::Result<u64> {
+    pub async fn scrape(&self) -> anyhow::Result<u64> {
         let what = || format!("prometheus probe: {}", self.url);
         let mut request = self.client.get(self.url.clone());
         if let Some(token) = &self.token {
@@ -301,7 +333,7 @@ bad_size NaN
             },
         )
         .unwrap();
-        assert_eq!(probe.read().await.unwrap(), 1_048_576 + 2048);
+        assert_eq!(probe.scrape().await.unwrap(), 1_048_576 + 2048);
         let request = server.join().unwrap();
         assert!(
             request.starts_with("GET /minio/v2/metrics/bucket HTTP/1.1\r\n"),

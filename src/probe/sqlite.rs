@@ -6,7 +6,50 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
+
+use super::{Built, Probe, ProbeContext, ProbeDef};
+use crate::model::{Measured, Reading, SysError};
+
+/// Registry entry.
+pub const DEF: ProbeDef = ProbeDef {
+    name: "sqlite",
+    key: Some(KEY),
+    key_help: "a list of SQLite database files",
+    about: "pages in use of the SQLite files a server keeps its data in",
+    build,
+};
+
+/// The config key.
+pub const KEY: &str = "sqlite_probe";
+
+fn build(ctx: &ProbeContext<'_>) -> Built {
+    let paths: Option<Vec<PathBuf>> = ctx.parse(&DEF)?;
+    Ok(paths
+        .filter(|p| !p.is_empty())
+        .map(|paths| Box::new(Sqlite { paths }) as Box<dyn Probe>))
+}
+
+struct Sqlite {
+    paths: Vec<PathBuf>,
+}
+
+#[async_trait]
+impl Probe for Sqlite {
+    fn name(&self) -> &'static str {
+        DEF.name
+    }
+
+    fn required_paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    async fn read(&self, _: &mut dyn Measured) -> Result<Reading, SysError> {
+        let paths = self.paths.clone();
+        Ok(super::blocking(move || used_bytes(&paths)).await)
+    }
+}
 
 /// Sums the used bytes of every database. Each is opened read-only, as a reader of its WAL
 /// (so committed pages not yet checkpointed count); a missing file is an error.

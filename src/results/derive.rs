@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::record::{CellKey, Record, Stage, StageRecord};
+use crate::model::{CellKey, Record, Stage, StageRecord};
 
 /// The stage records that count: those of the latest completed attempt of each cell.
 pub fn completed(records: &[Record]) -> Vec<&StageRecord> {
@@ -101,7 +101,7 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 None
             };
             let probe_error = [&pr.before, &pr.after].iter().find_map(|r| match r {
-                crate::probe::Reading::Error { error } => Some(error.clone()),
+                crate::model::Reading::Error { error } => Some(error.clone()),
                 _ => None,
             });
             out.push(Row {
@@ -238,8 +238,8 @@ pub fn group(rows: &[Row]) -> BTreeMap<(String, String, u8, Stage, String), Vec<
 mod tests {
     use super::*;
     use crate::dataset::PayloadType;
-    use crate::probe::Reading;
-    use crate::results::record::ProbeRecord;
+    use crate::model::ProbeRecord;
+    use crate::model::Reading;
 
     fn rec(grade: u8, stage: Stage, l: u64, u: u64, before: u64, after: u64) -> Record {
         let mut probes = BTreeMap::new();
@@ -271,6 +271,7 @@ mod tests {
             latency_us: None,
             probes,
             note: None,
+            retried_requests: 0,
         })
     }
 

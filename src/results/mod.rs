@@ -2,7 +2,6 @@
 
 pub mod derive;
 pub mod export;
-pub mod record;
 pub mod stats;
 pub mod summary;
 
@@ -11,18 +10,19 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::error::usage;
-use crate::experiment::{JOURNAL, journal::Journal};
+use crate::journal::{self, Journal};
 use export::Report;
 
 /// Builds the report of an experiment directory from its journal and writes every export
 /// into it. Works on finished and on partial experiments.
 pub fn report(dir: &Path) -> anyhow::Result<Report> {
-    let path = dir.join(JOURNAL);
+    let path = dir.join(journal::FILE);
     if !path.exists() {
         return Err(usage(format!(
-            "{} has no journal ({JOURNAL}): it is not an experiment directory; \
+            "{} has no journal ({}): it is not an experiment directory; \
              give the directory `dedup-lab run` printed",
-            dir.display()
+            dir.display(),
+            journal::FILE
         )));
     }
     let records = Journal::read(&path)?;

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::derive::{self, Row};
-use super::record::{CellKey, Record, Stage};
 use super::stats::Stats;
-use crate::systems::ErrorKind;
+use crate::model::{CellKey, ErrorKind, Record, Stage};
 
 /// Everything a report shows.
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +46,15 @@ pub struct Group {
     pub p99_us: Option<Stats>,
     /// Per probe.
     pub probes: BTreeMap<String, ProbeStats>,
+}
+
+impl Group {
+    /// The probes in the order of the probe registry (`native` first).
+    pub fn ordered_probes(&self) -> impl Iterator<Item = (&String, &ProbeStats)> {
+        let mut v: Vec<_> = self.probes.iter().collect();
+        v.sort_by_key(|(name, _)| crate::probe::rank(name));
+        v.into_iter()
+    }
 }
 
 /// Statistics of the derived metrics of one probe.

@@ -6,16 +6,24 @@
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
-use super::pgwire::{self, Dialect, Settings, err};
-use super::{ServerInfo, SysError, SysResult, SystemDef};
+use super::pgwire::{self, Dialect, err};
+use super::{SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::DataSet;
+use crate::model::{ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: Cockroach::NAME,
+    kind: Cockroach::NAME,
+    aliases: &[],
     embedded: false,
     about: "CockroachDB: batched INSERT bulk load, span-stats size, GC TTL instead of vacuum",
     build: pgwire::build::<Cockroach>,
+    lab: &[],
+    native_loader: None,
+    tests: TestHooks {
+        namespace_key: "schema",
+        ..TEST_HOOKS
+    },
 };
 
 /// The CockroachDB dialect.
@@ -62,9 +70,8 @@ fn native_size_sql(table: &str) -> String {
 #[async_trait]
 impl Dialect for Cockroach {
     const NAME: &'static str = "cockroachdb";
-    const DEFAULT_PORT: u16 = 26257;
-    const DEFAULT_USER: &'static str = "root";
-    const DEFAULT_DATABASE: &'static str = "defaultdb";
+    const DEFAULTS: (u16, &'static str, &'static str) = (26257, "root", "defaultdb");
+    const COLUMN_SETTINGS: bool = false;
 
     async fn server_info(c: &Client) -> SysResult<ServerInfo> {
         let banner: String = c
@@ -83,7 +90,7 @@ impl Dialect for Cockroach {
         })
     }
 
-    async fn native_copies(c: &Client, _: &Settings) -> SysResult<u32> {
+    async fn native_copies(c: &Client) -> SysResult<u32> {
         // approximate_disk_bytes sums all replicas: R = min(num_replicas, live nodes).
         let replicas = zone_value(&zone_config(c, "RANGE default").await?, "num_replicas")
             .ok_or_else(|| SysError::failed("cockroachdb: no num_replicas in the default zone"))?;

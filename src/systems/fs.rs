@@ -9,33 +9,39 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{
-    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace, failed,
-    parse_section,
-};
+use super::toolkit::{Holding, Marker, check_namespace, parse};
+use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
+use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: "fs",
+    kind: "fs",
+    aliases: &[],
     embedded: true,
     about: "a plain directory as object store (no server)",
     build,
+    lab: &[],
+    native_loader: None,
+    tests: TestHooks {
+        namespace_key: "dir",
+        ..TEST_HOOKS
+    },
 };
 
 const MARKER: &str = ".dedup-lab-owned";
 
-/// `[systems.fs]`
-#[derive(Debug, Deserialize)]
+/// `[systems.<instance>]` of kind fs.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Settings {
+pub struct Settings {
     /// The store directory; its name must start with `dedup_lab`. Default
-    /// `<experiment>/systems/fs/dedup_lab_store`.
-    dir: Option<PathBuf>,
+    /// `<experiment>/systems/<instance>/dedup_lab_store`.
+    pub dir: Option<PathBuf>,
     /// fsync every file of the per-file stages before acknowledging it (as object stores do).
-    fsync_each: bool,
+    pub fsync_each: bool,
 }
 
 impl Default for Settings {
@@ -48,19 +54,20 @@ impl Default for Settings {
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let s: Settings = parse_section(DEF.name, ctx.section)?;
+    let s: Settings = parse(ctx.instance, ctx.section)?;
     let dir = s.dir.unwrap_or_else(|| {
         ctx.experiment_dir
             .join("systems")
-            .join("fs")
+            .join(ctx.instance)
             .join("dedup_lab_store")
     });
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    check_namespace(DEF.name, "dir (its last component)", &name)?;
+    check_namespace(ctx.instance, "dir (its last component)", &name)?;
     Ok(Box::new(Fs {
+        name: ctx.instance.to_string(),
         dir,
         fsync_each: s.fsync_each,
     }))
@@ -68,6 +75,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 
 /// The directory adapter.
 struct Fs {
+    name: String,
     dir: PathBuf,
     fsync_each: bool,
 }
@@ -106,17 +114,24 @@ fn fs_type(dir: &Path) -> String {
 }
 
 #[async_trait]
-impl System for Fs {
-    fn name(&self) -> &'static str {
-        DEF.name
-    }
-
+impl Measured for Fs {
     fn native_copies(&self) -> Option<u32> {
         None
     }
 
-    fn default_fs_probe(&self) -> Vec<PathBuf> {
+    async fn native_size(&mut self) -> SysResult<u64> {
+        Err(SysError::failed("fs: no native size function"))
+    }
+
+    fn own_files(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+}
+
+#[async_trait]
+impl System for Fs {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn target(&self) -> String {
@@ -136,37 +151,51 @@ impl System for Fs {
         })
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
+    async fn inspect(&mut self) -> SysResult<Holding> {
         tokio::task::block_in_place(|| {
-            let marker = self.dir.join(MARKER);
-            if self.dir.exists() {
-                let entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-                    .map_err(io_err("fs: reading store"))?
-                    .map(|e| e.map(|e| e.path()))
-                    .collect::<Result<_, _>>()
-                    .map_err(io_err("fs: reading store"))?;
-                if !marker.exists() && !entries.is_empty() {
-                    return Err(SysError::unsafe_namespace(format!(
-                        "fs: {} is not empty and has no {MARKER} marker: it was not created by \
-                         dedup-lab; refusing to empty it — choose another directory",
-                        self.dir.display()
-                    )));
-                }
-                // The marker goes last (it stays), so a reset cut short never leaves an
-                // unmarked store behind.
-                for p in entries.iter().filter(|p| **p != marker) {
-                    let removed = if p.is_dir() {
-                        std::fs::remove_dir_all(p)
-                    } else {
-                        std::fs::remove_file(p)
-                    };
-                    removed.map_err(io_err("fs: emptying store"))?;
-                }
-            } else {
-                std::fs::create_dir_all(&self.dir).map_err(io_err("fs: creating store"))?;
+            if !self.dir.exists() {
+                return Ok(Holding::Absent);
             }
-            std::fs::write(&marker, "created by dedup-lab; emptied by its resets\n")
-                .map_err(io_err("fs: writing marker"))
+            match std::fs::read_to_string(self.dir.join(MARKER)) {
+                Ok(text) => Ok(Holding::Marked(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let mut entries =
+                        std::fs::read_dir(&self.dir).map_err(io_err("fs: reading store"))?;
+                    Ok(match entries.next() {
+                        None => Holding::Absent,
+                        Some(_) => Holding::Foreign(format!(
+                            "{} is not empty and has no {MARKER} file",
+                            self.dir.display()
+                        )),
+                    })
+                }
+                Err(e) => Err(io_err("fs: reading marker")(e)),
+            }
+        })
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
+        tokio::task::block_in_place(|| {
+            let path = self.dir.join(MARKER);
+            std::fs::create_dir_all(&self.dir).map_err(io_err("fs: creating store"))?;
+            // The marker is written first and stays, so a reset cut short never leaves an
+            // unmarked store behind.
+            if marker.changed || !path.exists() {
+                std::fs::write(&path, &marker.text).map_err(io_err("fs: writing marker"))?;
+            }
+            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: reading store"))? {
+                let p = e.map_err(io_err("fs: reading store"))?.path();
+                if p == path {
+                    continue;
+                }
+                let removed = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                removed.map_err(io_err("fs: emptying store"))?;
+            }
+            Ok(())
         })
     }
 
@@ -221,9 +250,5 @@ impl System for Fs {
             }
             Ok(n)
         })
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        Err(SysError::failed("fs: no native size function"))
     }
 }

@@ -1,32 +1,40 @@
-//! Data systems under test: one trait, one file per system, one registry.
+//! Data systems under test: one trait, one registry, a file or directory per system, and the
+//! toolkit every adapter builds on.
 //!
 //! An adapter knows its namespace, its bulk path, its per-file operations, its maintenance,
-//! its settle condition and its probes. The engine calls only the [`System`] trait; adding a
-//! system means adding a file and a line in [`REGISTRY`].
+//! its settle condition and its native size. The engine calls only the [`System`] trait. A
+//! system is registered once, in [`REGISTRY`], with everything else that knows about it: its
+//! lab servers, its native loader for the benchmarks, and what the generic tests need. Adding a
+//! system means adding its file or directory, one line in [`REGISTRY`], and its tests.
 
 pub mod clickhouse;
 pub mod cockroachdb;
+#[cfg(test)]
+pub mod fake;
 pub mod fs;
 pub mod kafka;
 pub mod mariadb;
-pub mod minio;
 pub mod pgwire;
-pub mod poll;
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 pub mod sqlite;
+pub mod toolkit;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
+use crate::lab::{Recipe, Server};
+use crate::model::{Measured, ServerInfo, SysResult};
+use crate::probe::{ProbeKeys, Probes};
+pub use toolkit::{Holding, Marker};
 
-/// Every known system, in report order.
+/// Every known system kind, in report order.
 pub static REGISTRY: &[SystemDef] = &[
     sqlite::DEF,
     fs::DEF,
@@ -36,202 +44,244 @@ pub static REGISTRY: &[SystemDef] = &[
     redis::DEF,
     clickhouse::DEF,
     kafka::DEF,
-    minio::DEF,
+    s3::DEF,
 ];
 
-/// Prefix every lab-owned namespace name starts with.
-pub const LAB_PREFIX: &str = "dedup_lab";
-
-/// Table whose presence marks a schema, database or file as created by dedup-lab (SQL
-/// systems); other systems write their own kind of marker.
-pub const MARKER_TABLE: &str = "dedup_lab_owner";
-
-/// A registry entry: how to build a system from its config section.
+/// A registry entry: everything dedup-lab knows about one kind of system.
 pub struct SystemDef {
-    /// Name used in configs and records.
-    pub name: &'static str,
-    /// Needs no server: available without a config section.
+    /// Kind name, used in configs (`kind = "…"`, or as the section name) and records.
+    pub kind: &'static str,
+    /// Other names configs may use for the kind.
+    pub aliases: &'static [&'static str],
+    /// Needs no server: an instance of the kind's name exists without a config section.
     pub embedded: bool,
     /// One line for `dedup-lab systems`.
     pub about: &'static str,
-    /// Parses and validates the config section; does not connect.
+    /// Parses and validates an instance's config section; does not connect.
     pub build: fn(&SystemContext<'_>) -> anyhow::Result<Box<dyn System>>,
+    /// Servers `dedup-lab lab up` runs for this kind, each giving one instance's section.
+    pub lab: &'static [&'static dyn Recipe],
+    /// The system's own bulk loader, for `cargo bench --bench loaders`.
+    pub native_loader: Option<NativeLoader>,
+    /// What the generic tests (faults, ownership) need to know.
+    pub tests: TestHooks,
 }
 
 impl std::fmt::Debug for SystemDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
+        f.write_str(self.kind)
     }
 }
 
+/// A system's own bulk loader, run side by side with dedup-lab's bulk path.
+pub struct NativeLoader {
+    /// The tool, as BENCHMARKS.md names it.
+    pub tool: &'static str,
+    /// Writes the data set once in the tool's input format; returns the input's path.
+    pub prepare: fn(&DataSet, &Path) -> anyhow::Result<PathBuf>,
+    /// The command that loads the input into the instance's namespace. Secrets reach it
+    /// through its environment or a private file.
+    pub load: fn(&SystemContext<'_>, &Path) -> anyhow::Result<Command>,
+}
+
+/// What the generic tests need to know about a kind.
+#[derive(Clone, Copy, Debug)]
+pub struct TestHooks {
+    /// The config key naming the namespace (`schema`, `database`, `prefix`, …), so that tests
+    /// can give each run its own.
+    pub namespace_key: &'static str,
+    /// Files and file size of a data set whose per-file stages last long enough for a server
+    /// stop to land in them.
+    pub fault_data_set: (u32, &'static str),
+}
+
+/// The generic tests' defaults: 300 files of 16 KiB last long enough on most servers.
+pub const TEST_HOOKS: TestHooks = TestHooks {
+    namespace_key: "prefix",
+    fault_data_set: (300, "16KiB"),
+};
+
 /// What an adapter is built from.
 pub struct SystemContext<'a> {
-    /// The `[systems.<name>]` table, if the config has one.
+    /// Instance name: the `[systems.<name>]` section, and the name in records.
+    pub instance: &'a str,
+    /// The section without the engine's keys (`kind`, probe keys), if the config has one.
     pub section: Option<&'a toml::Table>,
     /// The experiment directory: embedded systems keep their data under it by default.
     pub experiment_dir: &'a Path,
 }
 
-/// Looks a system up by name.
-pub fn lookup(name: &str) -> Option<&'static SystemDef> {
-    REGISTRY.iter().find(|d| d.name == name)
+impl SystemContext<'_> {
+    /// The namespace name an instance uses when its section names none: `dedup_lab` for the
+    /// instance named after its kind, `dedup_lab_<instance>` for any other, so that several
+    /// instances on one server keep apart.
+    pub fn default_namespace(&self, kind: &str) -> String {
+        if self.instance == kind {
+            toolkit::LAB_PREFIX.to_string()
+        } else {
+            format!("{}_{}", toolkit::LAB_PREFIX, self.instance)
+        }
+    }
 }
 
-/// All system names, for error messages.
-pub fn names() -> String {
+/// Every lab server of every kind, in registry order: what `dedup-lab lab` runs.
+pub fn lab_servers() -> Vec<Server> {
     REGISTRY
         .iter()
-        .map(|d| d.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+        .flat_map(|d| {
+            d.lab.iter().map(|&recipe| Server {
+                kind: d.kind,
+                recipe,
+            })
+        })
+        .collect()
 }
 
-/// Builds system `name` from a whole `[systems.<name>]` table as a config file holds it. The
-/// probe keys (`fs_probe`, `sqlite_probe`, `prometheus_probe`) belong to the engine and are
-/// left out. For tools and tests that drive one adapter directly.
+/// One configured system: a name, a kind, and its config section split into the adapter's
+/// part and the probes' keys.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    /// Instance name: the section's name, and the name in records and reports.
+    pub name: String,
+    /// Its kind.
+    pub def: &'static SystemDef,
+    /// The section without `kind` and the probe keys; `None` for an embedded instance that
+    /// has no section.
+    pub section: Option<toml::Table>,
+    /// The probe keys of the section.
+    pub probe_keys: ProbeKeys,
+}
+
+impl Instance {
+    /// Reads instance `name` from its section: its kind is the section's `kind` key, or the
+    /// name itself when that is a kind. Refuses unknown kinds, names that are not plain
+    /// identifiers, and an instance named after another kind.
+    pub fn new(name: &str, section: Option<&toml::Table>) -> anyhow::Result<Instance> {
+        let plain = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            crate::bail_usage!(
+                "config [systems.{name}]: an instance name uses only a-z, 0-9 and _ (at most 40 \
+                 characters); rename the section"
+            );
+        }
+        let mut rest = section.cloned().unwrap_or_default();
+        let kind = match rest.remove("kind") {
+            None => None,
+            Some(toml::Value::String(k)) => Some(k),
+            Some(other) => crate::bail_usage!(
+                "config [systems.{name}] kind = {other}: the kind is a name in quotes, one of: {}",
+                names()
+            ),
+        };
+        let named = lookup(name);
+        let def = match (&kind, named) {
+            (None, Some(def)) => def,
+            (None, None) => crate::bail_usage!(
+                "config has a section [systems.{name}] but there is no system kind '{name}'; \
+                 valid names: {}; or give the instance its kind with kind = \"…\"",
+                names()
+            ),
+            (Some(k), _) => {
+                let def = lookup(k).ok_or_else(|| {
+                    usage(format!(
+                        "config [systems.{name}] kind = \"{k}\" is not a system kind; valid \
+                         names: {}",
+                        names()
+                    ))
+                })?;
+                if let Some(other) = named.filter(|n| n.kind != def.kind) {
+                    crate::bail_usage!(
+                        "config [systems.{name}] kind = \"{k}\": the section is named after \
+                         the kind {}; give this instance another name",
+                        other.kind
+                    );
+                }
+                def
+            }
+        };
+        let probe_keys = ProbeKeys::take(&mut rest);
+        Ok(Instance {
+            name: name.to_string(),
+            def,
+            section: section.map(|_| rest),
+            probe_keys,
+        })
+    }
+
+    /// What its adapter is built from.
+    pub fn context<'a>(&'a self, experiment_dir: &'a Path) -> SystemContext<'a> {
+        SystemContext {
+            instance: &self.name,
+            section: self.section.as_ref(),
+            experiment_dir,
+        }
+    }
+
+    /// Its probes and its adapter (not connected); the probe settings are checked first.
+    pub fn build(&self, experiment_dir: &Path) -> anyhow::Result<(Box<dyn System>, Probes)> {
+        let probes = Probes::build(&self.name, &self.probe_keys)?;
+        let sys = (self.def.build)(&self.context(experiment_dir))?;
+        Ok((sys, probes))
+    }
+}
+
+/// Builds instance `name` from a whole section as a config file holds it (`kind` and probe
+/// keys included), unconnected: for tools and tests that drive one adapter directly.
 pub fn build_from_section(
     name: &str,
     section: &toml::Table,
     experiment_dir: &Path,
 ) -> anyhow::Result<Box<dyn System>> {
-    let def = lookup(name)
-        .ok_or_else(|| usage(format!("unknown system '{name}'; valid names: {}", names())))?;
-    let (section, _) = crate::probe::ProbeConfig::take(name, Some(section))?;
-    (def.build)(&SystemContext {
-        section: section.as_ref(),
-        experiment_dir,
+    Ok(Instance::new(name, Some(section))?.build(experiment_dir)?.0)
+}
+
+/// Looks a kind up by its name or an alias.
+pub fn lookup(kind: &str) -> Option<&'static SystemDef> {
+    REGISTRY
+        .iter()
+        .find(|d| d.kind == kind || d.aliases.contains(&kind))
+}
+
+/// All kind names, for error messages.
+pub fn names() -> String {
+    REGISTRY
+        .iter()
+        .map(|d| d.kind)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Looks a kind up, or fails with the valid names.
+pub fn lookup_or_usage(kind: &str) -> anyhow::Result<&'static SystemDef> {
+    lookup(kind).ok_or_else(|| {
+        usage(format!(
+            "unknown system kind '{kind}'; valid kinds: {}",
+            names()
+        ))
     })
 }
 
-/// Parses a system's config section into its own settings type; unknown keys are errors.
-pub fn parse_section<T: DeserializeOwned + Default>(
-    name: &str,
-    section: Option<&toml::Table>,
-) -> anyhow::Result<T> {
-    match section {
-        None => Ok(T::default()),
-        Some(t) => T::deserialize(toml::Value::Table(t.clone())).map_err(|e| {
-            usage(format!(
-                "config [systems.{name}]: {}; fix the section (see the README's config reference)",
-                e.to_string().trim()
-            ))
-        }),
-    }
-}
-
-/// Checks that a namespace name is lab-owned: it starts with [`LAB_PREFIX`] and is a plain
-/// identifier, so it can be used in statements and paths without quoting surprises.
-pub fn check_namespace(system: &str, key: &str, name: &str) -> anyhow::Result<()> {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !name.starts_with(LAB_PREFIX) || !plain || name.len() > 63 {
-        return Err(usage(format!(
-            "config [systems.{system}] {key} = \"{name}\" is not a lab-owned name: it must start \
-             with \"{LAB_PREFIX}\" and use only a-z, 0-9 and _ (at most 63 characters)"
-        )));
-    }
-    Ok(())
-}
-
-/// Product and version a system reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerInfo {
-    /// Product name, e.g. "PostgreSQL", "SQLite".
-    pub product: String,
-    /// Version string as the server reports it.
-    pub version: String,
-}
-
-/// How an operation failed, which decides what the engine does next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The connection broke or could not be made: reconnect, then retry the cell.
-    ConnectionLost,
-    /// dedup-lab refused to touch something it does not own: never retried.
-    Unsafe,
-    /// Anything else: the attempt failed.
-    Failed,
-}
-
-/// An adapter error with its kind.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SysError {
-    /// What kind of failure.
-    pub kind: ErrorKind,
-    /// What happened, with the system's own message.
-    pub message: String,
-}
-
-impl SysError {
-    /// A failure that is not about the connection.
-    pub fn failed(message: impl Into<String>) -> Self {
-        SysError {
-            kind: ErrorKind::Failed,
-            message: message.into(),
-        }
-    }
-
-    /// A broken or impossible connection.
-    pub fn connection(message: impl Into<String>) -> Self {
-        SysError {
-            kind: ErrorKind::ConnectionLost,
-            message: message.into(),
-        }
-    }
-
-    /// A refusal to touch something dedup-lab does not own.
-    pub fn unsafe_namespace(message: impl Into<String>) -> Self {
-        SysError {
-            kind: ErrorKind::Unsafe,
-            message: message.into(),
-        }
-    }
-}
-
-/// Result of an adapter operation.
-pub type SysResult<T> = Result<T, SysError>;
-
-/// An error with all its causes, `outer: inner: innermost`, skipping causes the outer
-/// message already contains (drivers differ in whether `Display` includes the source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Maps any displayable error to a [`ErrorKind::Failed`] error with context.
-pub fn failed<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> SysError + '_ {
-    move |e| SysError::failed(format!("{context}: {e}"))
+/// How a system keys the files it stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Each file under its own name: every file is stored, duplicates included.
+    ByName,
+    /// Each file under its content's hash: a duplicate overwrites (or is dropped as) the
+    /// same entry, so the system stores each distinct content once.
+    ByContent,
 }
 
 /// A data system under test. Methods are called in the order of a cell (see DESIGN.md §3);
-/// `connect` is called first and again after a connection was lost.
+/// `connect` is called first and again after a connection was lost. Its own size function is
+/// the [`Measured`] supertrait, which the native probe reads.
 #[async_trait]
-pub trait System: Send {
-    /// Registry name.
-    fn name(&self) -> &'static str;
-
-    /// `Some(R)` when the system has its own size function ([`System::native_size`]) that
-    /// counts R full copies of the data (replicas); `None` when it has none. Asked after
-    /// `connect`.
-    fn native_copies(&self) -> Option<u32>;
-
-    /// Where the `fs` probe looks when the config names no `fs_probe`: the files of an
-    /// embedded system. A server's data directory is wherever its host keeps it: no default.
-    fn default_fs_probe(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
+pub trait System: Measured {
+    /// Instance name.
+    fn name(&self) -> &str;
 
     /// One line describing where the data goes, for preflight and plans (no secrets).
     fn target(&self) -> String;
@@ -239,9 +289,14 @@ pub trait System: Send {
     /// Connects (or reconnects) and reports the server product and version.
     async fn connect(&mut self) -> SysResult<ServerInfo>;
 
-    /// Drops and recreates the lab-owned namespace; refuses ([`ErrorKind::Unsafe`]) if the
-    /// namespace exists but was not created by dedup-lab.
-    async fn reset(&mut self) -> SysResult<()>;
+    /// What the namespace holds now (see [`toolkit::ownership`]).
+    async fn inspect(&mut self) -> SysResult<Holding>;
+
+    /// Empties the namespace, creating it if it is absent, so that it holds nothing but the
+    /// marker with `marker`'s text. Called only after [`System::inspect`] found it absent or
+    /// marked; an adapter that keeps its marker across resets may skip rewriting an unchanged
+    /// one.
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()>;
 
     /// Loads every file of the data set with the system's fastest native path.
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()>;
@@ -259,11 +314,20 @@ pub trait System: Send {
     /// that probes read a settled state.
     async fn settle(&mut self) -> SysResult<()>;
 
-    /// Number of files (rows, objects, keys) stored in the namespace.
+    /// Number of entries (rows, objects, keys, records) stored in the namespace.
     async fn count(&mut self) -> SysResult<u64>;
 
-    /// The system's own measure of its physical size, in bytes (when [`System::native_copies`] is `Some`).
-    async fn native_size(&mut self) -> SysResult<u64>;
+    /// How the system keys files; decides how many entries an insert stage leaves.
+    fn keys(&self) -> Keys {
+        Keys::ByName
+    }
+
+    /// Requests sent again since the adapter was built (after a server error, say). The
+    /// engine records the difference across each stage: a retried per-file request hides
+    /// inside its latency otherwise.
+    fn retried_requests(&self) -> u64 {
+        0
+    }
 
     /// Why the connection cannot be trusted since `since`, for clients that heal lost
     /// connections by themselves: a request queued while the server was away succeeds once it

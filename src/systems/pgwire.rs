@@ -5,43 +5,41 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{
-    ErrorKind, MARKER_TABLE, ServerInfo, SysError, SysResult, System, SystemContext,
-    check_namespace, error_chain, parse_section,
+use super::toolkit::{
+    Holding, MARKER_TABLE, Marker, Server, ServerDefaults, check_namespace, parse_server,
 };
+use super::{System, SystemContext};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
-use crate::secret::{Secret, SecretSource};
+use crate::model::{Measured, ServerInfo, SysError, SysResult};
 
 /// What differs between PostgreSQL-wire systems.
 #[async_trait]
 pub trait Dialect: Send + Sync + 'static {
-    /// Registry name.
+    /// Kind name.
     const NAME: &'static str;
-    /// Port when the config gives none.
-    const DEFAULT_PORT: u16;
-    /// User when the config gives none.
-    const DEFAULT_USER: &'static str;
-    /// Database when the config gives none.
-    const DEFAULT_DATABASE: &'static str;
+    /// Port, user and database when the config gives none.
+    const DEFAULTS: (u16, &'static str, &'static str);
+    /// Whether the server has per-column compression and storage settings (PostgreSQL's
+    /// `SET COMPRESSION` and `SET STORAGE`).
+    const COLUMN_SETTINGS: bool;
 
     /// Product and version, asked of a fresh connection.
     async fn server_info(c: &Client) -> SysResult<ServerInfo>;
     /// Full copies of the data the native size function counts.
-    async fn native_copies(c: &Client, settings: &Settings) -> SysResult<u32>;
+    async fn native_copies(c: &Client) -> SysResult<u32>;
     /// Loads every file into `table` (`schema.files`).
     async fn bulk_insert(c: &Client, table: &str, ds: &DataSet) -> SysResult<()>;
     /// The space-reclaiming operation; returns what it did.
@@ -52,74 +50,97 @@ pub trait Dialect: Send + Sync + 'static {
     async fn native_size(c: &Client, table: &str) -> SysResult<u64>;
 }
 
-/// `[systems.postgres]` / `[systems.cockroachdb]`
-#[derive(Debug, Deserialize)]
+/// The keys of a PostgreSQL-wire instance's section beside the shared connection keys.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: Option<u16>,
-    /// User.
-    pub user: Option<String>,
-    /// Database.
+    /// Database; default the product's usual one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// Environment variable holding the password.
-    pub password_env: Option<String>,
-    /// File holding the password.
-    pub password_file: Option<PathBuf>,
-    /// Lab schema; must start with `dedup_lab`.
-    pub schema: String,
-    /// Seconds to wait for a connection.
-    pub connect_timeout_s: u64,
+    /// Lab schema; must start with `dedup_lab`. Default: see
+    /// [`SystemContext::default_namespace`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Full copies the native size counts; default: asked of the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// Connect over TLS, always verifying the server certificate and host name.
     pub tls: bool,
     /// PEM file of the CA(s) to trust for TLS; default: the Mozilla roots (webpki-roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Compression of the content column: `pglz` or `lz4` (PostgreSQL 14+); default the
+    /// server's `default_toast_compression`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Storage of the content column: `extended` (compressed, then out of line; the
+    /// default), `external` (out of line, never compressed), `main` or `plain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            host: "127.0.0.1".into(),
-            port: None,
-            user: None,
-            database: None,
-            password_env: None,
-            password_file: None,
-            schema: "dedup_lab".into(),
-            connect_timeout_s: 10,
-            replicas: None,
-            tls: false,
-            ca_file: None,
-        }
+/// Where an instance's data goes, from its config section.
+pub struct Target {
+    /// The server.
+    pub server: Server,
+    /// The database.
+    pub database: String,
+    /// The lab schema.
+    pub schema: String,
+    /// The rest of the settings.
+    pub settings: Settings,
+}
+
+impl Target {
+    /// Parses and checks an instance's section for dialect `D`.
+    pub fn of<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
+        let (port, user, database) = D::DEFAULTS;
+        let defaults = ServerDefaults {
+            port,
+            user: Some(user),
+        };
+        let (server, settings): (Server, Settings) =
+            parse_server(ctx.instance, ctx.section, defaults)?;
+        let schema = settings
+            .schema
+            .clone()
+            .unwrap_or_else(|| ctx.default_namespace(D::NAME));
+        check_namespace(ctx.instance, "schema", &schema)?;
+        Ok(Target {
+            server,
+            database: settings.database.clone().unwrap_or_else(|| database.into()),
+            schema,
+            settings,
+        })
     }
 }
 
 /// Builds a PostgreSQL-wire adapter for dialect `D` from its config section.
 pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let settings: Settings = parse_section(D::NAME, ctx.section)?;
-    check_namespace(D::NAME, "schema", &settings.schema)?;
-    let password = SecretSource::from_keys(
-        settings.password_env.clone(),
-        settings.password_file.clone(),
-    )
-    .resolve(&format!("config [systems.{}] password", D::NAME))?;
+    let Target {
+        server,
+        database,
+        schema,
+        settings,
+    } = Target::of::<D>(ctx)?;
     let tls = match (settings.tls, &settings.ca_file) {
-        (true, ca) => Some(tls_connector(D::NAME, ca.as_deref())?),
+        (true, ca) => Some(tls_connector(ctx.instance, ca.as_deref())?),
         (false, None) => None,
         (false, Some(_)) => {
             return Err(usage(format!(
                 "config [systems.{}]: ca_file is set but tls = false; set tls = true or remove ca_file",
-                D::NAME
+                ctx.instance
             )));
         }
     };
+    let column = column_ddl(ctx.instance, D::COLUMN_SETTINGS, &settings)?;
     Ok(Box::new(PgWire::<D> {
+        name: ctx.instance.to_string(),
+        database,
+        server,
+        schema,
+        column,
         settings,
-        password,
         tls,
         client: None,
         insert: None,
@@ -129,10 +150,44 @@ pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn Syst
     }))
 }
 
+/// The `ALTER TABLE … ALTER COLUMN content …` clauses of the compression and storage settings.
+fn column_ddl(instance: &str, supported: bool, s: &Settings) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Some(c) = &s.compression {
+        if !["pglz", "lz4"].contains(&c.as_str()) {
+            crate::bail_usage!(
+                "config [systems.{instance}] compression = \"{c}\": use pglz or lz4"
+            );
+        }
+        out.push(format!("SET COMPRESSION {c}"));
+    }
+    if let Some(st) = &s.storage {
+        if !["plain", "main", "external", "extended"].contains(&st.as_str()) {
+            crate::bail_usage!(
+                "config [systems.{instance}] storage = \"{st}\": use extended, external, main \
+                 or plain"
+            );
+        }
+        out.push(format!("SET STORAGE {}", st.to_uppercase()));
+    }
+    if !out.is_empty() && !supported {
+        crate::bail_usage!(
+            "config [systems.{instance}]: compression and storage are PostgreSQL column \
+             settings this system does not have; remove them"
+        );
+    }
+    Ok(out)
+}
+
 /// A PostgreSQL-wire system.
 pub struct PgWire<D: Dialect> {
+    name: String,
+    server: Server,
+    database: String,
+    schema: String,
+    /// Clauses applied to the content column after each reset.
+    column: Vec<String>,
     settings: Settings,
-    password: Option<Secret>,
     tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
     insert: Option<Statement>,
@@ -196,17 +251,33 @@ where
 /// Classifies a driver error: a closed connection, an I/O failure, or a server-side
 /// connection/shutdown condition (SQLSTATE 08xxx, 57Pxx) means the connection is lost.
 pub fn classify(system: &str, context: &str, e: tokio_postgres::Error) -> SysError {
-    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
     let lost = e.is_closed()
         || code.starts_with("08")
         || code.starts_with("57P")
         || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    let msg = format!("{system}: {context}: {}", error_chain(&e));
-    if lost {
-        SysError::connection(msg)
-    } else {
-        SysError::failed(msg)
+    SysError::from_driver(system, context, &e, lost)
+}
+
+/// Whether a failed connect cannot heal by reconnecting: refused credentials (SQLSTATE class
+/// 28), a database that does not exist (3D000), or a TLS failure (a rustls error in the
+/// chain: an unverifiable certificate stays unverifiable).
+fn permanent(e: &tokio_postgres::Error) -> bool {
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    let mut tls = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        tls |= s.is::<rustls::Error>()
+            || s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        source = s.source();
     }
+    code.starts_with("28") || code == "3D000" || tls
+}
+
+fn not_connected<D: Dialect>() -> SysError {
+    SysError::connection(format!("{}: not connected", D::NAME))
 }
 
 /// Error mapper for dialect code.
@@ -266,12 +337,12 @@ impl<D: Dialect> PgWire<D> {
     fn client(&self) -> SysResult<&Client> {
         match &self.client {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => Err(SysError::connection(format!("{}: not connected", D::NAME))),
+            _ => Err(not_connected::<D>()),
         }
     }
 
     fn table(&self) -> String {
-        format!("{}.files", self.settings.schema)
+        format!("{}.files", self.schema)
     }
 
     async fn statement(&mut self, insert: bool) -> SysResult<Statement> {
@@ -305,39 +376,49 @@ impl<D: Dialect> PgWire<D> {
 }
 
 #[async_trait]
-impl<D: Dialect> System for PgWire<D> {
-    fn name(&self) -> &'static str {
-        D::NAME
-    }
-
+impl<D: Dialect> Measured for PgWire<D> {
     fn native_copies(&self) -> Option<u32> {
         Some(self.copies)
     }
 
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let table = self.table();
+        D::native_size(self.client()?, &table).await
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> System for PgWire<D> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn target(&self) -> String {
-        let s = &self.settings;
+        let s = &self.server;
         format!(
-            "{}:{} database {} schema {} as {}{}",
-            s.host,
-            s.port.unwrap_or(D::DEFAULT_PORT),
-            s.database.as_deref().unwrap_or(D::DEFAULT_DATABASE),
-            s.schema,
-            s.user.as_deref().unwrap_or(D::DEFAULT_USER),
-            if s.tls { ", TLS verified" } else { "" }
+            "{} database {} schema {} as {}{}",
+            s.address(),
+            self.database,
+            self.schema,
+            s.user.as_deref().unwrap_or_default(),
+            if self.settings.tls {
+                ", TLS verified"
+            } else {
+                ""
+            }
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.settings;
-        let port = s.port.unwrap_or(D::DEFAULT_PORT);
+        let s = &self.server;
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&s.host)
-            .port(port)
-            .user(s.user.as_deref().unwrap_or(D::DEFAULT_USER))
-            .dbname(s.database.as_deref().unwrap_or(D::DEFAULT_DATABASE))
+            .port(s.port)
+            .user(s.user.as_deref().unwrap_or_default())
+            .dbname(&self.database)
             .application_name("dedup-lab")
-            .connect_timeout(Duration::from_secs(s.connect_timeout_s));
-        if let Some(pw) = &self.password {
+            .connect_timeout(s.connect_timeout);
+        if let Some(pw) = &s.password {
             cfg.password(pw.expose());
         }
         let opened = match &self.tls {
@@ -348,18 +429,17 @@ impl<D: Dialect> System for PgWire<D> {
             None => open(&cfg, NoTls, D::NAME).await,
         };
         let client = opened.map_err(|e| {
-            let mut se = classify(D::NAME, &format!("cannot connect to {}:{port}", s.host), e);
-            // Authentication, unknown-database and TLS errors do not heal by reconnecting.
-            let permanent = ["password", "does not exist", "TLS", "certificate"];
-            if permanent.iter().any(|p| se.message.contains(p)) {
-                se.kind = ErrorKind::Failed;
+            let permanent = permanent(&e);
+            let mut se = classify(D::NAME, &format!("cannot connect to {}", s.address()), e);
+            if permanent {
+                se.kind = crate::model::ErrorKind::Failed;
             }
             se
         })?;
         let info = D::server_info(&client).await?;
         self.copies = match self.settings.replicas {
             Some(r) => r,
-            None => D::native_copies(&client, &self.settings).await?,
+            None => D::native_copies(&client).await?,
         };
         self.client = Some(client);
         self.insert = None;
@@ -367,39 +447,73 @@ impl<D: Dialect> System for PgWire<D> {
         Ok(info)
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
+    async fn inspect(&mut self) -> SysResult<Holding> {
         self.insert = None;
         self.delete = None;
-        let schema = self.settings.schema.clone();
+        let schema = self.schema.clone();
         let c = self.client()?;
         let row = c
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1), \
-                        EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2), \
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+                                WHERE table_schema = $1 AND table_name = $2), \
                         EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1)",
                 &[&schema, &MARKER_TABLE],
             )
             .await
             .map_err(err::<D>("inspecting schema"))?;
-        let (exists, marked, has_tables): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-        if exists && has_tables && !marked {
-            return Err(SysError::unsafe_namespace(format!(
-                "{}: schema {schema} exists and holds tables but has no {MARKER_TABLE} table: it \
-                 was not created by dedup-lab; refusing to drop it — configure another schema",
-                D::NAME
-            )));
+        let (marked, has_tables): (bool, bool) = (row.get(0), row.get(1));
+        if !marked {
+            // An existing schema without tables holds nothing to lose: it is what a reset
+            // cut short between CREATE SCHEMA and the marker leaves behind.
+            return Ok(if has_tables {
+                Holding::Foreign(format!(
+                    "schema {schema} holds tables but no {MARKER_TABLE} table"
+                ))
+            } else {
+                Holding::Absent
+            });
         }
-        c.batch_execute(&format!(
-            "BEGIN;
-             DROP SCHEMA IF EXISTS {schema} CASCADE;
+        let note: Option<String> = c
+            .query_opt(
+                &format!("SELECT note FROM {schema}.{MARKER_TABLE} LIMIT 1"),
+                &[],
+            )
+            .await
+            .map_err(err::<D>("reading the marker"))?
+            .map(|r| r.get(0));
+        Ok(Holding::Marked(note.unwrap_or_default()))
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
+        let schema = self.schema.clone();
+        let table = self.table();
+        let column: String = self
+            .column
+            .iter()
+            .map(|c| format!("ALTER TABLE {table} ALTER COLUMN content {c};\n"))
+            .collect();
+        let c = match &mut self.client {
+            Some(c) if !c.is_closed() => c,
+            _ => return Err(not_connected::<D>()),
+        };
+        // One transaction: a reset cut short leaves the old schema or the new one, marked.
+        let tx = c.transaction().await.map_err(err::<D>("BEGIN"))?;
+        tx.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE;
              CREATE SCHEMA {schema};
              CREATE TABLE {schema}.{MARKER_TABLE} (note text NOT NULL);
-             INSERT INTO {schema}.{MARKER_TABLE} VALUES ('created by dedup-lab; dropped and recreated by its resets');
-             CREATE TABLE {schema}.files (id INT4 PRIMARY KEY, name text NOT NULL, content bytea NOT NULL);
-             COMMIT;"
+             CREATE TABLE {table} (id INT4 PRIMARY KEY, name text NOT NULL, content bytea NOT NULL);
+             {column}"
         ))
         .await
-        .map_err(err::<D>("recreating schema"))
+        .map_err(err::<D>("recreating schema"))?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.{MARKER_TABLE} VALUES ($1)"),
+            &[&marker.text],
+        )
+        .await
+        .map_err(err::<D>("writing the marker"))?;
+        tx.commit().await.map_err(err::<D>("COMMIT"))
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
@@ -450,11 +564,6 @@ impl<D: Dialect> System for PgWire<D> {
             .map_err(err::<D>("count"))?
             .get(0);
         Ok(n as u64)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let table = self.table();
-        D::native_size(self.client()?, &table).await
     }
 }
 

@@ -1,56 +1,64 @@
 //! `sqlite`: an embedded SQLite database file (bundled library, no server).
 //!
 //! The namespace is one database file in a lab directory; a marker table identifies it as
-//! lab-owned, and reset deletes and recreates the file so every stage starts from empty.
+//! lab-owned, and a reset deletes and recreates the file so every stage starts from empty.
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, params};
-use serde::Deserialize;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
-use super::{
-    MARKER_TABLE, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef,
-    check_namespace, failed, parse_section,
-};
+use super::toolkit::{Holding, MARKER_TABLE, Marker, check_namespace, parse};
+use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
+use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: "sqlite",
+    kind: "sqlite",
+    aliases: &[],
     embedded: true,
     about: "embedded SQLite database file (bundled library, no server)",
     build,
+    lab: &[],
+    native_loader: None,
+    tests: TestHooks {
+        namespace_key: "file",
+        ..TEST_HOOKS
+    },
 };
 
-/// `[systems.sqlite]`
-#[derive(Debug, Default, Deserialize)]
+/// `[systems.<instance>]` of kind sqlite.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Settings {
-    /// Directory holding the database; default `<experiment>/systems/sqlite`.
-    dir: Option<PathBuf>,
+pub struct Settings {
+    /// Directory holding the database; default `<experiment>/systems/<instance>`.
+    pub dir: Option<PathBuf>,
     /// Database file name inside `dir` (must start with `dedup_lab`).
-    file: Option<String>,
+    pub file: Option<String>,
     /// `PRAGMA synchronous` (`off`, `normal`, `full`); default `full`: a commit is durable.
-    synchronous: Option<String>,
+    pub synchronous: Option<String>,
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let s: Settings = parse_section(DEF.name, ctx.section)?;
+    let s: Settings = parse(ctx.instance, ctx.section)?;
     let file = s.file.unwrap_or_else(|| "dedup_lab.sqlite".into());
     let stem = file.strip_suffix(".sqlite").unwrap_or(&file);
-    check_namespace(DEF.name, "file", stem)?;
+    check_namespace(ctx.instance, "file", stem)?;
     let synchronous = s.synchronous.unwrap_or_else(|| "full".into());
     if !["off", "normal", "full"].contains(&synchronous.as_str()) {
         crate::bail_usage!(
-            "config [systems.sqlite] synchronous = \"{synchronous}\": use off, normal or full"
+            "config [systems.{}] synchronous = \"{synchronous}\": use off, normal or full",
+            ctx.instance
         );
     }
     let dir = s
         .dir
-        .unwrap_or_else(|| ctx.experiment_dir.join("systems").join("sqlite"));
+        .unwrap_or_else(|| ctx.experiment_dir.join("systems").join(ctx.instance));
     Ok(Box::new(Sqlite {
+        name: ctx.instance.to_string(),
         path: dir.join(file),
         dir,
         synchronous,
@@ -60,6 +68,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 
 /// The SQLite adapter.
 struct Sqlite {
+    name: String,
     dir: PathBuf,
     path: PathBuf,
     synchronous: String,
@@ -77,30 +86,50 @@ impl Sqlite {
             .ok_or_else(|| SysError::failed("sqlite: database not open (reset first)"))
     }
 
-    /// Deletes the database file if it is lab-owned, refusing any other file.
-    fn remove_owned(&mut self) -> SysResult<()> {
-        self.conn = None;
+    /// What the database file holds: nothing, dedup-lab's marker (with its text), or tables
+    /// of someone else.
+    fn holding(&self) -> SysResult<Holding> {
         if !self.path.exists() {
-            return Ok(());
+            return Ok(Holding::Absent);
         }
-        // A file with no tables at all (a reset cut short before the marker) is safe to delete.
-        let (tables, marked): (i64, i64) = Connection::open(&self.path)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*), count(*) FILTER (WHERE name = ?1) FROM sqlite_master \
-                     WHERE type = 'table'",
-                    [MARKER_TABLE],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-            })
+        let c = Connection::open(&self.path).map_err(sql_err("sqlite: opening database"))?;
+        let tables: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(sql_err("sqlite: inspecting existing database"))?;
-        if tables > 0 && marked == 0 {
-            return Err(SysError::unsafe_namespace(format!(
-                "sqlite: {} exists but was not created by dedup-lab (no {MARKER_TABLE} table); \
-                 refusing to delete it — move it away or configure another file",
+        // A file with no tables at all (a reset cut short before the marker) holds nothing.
+        if tables == 0 {
+            return Ok(Holding::Absent);
+        }
+        let marker: Option<String> = c
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [MARKER_TABLE],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err("sqlite: inspecting existing database"))?;
+        if marker.is_none() {
+            return Ok(Holding::Foreign(format!(
+                "{} holds tables but no {MARKER_TABLE} table",
                 self.path.display()
             )));
         }
+        let text: Option<String> = c
+            .query_row(&format!("SELECT note FROM {MARKER_TABLE}"), [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql_err("sqlite: reading the marker"))?;
+        Ok(Holding::Marked(text.unwrap_or_default()))
+    }
+
+    /// Deletes the database file; only called on a lab-owned one.
+    fn remove(&mut self) -> SysResult<()> {
+        self.conn = None;
         // The database (holding the marker) goes last, so a reset cut short never leaves
         // lab files without their marker.
         for suffix in ["-wal", "-shm", "-journal", ""] {
@@ -114,7 +143,7 @@ impl Sqlite {
         Ok(())
     }
 
-    fn create(&mut self) -> SysResult<()> {
+    fn create(&mut self, marker: &str) -> SysResult<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| {
             SysError::failed(format!("sqlite: cannot create {}: {e}", self.dir.display()))
         })?;
@@ -124,11 +153,11 @@ impl Sqlite {
              PRAGMA synchronous = {};
              BEGIN;
              CREATE TABLE {MARKER_TABLE} (note TEXT NOT NULL);
-             INSERT INTO {MARKER_TABLE} VALUES ('created by dedup-lab; deleted by its resets');
-             CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL);
-             COMMIT;",
+             CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL);",
             self.synchronous
         ))
+        .and_then(|()| c.execute(&format!("INSERT INTO {MARKER_TABLE} VALUES (?1)"), [marker]))
+        .and_then(|_| c.execute_batch("COMMIT"))
         .map_err(sql_err("sqlite: creating tables"))?;
         self.conn = Some(c);
         Ok(())
@@ -143,17 +172,33 @@ fn insert(c: &Connection, f: &FileEntry, content: &[u8]) -> SysResult<()> {
 }
 
 #[async_trait]
-impl System for Sqlite {
-    fn name(&self) -> &'static str {
-        DEF.name
-    }
-
+impl Measured for Sqlite {
     fn native_copies(&self) -> Option<u32> {
         Some(1)
     }
 
-    fn default_fs_probe(&self) -> Vec<PathBuf> {
+    async fn native_size(&mut self) -> SysResult<u64> {
+        tokio::task::block_in_place(|| {
+            self.conn()?
+                .query_row(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(sql_err("sqlite: page_count"))
+        })
+    }
+
+    fn own_files(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+}
+
+#[async_trait]
+impl System for Sqlite {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn target(&self) -> String {
@@ -167,10 +212,16 @@ impl System for Sqlite {
         })
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
+    async fn inspect(&mut self) -> SysResult<Holding> {
+        // A connection of ours would hold the file open while it is inspected and deleted.
+        self.conn = None;
+        tokio::task::block_in_place(|| self.holding())
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
         tokio::task::block_in_place(|| {
-            self.remove_owned()?;
-            self.create()
+            self.remove()?;
+            self.create(&marker.text)
         })
     }
 
@@ -235,19 +286,6 @@ impl System for Sqlite {
                 .query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(sql_err("sqlite: count"))
-        })
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        tokio::task::block_in_place(|| {
-            self.conn()?
-                .query_row(
-                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as u64)
-                .map_err(sql_err("sqlite: page_count"))
         })
     }
 }

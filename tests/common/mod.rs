@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dedup_lab::experiment::{JOURNAL, journal::Journal};
-use dedup_lab::results::record::{Record, StageRecord};
+use dedup_lab::journal::{self, Journal};
+use dedup_lab::model::{Record, StageRecord, SysResult};
+use dedup_lab::systems::System;
+use dedup_lab::systems::toolkit::ownership::{self, Claim};
 
 /// The `dedup-lab` binary under test.
 pub fn bin() -> Command {
@@ -111,7 +113,7 @@ pub fn experiment_dir(results: &Path) -> PathBuf {
 
 /// Every record of an experiment's journal.
 pub fn journal(exp: &Path) -> Vec<Record> {
-    Journal::read(&exp.join(JOURNAL)).expect("journal parses")
+    Journal::read(&exp.join(journal::FILE)).expect("journal parses")
 }
 
 /// The stage records among `records` (of every attempt).
@@ -162,4 +164,10 @@ pub fn run_system(
         .arg(results)
         .output()
         .expect("run dedup-lab")
+}
+
+/// Resets an adapter's namespace as the engine does, under this test process's lease.
+pub async fn reset(sys: &mut dyn System) -> SysResult<()> {
+    let mut claim = Claim::new("test", sys.name(), std::time::Duration::from_secs(600));
+    ownership::reset(sys, &mut claim).await.map(drop)
 }

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 
 use super::table::{HEADER, LEGEND, outcome, rows};
 use super::{Exporter, Report};
-use crate::results::record::Stage;
+use crate::model::Stage;
 use crate::results::stats::Stats;
 use crate::results::summary::{ProbeStats, Summary};
 

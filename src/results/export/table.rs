@@ -1,10 +1,10 @@
 //! The summary table, for the terminal and for Markdown: means over runs, one row per
-//! system × payload × grade × stage; probe pairs are shown as `native/fs`.
+//! system × payload × grade × stage; a value per probe, in the order the `probes` column
+//! names them (`native/fs/sqlite`).
 
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 
-use crate::probe::{FS, NATIVE};
 use crate::results::stats::Stats;
 use crate::results::summary::{Group, ProbeStats, Summary};
 
@@ -20,27 +20,16 @@ pub enum Style {
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Column titles of the summary table.
-pub const HEADER: [&str; 13] = [
-    "system",
-    "payload",
-    "grade",
-    "stage",
-    "runs",
-    "L MiB",
-    "ΔP MiB n/fs",
-    "EDR n/fs",
-    "capture n/fs",
-    "reclaim n/fs",
-    "MB/s",
-    "p50 ms",
-    "p99 ms",
+pub const HEADER: [&str; 14] = [
+    "system", "payload", "grade", "stage", "runs", "L MiB", "probes", "ΔP MiB", "EDR", "capture",
+    "reclaim", "MB/s", "p50 ms", "p99 ms",
 ];
 
 /// What the table's marks mean.
-pub const LEGEND: &str = "n = native probe, fs = allocated bytes on disk; – = not applicable or \
-     not measured; ! = runs disagree (CV > 10 %); ? = growth implausibly small for \
-     incompressible data (partial load, lagging probe or dedup against deleted data; see \
-     results.csv).";
+pub const LEGEND: &str = "ΔP, EDR, capture and reclaim give one value per probe, in the order \
+     of the probes column; – = not applicable or not measured; ! = runs disagree (CV > 10 %); \
+     ? = growth implausibly small for incompressible data (partial load, lagging probe or dedup \
+     against deleted data; see results.csv).";
 
 /// The table's cells: one row per group, formatted, in [`HEADER`] order.
 pub fn rows(s: &Summary) -> Vec<Vec<String>> {
@@ -54,10 +43,14 @@ pub fn rows(s: &Summary) -> Vec<Vec<String>> {
                 g.stage.to_string(),
                 g.runs.to_string(),
                 num(g.logical_bytes.as_ref().map(|x| x.mean / MIB), 2),
-                pair(g, |p| p.delta_bytes.as_ref().map(|x| x.mean / MIB), 2),
-                pair(g, |p| mean(&p.edr), 2),
-                pair(g, |p| mean(&p.dedup_capture), 2),
-                pair(g, |p| mean(&p.reclaim), 2),
+                g.ordered_probes()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                per_probe(g, |p| p.delta_bytes.as_ref().map(|x| x.mean / MIB), 2),
+                per_probe(g, |p| mean(&p.edr), 2),
+                per_probe(g, |p| mean(&p.dedup_capture), 2),
+                per_probe(g, |p| mean(&p.reclaim), 2),
                 num(g.throughput_bps.as_ref().map(|x| x.mean / 1e6), 1),
                 num(g.p50_us.as_ref().map(|x| x.mean / 1e3), 3),
                 num(g.p99_us.as_ref().map(|x| x.mean / 1e3), 3),
@@ -96,7 +89,7 @@ pub fn render(s: &Summary, style: Style) -> String {
     for row in rows(s) {
         t.add_row(row);
     }
-    for i in 4..HEADER.len() {
+    for i in (4..HEADER.len()).filter(|&i| HEADER[i] != "probes") {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -115,9 +108,10 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn pair(g: &Group, f: impl Fn(&ProbeStats) -> Option<f64>, decimals: usize) -> String {
-    let one = |name: &str| match g.probes.get(name) {
-        Some(p) => {
+/// One value per probe of the group, `/`-separated, with its marks.
+fn per_probe(g: &Group, f: impl Fn(&ProbeStats) -> Option<f64>, decimals: usize) -> String {
+    g.ordered_probes()
+        .map(|(_, p)| {
             let mut s = num(f(p), decimals);
             if p.noisy {
                 s.push('!');
@@ -126,8 +120,7 @@ fn pair(g: &Group, f: impl Fn(&ProbeStats) -> Option<f64>, decimals: usize) -> S
                 s.push('?');
             }
             s
-        }
-        None => "–".to_string(),
-    };
-    format!("{}/{}", one(NATIVE), one(FS))
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }

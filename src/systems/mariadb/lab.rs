@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::{Daemon, on_path};
-use super::{Lab, Server, chown_to, is_root, run, run_with_input};
+use super::Settings;
+use crate::systems::toolkit::{ServerKeys, lab_section};
+
+use crate::lab::process::{Daemon, on_path};
+use crate::lab::{Lab, Recipe, chown_to, is_root, run, run_with_input};
 
 /// Loopback port of the lab server.
 pub const PORT: u16 = 13306;
@@ -116,7 +119,7 @@ fn sql_string(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-impl Server for MariaDb {
+impl Recipe for MariaDb {
     fn name(&self) -> &'static str {
         "mariadb"
     }
@@ -140,7 +143,7 @@ impl Server for MariaDb {
         }
         d.start(server(lab))?;
         d.wait_ready(Duration::from_secs(60), || {
-            d.pid().is_some() && super::port_open(PORT) && socket(lab).exists()
+            d.pid().is_some() && crate::lab::port_open(PORT) && socket(lab).exists()
         })
         .context("mariadb")?;
         let password_file = lab.secret("mariadb")?;
@@ -160,12 +163,13 @@ impl Server for MariaDb {
             pw = sql_string(password.trim_end()),
         );
         run_with_input(&mut admin(lab), sql.as_bytes()).context("creating the lab user")?;
-        Ok(super::server_section(
-            PORT,
-            Some(USER),
-            &password_file,
-            &data_dir(lab),
-        ))
+        let keys = ServerKeys {
+            port: Some(PORT),
+            user: Some(USER.into()),
+            password_file: Some(password_file),
+            ..Default::default()
+        };
+        Ok(lab_section(&keys, &Settings::default(), &[data_dir(lab)]))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 ///
 /// ```
 /// # use std::time::Duration;
-/// # use dedup_lab::systems::poll::Pacer;
+/// # use dedup_lab::systems::toolkit::Pacer;
 /// async fn settle(done: impl AsyncFn() -> bool) -> Result<(), String> {
 ///     let mut pacer = Pacer::new(Duration::from_secs(60));
 ///     while !done().await {

@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::{CargoTool, Daemon};
-use super::{Lab, Server};
+use super::settings::{DeleteMode, Settings};
+use crate::probe;
+use crate::systems::toolkit::section_of;
+
+use crate::lab::process::{CargoTool, Daemon};
+use crate::lab::{Lab, Recipe};
 
 /// Loopback port of the lab broker.
 pub const PORT: u16 = 19092;
@@ -50,7 +54,7 @@ fn tansu(path: &Path, dir: &Path) -> Command {
     c
 }
 
-impl Server for Kafka {
+impl Recipe for Kafka {
     fn name(&self) -> &'static str {
         "kafka"
     }
@@ -91,17 +95,19 @@ impl Server for Kafka {
                     .is_ok_and(|o| o.status.success())
         })
         .context("tansu")?;
-        let mut t = toml::Table::new();
-        t.insert("bootstrap".into(), format!("127.0.0.1:{PORT}").into());
-        t.insert("delete_mode".into(), "tombstone".into());
-        t.insert("delete_topics".into(), false.into());
-        t.insert("fs_probe".into(), vec![super::path_value(&data)].into());
+        let settings = Settings {
+            bootstrap: format!("127.0.0.1:{PORT}"),
+            delete_mode: DeleteMode::Tombstone,
+            delete_topics: false,
+            ..Default::default()
+        };
+        let mut t = section_of(&[&settings]);
         // tansu keeps its log in SQLite and reuses freed pages: the sqlite probe sees the
         // pages in use where the file size (fs) does not grow.
-        t.insert(
-            "sqlite_probe".into(),
-            vec![super::path_value(&data.join("tansu.db"))].into(),
-        );
+        t.extend([
+            probe::setting(probe::fs::KEY, &[&data]),
+            probe::setting(probe::sqlite::KEY, &[data.join("tansu.db")]),
+        ]);
         Ok(t)
     }
 

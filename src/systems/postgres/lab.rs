@@ -5,7 +5,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use super::{Lab, Server, as_user, chown_to, run};
+use crate::lab::{Lab, Recipe, as_user, chown_to, port_open, run};
+use crate::systems::pgwire::Settings;
+use crate::systems::toolkit::{ServerKeys, lab_section};
 
 /// Loopback port of the lab server.
 pub const PORT: u16 = 55432;
@@ -123,7 +125,7 @@ fn init(lab: &Lab, root: &Path, password_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Server for Postgres {
+impl Recipe for Postgres {
     fn name(&self) -> &'static str {
         "postgres"
     }
@@ -133,7 +135,7 @@ impl Server for Postgres {
     }
 
     fn installed(&self) -> bool {
-        bin_dir().is_some() && super::process::on_path("openssl")
+        bin_dir().is_some() && crate::lab::process::on_path("openssl")
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
@@ -150,14 +152,22 @@ impl Server for Postgres {
                 .arg("start"))
             .with_context(|| format!("see {}", log.display()))?;
         }
-        if !super::port_open(PORT) {
+        if !port_open(PORT) {
             bail!("postgres runs but 127.0.0.1:{PORT} does not accept connections");
         }
-        let mut t = super::server_section(PORT, Some(USER), &password_file, &data_dir(lab));
-        t.insert("database".into(), "postgres".into());
-        t.insert("tls".into(), true.into());
-        t.insert("ca_file".into(), super::path_value(&ca_file(lab)));
-        Ok(t)
+        let keys = ServerKeys {
+            port: Some(PORT),
+            user: Some(USER.into()),
+            password_file: Some(password_file),
+            ..Default::default()
+        };
+        let settings = Settings {
+            database: Some("postgres".into()),
+            tls: true,
+            ca_file: Some(ca_file(lab)),
+            ..Default::default()
+        };
+        Ok(lab_section(&keys, &settings, &[data_dir(lab)]))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {

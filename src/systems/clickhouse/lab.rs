@@ -13,8 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use super::process::{Daemon, on_path};
-use super::{Lab, Server};
+use super::Settings;
+use crate::lab::process::{Daemon, on_path};
+use crate::lab::{Lab, Recipe};
+use crate::systems::toolkit::{ServerKeys, lab_section};
 
 /// Loopback HTTP port of the lab server.
 pub const HTTP_PORT: u16 = 18123;
@@ -112,7 +114,7 @@ fn ping() -> bool {
     answer().is_ok_and(|t| t.contains(" 200 ") && t.ends_with("Ok.\n"))
 }
 
-impl Server for ClickHouse {
+impl Recipe for ClickHouse {
     fn name(&self) -> &'static str {
         "clickhouse"
     }
@@ -145,12 +147,13 @@ impl Server for ClickHouse {
         d.start(cmd)?;
         d.wait_ready(Duration::from_secs(60), ping)
             .context("clickhouse")?;
-        Ok(super::server_section(
-            HTTP_PORT,
-            Some(USER),
-            &password_file,
-            &data,
-        ))
+        let keys = ServerKeys {
+            port: Some(HTTP_PORT),
+            user: Some(USER.into()),
+            password_file: Some(password_file),
+            ..Default::default()
+        };
+        Ok(lab_section(&keys, &Settings::default(), &[data]))
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {

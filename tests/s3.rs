@@ -1,4 +1,4 @@
-//! S3 (`minio`) against the lab server, Garage: counts and logical bytes checked with rclone
+//! S3 against the lab's Garage (instance `garage` of kind `s3`): counts and logical bytes checked with rclone
 //! as an independent client, pagination, multipart, deletes, Garage's block dedup seen by the
 //! fs probe, the namespace marker, and bad endpoints and credentials.
 //!
@@ -13,9 +13,9 @@ use std::process::{Command, Output, Stdio};
 
 use common::{assert_fails_with, config_with, lab_section, run, run_in_namespace, stages, text};
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::results::record::{Stage, StageRecord};
-use dedup_lab::systems::System;
-use dedup_lab::systems::minio::{MARKER, Minio};
+use dedup_lab::model::{Stage, StageRecord};
+use dedup_lab::systems::s3::{MARKER, S3};
+use dedup_lab::systems::{Instance, System};
 
 static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
@@ -29,7 +29,7 @@ fn fresh_seed() -> u64 {
 
 /// rclone against the lab bucket, configured only through its environment (remote `lab:`).
 fn rclone(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let s = lab_section("minio");
+    let s = lab_section("garage");
     let secret = |k: &str| std::fs::read_to_string(s[k].as_str().unwrap()).unwrap();
     let mut cmd = Command::new("rclone");
     cmd.env("RCLONE_CONFIG", "/dev/null")
@@ -58,7 +58,7 @@ fn rclone(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .expect("rclone (the lab installs it: `dedup-lab lab up --systems minio`)");
+        .expect("rclone (the lab installs it: `dedup-lab lab up --systems garage`)");
     if let Some(data) = stdin {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(data).unwrap();
@@ -73,7 +73,7 @@ fn rclone(args: &[&str], stdin: Option<&[u8]>) -> Output {
 fn remote(path: &str) -> String {
     format!(
         "lab:{}/{path}",
-        lab_section("minio")["bucket"].as_str().unwrap()
+        lab_section("garage")["bucket"].as_str().unwrap()
     )
 }
 
@@ -94,14 +94,13 @@ fn rclone_keys(path: &str) -> Vec<String> {
         .collect()
 }
 
-fn adapter(changes: &[(&str, toml::Value)]) -> Minio {
-    let mut section = lab_section("minio");
-    // The probe keys are the engine's, not the adapter's.
-    section.remove("fs_probe");
+fn adapter(changes: &[(&str, toml::Value)]) -> S3 {
+    let mut section = lab_section("garage");
     for (k, v) in changes {
         section.insert((*k).to_string(), v.clone());
     }
-    Minio::new(Some(&section)).unwrap()
+    let instance = Instance::new("garage", Some(&section)).unwrap();
+    S3::new(&instance.context(std::path::Path::new("."))).unwrap()
 }
 
 fn dataset(dir: &std::path::Path, files: u32, sizes: SizeSpec, grade: u8) -> DataSet {
@@ -145,7 +144,7 @@ async fn listing_pages_counts_and_deletes_match_an_independent_client() {
         },
         50,
     );
-    sys.reset().await.unwrap();
+    common::reset(&mut sys).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
     sys.settle().await.unwrap();
 
@@ -179,7 +178,7 @@ async fn listing_pages_counts_and_deletes_match_an_independent_client() {
     assert!(!left.contains(&ds.manifest.files[0].name));
     assert!(left.contains(&ds.manifest.files[15].name));
 
-    sys.reset().await.unwrap();
+    common::reset(&mut sys).await.unwrap();
     assert_eq!(rclone_keys("dedup_lab_t_list"), [MARKER]);
     assert_eq!(rclone_keys("dedup_lab_t_list_sibling"), ["keep"]);
     rclone(&["purge", &remote("dedup_lab_t_list_sibling")], None);
@@ -195,7 +194,7 @@ async fn large_files_go_up_in_parts_and_arrive_whole() {
         ("part_size_mib", 5.into()),
     ]);
     sys.connect().await.unwrap();
-    sys.reset().await.unwrap();
+    common::reset(&mut sys).await.unwrap();
     // 6 MiB files: two parts each; 500 KiB files: one PUT each.
     let big = dataset(&tmp.path().join("big"), 3, SizeSpec::Fixed(6 << 20), 0);
     let small = dataset(&tmp.path().join("small"), 2, SizeSpec::Fixed(500 << 10), 0);
@@ -236,7 +235,7 @@ async fn large_files_go_up_in_parts_and_arrive_whole() {
         assert_eq!(got.stdout.len() as u64, f.size);
         assert_eq!(blake3::hash(&got.stdout).to_hex().as_str(), f.blake3);
     }
-    sys.reset().await.unwrap();
+    common::reset(&mut sys).await.unwrap();
     assert_eq!(rclone_keys("dedup_lab_t_multipart"), [MARKER]);
 }
 
@@ -257,7 +256,11 @@ fn fs_delta(s: &StageRecord) -> i64 {
 fn run_records_counts_and_garage_block_dedup() {
     let _alone = QUIET.blocking_write();
     let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(tmp.path(), "minio", &[("prefix", "dedup_lab_t_run".into())]);
+    let config = config_with(
+        tmp.path(),
+        "garage",
+        &[("prefix", "dedup_lab_t_run".into())],
+    );
     let results = tmp.path().join("results");
     let seed = fresh_seed().to_string();
     let out = run(&[
@@ -265,7 +268,7 @@ fn run_records_counts_and_garage_block_dedup() {
         "--config",
         config.to_str().unwrap(),
         "--systems",
-        "minio",
+        "garage",
         "--payloads",
         "random_binary",
         "--grades",
@@ -332,8 +335,8 @@ fn unmarked_prefix_is_refused_and_foreign_objects_survive() {
         Some(b"not ours"),
     );
     rclone(&["rcat", &remote("precious/key")], Some(b"42"));
-    let out = run_in_namespace("minio", "prefix", "dedup_lab_t_foreign");
-    assert_fails_with(&out, 1, &["not written by dedup-lab"]);
+    let out = run_in_namespace("garage", "prefix", "dedup_lab_t_foreign");
+    assert_fails_with(&out, 1, &["not created by dedup-lab"]);
     let x = rclone(&["cat", &remote("dedup_lab_t_foreign/files/x")], None);
     assert_eq!(x.stdout, b"not ours");
     assert_eq!(
@@ -346,13 +349,13 @@ fn unmarked_prefix_is_refused_and_foreign_objects_survive() {
 
 fn preflight(changes: &[(&str, toml::Value)]) -> (Option<i32>, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let config = config_with(tmp.path(), "minio", changes);
+    let config = config_with(tmp.path(), "garage", changes);
     let out = run(&[
         "preflight",
         "--config",
         config.to_str().unwrap(),
         "--systems",
-        "minio",
+        "garage",
     ]);
     (out.status.code(), text(&out))
 }

@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::Daemon;
-use super::{Lab, Server};
+use super::Settings;
+use crate::probe::{self, prometheus::PrometheusConfig};
+use crate::systems::toolkit::{ServerKeys, lab_section};
+
+use crate::lab::process::Daemon;
+use crate::lab::{Lab, Recipe};
 
 /// Loopback port of the lab server.
 pub const PORT: u16 = 16379;
@@ -36,7 +40,7 @@ fn exporter(lab: &Lab) -> Daemon {
     }
 }
 
-impl Server for Redis {
+impl Recipe for Redis {
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -48,7 +52,7 @@ impl Server for Redis {
     fn installed(&self) -> bool {
         ["redis-server", "redis-cli", EXPORTER]
             .into_iter()
-            .all(super::process::on_path)
+            .all(crate::lab::process::on_path)
     }
 
     fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
@@ -70,7 +74,7 @@ impl Server for Redis {
         let mut cmd = Command::new("redis-server");
         cmd.arg(&conf);
         d.start(cmd)?;
-        d.wait_ready(Duration::from_secs(30), || super::port_open(PORT))
+        d.wait_ready(Duration::from_secs(30), || crate::lab::port_open(PORT))
             .context("redis")?;
         let e = exporter(lab);
         let mut cmd = Command::new(EXPORTER);
@@ -79,17 +83,27 @@ impl Server for Redis {
             .arg("-redis-only-metrics")
             .env("REDIS_PASSWORD", password.trim_end());
         e.start(cmd)?;
-        e.wait_ready(Duration::from_secs(30), || super::port_open(EXPORTER_PORT))
-            .context("redis_exporter")?;
-        let mut section = super::server_section(PORT, None, &lab.secret("redis")?, &data);
-        let mut probe = toml::Table::new();
-        probe.insert(
-            "url".into(),
-            format!("http://127.0.0.1:{EXPORTER_PORT}/metrics").into(),
-        );
+        e.wait_ready(Duration::from_secs(30), || {
+            crate::lab::port_open(EXPORTER_PORT)
+        })
+        .context("redis_exporter")?;
+        let keys = ServerKeys {
+            port: Some(PORT),
+            password_file: Some(lab.secret("redis")?),
+            ..Default::default()
+        };
+        let mut section = lab_section(&keys, &Settings::default(), &[data]);
         // INFO memory's used_memory: what the server holds, keys and overhead.
-        probe.insert("metric".into(), "redis_memory_used_bytes".into());
-        section.insert("prometheus_probe".into(), probe.into());
+        let metric = PrometheusConfig {
+            url: format!("http://127.0.0.1:{EXPORTER_PORT}/metrics"),
+            metric: "redis_memory_used_bytes".into(),
+            labels: Default::default(),
+            copies: 1,
+            token_env: None,
+            token_file: None,
+            timeout_s: 10,
+        };
+        section.extend([probe::setting(probe::prometheus::KEY, &metric)]);
         Ok(section)
     }
 

@@ -4,86 +4,148 @@
 //! the AOF, so every cell starts from a log without an earlier cell's garbage; settle: wait
 //! until no AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over
 //! the lab's keys. The `fs` probe reads the server's RDB/AOF directory when it is local.
+//! The `persistence` setting makes the server keep an append-only file, RDB snapshots or
+//! nothing: it is server-wide, so the adapter applies it at every reset.
 
-use std::path::PathBuf;
+mod lab;
+mod native;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::poll::Pacer;
-use super::{
-    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
-    error_chain, parse_section,
+use super::toolkit::{
+    Holding, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
 };
+use super::{System, SystemContext, SystemDef, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::secret::{Secret, SecretSource};
+use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: "redis",
+    kind: "redis",
+    aliases: &[],
     embedded: false,
     about: "Redis: pipelined SET bulk load, BGREWRITEAOF maintenance",
     build,
+    lab: &[&lab::Redis],
+    native_loader: Some(native::LOADER),
+    // Redis answers a SET in ~0.1 ms: a stop must land in many more files.
+    tests: TestHooks {
+        namespace_key: "prefix",
+        fault_data_set: (20_000, "1KiB"),
+    },
 };
 
-/// `[systems.redis]`
-#[derive(Debug, Deserialize)]
+const DEFAULTS: ServerDefaults = ServerDefaults {
+    port: 6379,
+    user: None,
+};
+
+/// The keys of a Redis instance's section beside the shared connection keys.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Settings {
-    host: String,
-    port: u16,
+pub struct Settings {
     /// Logical database used only by dedup-lab.
-    db: i64,
-    /// ACL user (default: the default user).
-    username: Option<String>,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
-    /// Key prefix (without the trailing `:`); must start with `dedup_lab`.
-    prefix: String,
+    pub db: i64,
+    /// Key prefix (without the trailing `:`); must start with `dedup_lab`. Default: see
+    /// [`SystemContext::default_namespace`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// Files per pipelined round trip of the bulk path, at most.
-    pipeline_files: usize,
+    pub pipeline_files: usize,
     /// File bytes per pipelined round trip, at most (at least one file). Two round trips are
     /// in memory at a time (one in flight, one being built), each about twice over.
-    pipeline_bytes: u64,
+    pub pipeline_bytes: u64,
     /// Seconds to wait for the server's background work when settling.
-    settle_timeout_s: u64,
+    pub settle_timeout_s: u64,
+    /// What the server keeps on disk, set at every reset: `aof` (an append-only file),
+    /// `rdb` (snapshots), `none`; unset: whatever the server is configured with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host: "127.0.0.1".into(),
-            port: 6379,
             db: 15,
-            username: None,
-            password_env: None,
-            password_file: None,
-            prefix: "dedup_lab".into(),
+            prefix: None,
             pipeline_files: 64,
             pipeline_bytes: 8 << 20,
             settle_timeout_s: 300,
+            persistence: None,
         }
     }
 }
 
-fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let s: Settings = parse_section(DEF.name, ctx.section)?;
-    check_namespace(DEF.name, "prefix", &s.prefix)?;
-    if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 || s.pipeline_bytes == 0 {
-        crate::bail_usage!(
-            "config [systems.redis]: db must be 0 or more, pipeline_files and pipeline_bytes \
-             at least 1"
-        );
+/// What a Redis server keeps on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persistence {
+    /// An append-only file of every write (`appendonly yes`, no snapshots).
+    Aof,
+    /// Point-in-time snapshots (`appendonly no`, `save 3600 1 300 100 60 10000`).
+    Rdb,
+    /// Nothing (`appendonly no`, `save ""`).
+    None,
+}
+
+impl Persistence {
+    /// `CONFIG SET` pairs that select it.
+    fn config(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Persistence::Aof => [("appendonly", "yes"), ("save", "")],
+            Persistence::Rdb => [("appendonly", "no"), ("save", "3600 1 300 100 60 10000")],
+            Persistence::None => [("appendonly", "no"), ("save", "")],
+        }
     }
-    let password = SecretSource::from_keys(s.password_env.clone(), s.password_file.clone())
-        .resolve("config [systems.redis] password")?;
+}
+
+/// An instance's server, key prefix and settings.
+struct Target {
+    server: Server,
+    prefix: String,
+    settings: Settings,
+}
+
+impl Target {
+    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
+        let (server, s): (Server, Settings) = parse_server(ctx.instance, ctx.section, DEFAULTS)?;
+        let prefix = s
+            .prefix
+            .clone()
+            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
+        check_namespace(ctx.instance, "prefix", &prefix)?;
+        if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 || s.pipeline_bytes == 0 {
+            crate::bail_usage!(
+                "config [systems.{}]: db must be 0 or more, pipeline_files and pipeline_bytes \
+                 at least 1",
+                ctx.instance
+            );
+        }
+        Ok(Target {
+            server,
+            prefix,
+            settings: s,
+        })
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let Target {
+        server,
+        prefix,
+        settings,
+    } = Target::of(ctx)?;
     Ok(Box::new(Redis {
-        settings: s,
-        password,
+        name: ctx.instance.to_string(),
+        server,
+        prefix,
+        settings,
         conn: None,
         aof: false,
     }))
@@ -91,8 +153,10 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 
 /// The Redis adapter.
 struct Redis {
+    name: String,
+    server: Server,
+    prefix: String,
     settings: Settings,
-    password: Option<Secret>,
     conn: Option<MultiplexedConnection>,
     /// Whether the server keeps an append-only file (decides the maintenance).
     aof: bool,
@@ -100,16 +164,18 @@ struct Redis {
 
 /// A lost connection (dropped, refused, timed out, I/O) or any other failure.
 fn classify(context: &str, e: redis::RedisError) -> SysError {
-    let msg = format!("redis: {context}: {}", error_chain(&e));
-    if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() || e.is_timeout() {
-        SysError::connection(msg)
-    } else {
-        SysError::failed(msg)
-    }
+    let lost =
+        e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() || e.is_timeout();
+    SysError::from_driver("redis", context, &e, lost)
 }
 
 fn err(context: &str) -> impl FnOnce(redis::RedisError) -> SysError + '_ {
     move |e| classify(context, e)
+}
+
+/// The key of a file under a prefix.
+fn key(prefix: &str, f: &FileEntry) -> String {
+    format!("{prefix}:files:{}", f.name)
 }
 
 /// Value of `field:` in an `INFO` section.
@@ -127,11 +193,11 @@ impl Redis {
     }
 
     fn marker(&self) -> String {
-        format!("{}:owner", self.settings.prefix)
+        format!("{}:owner", self.prefix)
     }
 
     fn key(&self, f: &FileEntry) -> String {
-        format!("{}:files:{}", self.settings.prefix, f.name)
+        key(&self.prefix, f)
     }
 
     async fn info(&self, section: &str) -> SysResult<String> {
@@ -173,6 +239,7 @@ impl Redis {
             .await;
         match started {
             // A rewrite the server began by itself after the wait above holds every write too.
+            // The server says so only in the text of a plain ERR reply.
             Err(e) if e.to_string().contains("already in progress") => {}
             other => other.map_err(err("BGREWRITEAOF"))?,
         }
@@ -234,43 +301,71 @@ async fn finish(
 }
 
 #[async_trait]
-impl System for Redis {
-    fn name(&self) -> &'static str {
-        DEF.name
-    }
-
+impl Measured for Redis {
     fn native_copies(&self) -> Option<u32> {
         Some(1)
     }
 
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let keys = self.scan(&format!("{}:files:*", self.prefix)).await?;
+        let mut conn = self.conn()?;
+        let mut total = 0u64;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(err("MEMORY USAGE"))?;
+            total += sizes.into_iter().flatten().sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+#[async_trait]
+impl System for Redis {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn target(&self) -> String {
-        let s = &self.settings;
-        format!("{}:{} db {} keys {}:*", s.host, s.port, s.db, s.prefix)
+        format!(
+            "{} db {} keys {}:*",
+            self.server.address(),
+            self.settings.db,
+            self.prefix
+        )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.settings;
-        let mut redis = RedisConnectionInfo::default().set_db(s.db);
-        if let Some(u) = &s.username {
+        let s = &self.server;
+        let mut redis = RedisConnectionInfo::default().set_db(self.settings.db);
+        if let Some(u) = &s.user {
             redis = redis.set_username(u);
         }
-        if let Some(pw) = &self.password {
+        if let Some(pw) = &s.password {
             redis = redis.set_password(pw.expose());
         }
         let info = redis::IntoConnectionInfo::into_connection_info((s.host.clone(), s.port))
             .map_err(err("address"))?
             .set_redis_settings(redis);
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(s.connect_timeout))
             .set_response_timeout(Some(Duration::from_secs(600)));
         let conn = Client::open(info)
             .map_err(err("client"))?
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| {
-                let mut se = classify(&format!("cannot connect to {}:{}", s.host, s.port), e);
-                if se.message.contains("WRONGPASS") || se.message.contains("NOAUTH") {
-                    se.kind = super::ErrorKind::Failed;
+                // A refused login does not heal by reconnecting.
+                let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
+                let mut se = classify(&format!("cannot connect to {}", s.address()), e);
+                if refused {
+                    se.kind = ErrorKind::Failed;
                 }
                 se
             })?;
@@ -279,16 +374,16 @@ impl System for Redis {
         // A restarted server answers INFO while it loads its data but refuses everything
         // else: connected means loaded.
         let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
-        let persistence = loop {
+        loop {
             let p = self.info("persistence").await?;
             if info_field(&p, "loading") != Some("1") {
-                break p;
+                self.aof = info_field(&p, "aof_enabled") == Some("1");
+                break;
             }
             if !pacer.pause().await {
                 return Err(SysError::connection("redis: still loading its data set"));
             }
-        };
-        self.aof = info_field(&persistence, "aof_enabled") == Some("1");
+        }
         Ok(ServerInfo {
             product: "Redis".into(),
             version: info_field(&server, "redis_version")
@@ -297,20 +392,60 @@ impl System for Redis {
         })
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
-        let prefix = &self.settings.prefix;
+    async fn inspect(&mut self) -> SysResult<Holding> {
+        let prefix = self.prefix.clone();
         let keys = self.scan(&format!("{prefix}:*")).await?;
         let marker = self.marker();
-        if !keys.is_empty() && !keys.contains(&marker) {
-            return Err(SysError::unsafe_namespace(format!(
-                "redis: db {} holds keys under {prefix}: but no {marker} marker: they were not \
-                 written by dedup-lab; refusing to delete them — configure another prefix or db",
+        if keys.is_empty() {
+            return Ok(Holding::Absent);
+        }
+        if !keys.contains(&marker) {
+            return Ok(Holding::Foreign(format!(
+                "db {} holds keys under {prefix}: but no {marker} key",
                 self.settings.db
             )));
         }
-        // The marker stays, so a reset cut short never leaves unmarked lab keys behind.
-        let keys: Vec<String> = keys.into_iter().filter(|k| *k != marker).collect();
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&marker)
+            .query_async(&mut self.conn()?)
+            .await
+            .map_err(err("GET marker"))?;
+        Ok(Holding::Marked(text.unwrap_or_default()))
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
         let mut conn = self.conn()?;
+        if let Some(p) = self.settings.persistence {
+            for (key, value) in p.config() {
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg(key)
+                    .arg(value)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(err("CONFIG SET persistence"))?;
+            }
+            // Turning the AOF on starts a rewrite that writes the first file.
+            self.wait_background().await?;
+            self.aof = p == Persistence::Aof;
+        }
+        // The marker is written first and stays, so a reset cut short never leaves unmarked
+        // lab keys behind. Unchanged, it is left alone, so the log gets no write for it.
+        let marker_key = self.marker();
+        if marker.changed {
+            redis::cmd("SET")
+                .arg(&marker_key)
+                .arg(&marker.text)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(err("SET marker"))?;
+        }
+        let keys: Vec<String> = self
+            .scan(&format!("{}:*", self.prefix))
+            .await?
+            .into_iter()
+            .filter(|k| *k != marker_key)
+            .collect();
         for chunk in keys.chunks(1000) {
             redis::cmd("UNLINK")
                 .arg(chunk)
@@ -318,14 +453,6 @@ impl System for Redis {
                 .await
                 .map_err(err("UNLINK"))?;
         }
-        // NX: an existing marker is left alone, so the log gets no write for it.
-        redis::cmd("SET")
-            .arg(&marker)
-            .arg("created by dedup-lab; its keys are deleted by its resets")
-            .arg("NX")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(err("SET marker"))?;
         // The log still holds the deleted keys' SETs and the DELs. Left there, the server's
         // automatic rewrite would reclaim them in the middle of a later stage, whose physical
         // growth would then shrink by an earlier cell's garbage. A log that has not grown
@@ -413,30 +540,7 @@ impl System for Redis {
     }
 
     async fn count(&mut self) -> SysResult<u64> {
-        Ok(self
-            .scan(&format!("{}:files:*", self.settings.prefix))
-            .await?
-            .len() as u64)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let keys = self
-            .scan(&format!("{}:files:*", self.settings.prefix))
-            .await?;
-        let mut conn = self.conn()?;
-        let mut total = 0u64;
-        for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
-            }
-            let sizes: Vec<Option<u64>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(err("MEMORY USAGE"))?;
-            total += sizes.into_iter().flatten().sum::<u64>();
-        }
-        Ok(total)
+        Ok(self.scan(&format!("{}:files:*", self.prefix)).await?.len() as u64)
     }
 }
 

@@ -3,21 +3,32 @@
 //! of the lab table (heap, TOAST and indexes). Connection, namespace and per-file statements
 //! are shared with every PostgreSQL-wire system ([`super::pgwire`]).
 
+mod lab;
+mod native;
+
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, pin_mut};
 use tokio_postgres::Client;
 
-use super::pgwire::{self, Dialect, Settings, err};
-use super::{ServerInfo, SysError, SysResult, SystemDef};
+use super::pgwire::{self, Dialect, err};
+use super::{SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::DataSet;
+use crate::model::{ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: Postgres::NAME,
+    kind: Postgres::NAME,
+    aliases: &[],
     embedded: false,
     about: "PostgreSQL: COPY BINARY bulk load, VACUUM FULL maintenance",
     build: pgwire::build::<Postgres>,
+    lab: &[&lab::Postgres],
+    native_loader: Some(native::LOADER),
+    tests: TestHooks {
+        namespace_key: "schema",
+        ..TEST_HOOKS
+    },
 };
 
 /// Start of a binary COPY stream: signature, flags, header extension length.
@@ -44,9 +55,8 @@ pub struct Postgres;
 #[async_trait]
 impl Dialect for Postgres {
     const NAME: &'static str = "postgres";
-    const DEFAULT_PORT: u16 = 5432;
-    const DEFAULT_USER: &'static str = "postgres";
-    const DEFAULT_DATABASE: &'static str = "postgres";
+    const DEFAULTS: (u16, &'static str, &'static str) = (5432, "postgres", "postgres");
+    const COLUMN_SETTINGS: bool = true;
 
     async fn server_info(c: &Client) -> SysResult<ServerInfo> {
         let version: String = c
@@ -60,7 +70,7 @@ impl Dialect for Postgres {
         })
     }
 
-    async fn native_copies(_: &Client, _: &Settings) -> SysResult<u32> {
+    async fn native_copies(_: &Client) -> SysResult<u32> {
         // pg_total_relation_size measures this server's files: one copy.
         Ok(1)
     }
@@ -105,8 +115,10 @@ impl Dialect for Postgres {
 
     async fn settle(c: &Client) -> SysResult<()> {
         c.batch_execute("CHECKPOINT").await.map_err(|e| {
+            // 42501: insufficient_privilege.
+            let denied = e.code().is_some_and(|c| c.code() == "42501");
             let mut se = pgwire::classify(Self::NAME, "CHECKPOINT", e);
-            if se.message.contains("permission") || se.message.contains("superuser") {
+            if denied {
                 se.message.push_str(
                     " (settling needs CHECKPOINT: grant the role pg_checkpoint, or use a superuser)",
                 );

@@ -1,4 +1,4 @@
-//! Lab S3 server for the `minio` system: Garage, a single node on 127.0.0.1 (S3 on 13900,
+//! Lab S3 server `garage` (kind `s3`): Garage, a single node on 127.0.0.1 (S3 on 13900,
 //! RPC on 13901, admin API on 13903), installed with `cargo install` when missing.
 //!
 //! Garage is not MinIO: it cuts objects into 1 MiB blocks and stores each distinct block
@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::process::{CargoTool, Daemon, on_path};
-use super::{Lab, Server};
+use super::Settings;
+use crate::probe;
+use crate::systems::toolkit::section_of;
+
+use crate::lab::process::{CargoTool, Daemon, on_path};
+use crate::lab::{Lab, Recipe};
 
 /// Loopback port of the S3 API.
 pub const S3_PORT: u16 = 13900;
@@ -30,12 +34,15 @@ pub const REGION: &str = "garage";
 /// The Garage release the lab installs.
 pub const VERSION: &str = "2.5.0";
 
-/// The lab's S3 server (Garage).
+/// The instance the lab runs Garage as.
+pub const NAME: &str = "garage";
+
+/// The lab's deduplicating S3 server (Garage).
 pub struct Garage;
 
 fn daemon(lab: &Lab) -> Daemon {
     Daemon {
-        dir: lab.server_dir("minio"),
+        dir: lab.server_dir(NAME),
         program: "garage",
     }
 }
@@ -74,9 +81,9 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
         .to_string())
 }
 
-impl Server for Garage {
+impl Recipe for Garage {
     fn name(&self) -> &'static str {
-        "minio"
+        NAME
     }
 
     /// rclone: the independent S3 client of the tests and the native loader of the bench.
@@ -109,18 +116,18 @@ impl Server for Garage {
                  rpc_bind_addr = \"127.0.0.1:{RPC_PORT}\"\nrpc_public_addr = \"127.0.0.1:{RPC_PORT}\"\n\n\
                  [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{S3_PORT}\"\n\n\
                  [admin]\napi_bind_addr = \"127.0.0.1:{ADMIN_PORT}\"\n",
-                super::path_value(&meta),
-                super::path_value(&data)
+                crate::lab::path_value(&meta),
+                crate::lab::path_value(&data)
             ),
         )?;
-        let access_key_file = lab.secret("minio-access-key")?;
-        let secret_key_file = lab.secret("minio-secret-key")?;
-        let admin_token_file = lab.secret("minio-admin-token")?;
+        let access_key_file = lab.secret("garage-access-key")?;
+        let secret_key_file = lab.secret("garage-secret-key")?;
+        let admin_token_file = lab.secret("garage-admin-token")?;
         let mut cmd = Command::new(&garage);
         cmd.args(["server", "--single-node", "--default-bucket"])
             .env("GARAGE_CONFIG_FILE", &config)
             // Garage wants exactly 32 bytes of hex here.
-            .env("GARAGE_RPC_SECRET_FILE", lab.secret_of("minio-rpc", 32)?)
+            .env("GARAGE_RPC_SECRET_FILE", lab.secret_of("garage-rpc", 32)?)
             .env("GARAGE_ADMIN_TOKEN_FILE", &admin_token_file)
             .env("GARAGE_DEFAULT_ACCESS_KEY", read_secret(&access_key_file)?)
             .env("GARAGE_DEFAULT_SECRET_KEY", read_secret(&secret_key_file)?)
@@ -129,35 +136,20 @@ impl Server for Garage {
         d.start(cmd)?;
         d.wait_ready(Duration::from_secs(60), healthy)
             .context("garage")?;
-        let mut t = toml::Table::new();
-        t.insert(
-            "endpoint".into(),
-            format!("http://127.0.0.1:{S3_PORT}").into(),
-        );
-        t.insert("region".into(), REGION.into());
-        t.insert("bucket".into(), BUCKET.into());
-        t.insert(
-            "access_key_file".into(),
-            super::path_value(&access_key_file),
-        );
-        t.insert(
-            "secret_key_file".into(),
-            super::path_value(&secret_key_file),
-        );
-        t.insert(
-            "garage_admin".into(),
-            format!("http://127.0.0.1:{ADMIN_PORT}").into(),
-        );
-        t.insert(
-            "garage_admin_token_file".into(),
-            super::path_value(&admin_token_file),
-        );
+        let settings = Settings {
+            endpoint: format!("http://127.0.0.1:{S3_PORT}"),
+            region: REGION.into(),
+            bucket: BUCKET.into(),
+            access_key_file: Some(access_key_file),
+            secret_key_file: Some(secret_key_file),
+            garage_admin: Some(format!("http://127.0.0.1:{ADMIN_PORT}")),
+            garage_admin_token_file: Some(admin_token_file),
+            ..Default::default()
+        };
+        let mut t = section_of(&[&settings]);
         // Both directories: blocks live in data/, and objects under 3 KiB live only in the
         // metadata database (which also grows with every object).
-        t.insert(
-            "fs_probe".into(),
-            toml::Value::Array(vec![super::path_value(&data), super::path_value(&meta)]),
-        );
+        t.extend([probe::setting(probe::fs::KEY, &[data, meta])]);
         Ok(t)
     }
 

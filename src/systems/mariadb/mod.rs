@@ -6,7 +6,9 @@
 //! MySQL, but is not supported: MySQL 8 names the tablespace view `INNODB_TABLESPACES`, so the
 //! native probe fails there with the server's message.
 
-use std::path::PathBuf;
+mod lab;
+mod native;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,68 +16,95 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::MARKER_TABLE;
-use super::poll::Pacer;
-use super::{
-    ErrorKind, ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
-    error_chain, parse_section,
+use super::toolkit::{
+    Holding, MARKER_TABLE, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
 };
+use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry, FileStream};
-use crate::secret::{Secret, SecretSource};
+use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: "mariadb",
+    kind: "mariadb",
+    aliases: &[],
     embedded: false,
     about: "MariaDB (InnoDB): LOAD DATA LOCAL bulk load, OPTIMIZE TABLE maintenance",
     build,
+    lab: &[&lab::MariaDb],
+    native_loader: Some(native::LOADER),
+    tests: TestHooks {
+        namespace_key: "database",
+        ..TEST_HOOKS
+    },
 };
 
-/// `[systems.mariadb]`
-#[derive(Debug, Deserialize)]
+const DEFAULTS: ServerDefaults = ServerDefaults {
+    port: 3306,
+    user: Some("root"),
+};
+
+/// The keys of a MariaDB instance's section beside the shared connection keys.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Settings {
-    host: String,
-    port: u16,
-    user: String,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
-    /// Lab database; must start with `dedup_lab`.
-    database: String,
-    /// Seconds to wait for a connection.
-    connect_timeout_s: u64,
+pub struct Settings {
+    /// Lab database; must start with `dedup_lab`. Default: see
+    /// [`SystemContext::default_namespace`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// Seconds to wait for InnoDB's purge when settling.
-    settle_timeout_s: u64,
+    pub settle_timeout_s: u64,
+    /// Create the lab table with InnoDB page compression (`PAGE_COMPRESSED=1`): pages are
+    /// compressed when written and the freed space is punched out of the file.
+    pub page_compressed: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host: "127.0.0.1".into(),
-            port: 3306,
-            user: "root".into(),
-            password_env: None,
-            password_file: None,
-            database: "dedup_lab".into(),
-            connect_timeout_s: 10,
+            database: None,
             settle_timeout_s: 300,
+            page_compressed: false,
         }
     }
 }
 
+/// An instance's server, database and settings.
+struct Target {
+    server: Server,
+    database: String,
+    settings: Settings,
+}
+
+impl Target {
+    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
+        let (server, settings): (Server, Settings) =
+            parse_server(ctx.instance, ctx.section, DEFAULTS)?;
+        let database = settings
+            .database
+            .clone()
+            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
+        check_namespace(ctx.instance, "database", &database)?;
+        Ok(Target {
+            server,
+            database,
+            settings,
+        })
+    }
+}
+
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let settings: Settings = parse_section(DEF.name, ctx.section)?;
-    check_namespace(DEF.name, "database", &settings.database)?;
-    let password = SecretSource::from_keys(
-        settings.password_env.clone(),
-        settings.password_file.clone(),
-    )
-    .resolve("config [systems.mariadb] password")?;
-    Ok(Box::new(MariaDb {
+    let Target {
+        server,
+        database,
         settings,
-        password,
+    } = Target::of(ctx)?;
+    Ok(Box::new(MariaDb {
+        name: ctx.instance.to_string(),
+        server,
+        database,
+        settings,
         conn: None,
         lag_wait: None,
     }))
@@ -83,8 +112,10 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 
 /// The MariaDB adapter.
 struct MariaDb {
+    name: String,
+    server: Server,
+    database: String,
     settings: Settings,
-    password: Option<Secret>,
     conn: Option<Conn>,
     /// Whether the account may `SET GLOBAL innodb_max_purge_lag_wait` (it needs SUPER);
     /// learned at the first settle.
@@ -93,23 +124,25 @@ struct MariaDb {
 
 /// Server error for a packet over `max_allowed_packet`.
 const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
-/// Server error for a statement that needs a privilege the account lacks (SUPER).
+/// Server error for a statement that needs a global privilege the account lacks (SUPER to
+/// wake purge, PROCESS to read the tablespace view).
 const ER_SPECIFIC_ACCESS_DENIED: u16 = 1227;
+/// Server errors for a refused login: access denied to the server, to the database, or for an
+/// account without a password.
+const ER_ACCESS_DENIED: [u16; 3] = [1045, 1044, 1698];
 
 /// Classifies a driver error: I/O failures, a closed connection, and server errors about the
 /// connection itself (SQLSTATE class 08, e.g. shutdown; 1927 connection killed; 4031
 /// disconnected for inactivity) mean the connection is lost.
 fn classify(context: &str, e: mysql_async::Error) -> SysError {
-    let mut msg = format!("mariadb: {context}: {}", error_chain(&e));
+    let mut hint = "";
     let lost = match &e {
         mysql_async::Error::Io(_) => true,
         mysql_async::Error::Driver(d) => matches!(d, mysql_async::DriverError::ConnectionClosed),
         // Class 08 too, but a reconnect cannot make the file fit.
         mysql_async::Error::Server(s) if s.code == ER_NET_PACKET_TOO_LARGE => {
-            msg.push_str(
-                " (a file is larger than the server's max_allowed_packet: raise it above the \
-                 largest file, up to 1G)",
-            );
+            hint = " (a file is larger than the server's max_allowed_packet: raise it above the \
+                    largest file, up to 1G)";
             false
         }
         mysql_async::Error::Server(s) => {
@@ -117,10 +150,16 @@ fn classify(context: &str, e: mysql_async::Error) -> SysError {
         }
         _ => false,
     };
-    if lost {
-        SysError::connection(msg)
-    } else {
-        SysError::failed(msg)
+    let mut se = SysError::from_driver("mariadb", context, &e, lost);
+    se.message.push_str(hint);
+    se
+}
+
+/// The server error code of a driver error, if the server sent one.
+fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
     }
 }
 
@@ -196,7 +235,7 @@ impl MariaDb {
     }
 
     fn table(&self) -> String {
-        format!("{}.files", self.settings.database)
+        format!("{}.files", self.database)
     }
 
     /// InnoDB's history list: committed changes whose undo logs purge has not yet processed.
@@ -217,48 +256,85 @@ impl MariaDb {
 }
 
 #[async_trait]
-impl System for MariaDb {
-    fn name(&self) -> &'static str {
-        DEF.name
-    }
-
+impl Measured for MariaDb {
     fn native_copies(&self) -> Option<u32> {
         // The tablespace file of this server: one copy.
         Some(1)
     }
 
+    /// `ALLOCATED_SIZE` of the table's tablespace: the file's allocated blocks (`st_blocks` ×
+    /// 512), read from the file system when queried, so it is current — unlike
+    /// `TABLES.DATA_LENGTH`, a statistics estimate refreshed only by `ANALYZE`. Not `FILE_SIZE`:
+    /// that is the apparent length, which counts holes (page compression punches them) and so
+    /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let name = format!("{}/files", self.database);
+        let size: Option<u64> = self
+            .conn()?
+            .exec_first(
+                "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
+                 WHERE NAME = ?",
+                (&name,),
+            )
+            .await
+            .map_err(|e| {
+                let denied = server_code(&e) == Some(ER_SPECIFIC_ACCESS_DENIED);
+                let mut se = classify("reading INNODB_SYS_TABLESPACES", e);
+                if denied {
+                    se.message
+                        .push_str(" (the native size needs the PROCESS privilege: grant it)");
+                }
+                se
+            })?;
+        size.ok_or_else(|| {
+            SysError::failed(format!(
+                "mariadb: {name} has no tablespace of its own: enable innodb_file_per_table on \
+                 the server (the native size reads the table's .ibd file)"
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl System for MariaDb {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn target(&self) -> String {
-        let s = &self.settings;
         format!(
-            "{}:{} database {} as {}",
-            s.host, s.port, s.database, s.user
+            "{} database {} as {}",
+            self.server.address(),
+            self.database,
+            self.server.user.as_deref().unwrap_or_default()
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         self.conn = None;
-        let s = &self.settings;
+        let s = &self.server;
         let opts = OptsBuilder::default()
             .ip_or_hostname(s.host.clone())
             .tcp_port(s.port)
-            .user(Some(s.user.clone()))
-            .pass(self.password.as_ref().map(|p| p.expose().to_string()))
+            .user(s.user.clone())
+            .pass(s.password.as_ref().map(|p| p.expose().to_string()))
             // The driver would otherwise switch to the server's socket when the host is local,
             // and the account for socket connections is a different one ('user'@'localhost').
             .prefer_socket(false);
-        let at = format!("cannot connect to {}:{}", s.host, s.port);
-        let conn = tokio::time::timeout(Duration::from_secs(s.connect_timeout_s), Conn::new(opts))
+        let at = format!("cannot connect to {}", s.address());
+        let conn = tokio::time::timeout(s.connect_timeout, Conn::new(opts))
             .await
             .map_err(|_| {
                 SysError::connection(format!(
                     "mariadb: {at}: no answer within {} s",
-                    s.connect_timeout_s
+                    s.connect_timeout.as_secs()
                 ))
             })?
             .map_err(|e| {
-                let mut se = classify(&at, e);
                 // A refused login does not heal by reconnecting.
-                if se.message.contains("Access denied") {
+                let refused = server_code(&e).is_some_and(|c| ER_ACCESS_DENIED.contains(&c));
+                let mut se = classify(&at, e);
+                if refused {
                     se.kind = ErrorKind::Failed;
                 }
                 se
@@ -280,42 +356,70 @@ impl System for MariaDb {
         })
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
-        let db = self.settings.database.clone();
-        let (exists, marked, objects): (bool, bool, u64) = self
+    async fn inspect(&mut self) -> SysResult<Holding> {
+        let db = self.database.clone();
+        let (marked, objects): (bool, u64) = self
             .conn()?
             .exec_first(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?), \
-                        EXISTS (SELECT 1 FROM information_schema.TABLES \
+                "SELECT EXISTS (SELECT 1 FROM information_schema.TABLES \
                                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?), \
                         (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?) \
                         + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ?)",
-                (&db, &db, MARKER_TABLE, &db, &db),
+                (&db, MARKER_TABLE, &db, &db),
             )
             .await
             .map_err(err("inspecting the lab database"))?
             .unwrap_or_default();
-        // An empty unmarked database holds nothing to lose: it is what a reset interrupted
-        // between CREATE DATABASE and the marker leaves behind.
-        if exists && !marked && objects > 0 {
-            return Err(SysError::unsafe_namespace(format!(
-                "mariadb: database {db} exists and holds tables or routines but has no \
-                 {MARKER_TABLE} table: it was not created by dedup-lab; refusing to drop it — \
-                 configure another database"
-            )));
+        if !marked {
+            // An empty unmarked database holds nothing to lose: it is what a reset
+            // interrupted between CREATE DATABASE and the marker leaves behind.
+            return Ok(if objects > 0 {
+                Holding::Foreign(format!(
+                    "database {db} holds tables or routines but no {MARKER_TABLE} table"
+                ))
+            } else {
+                Holding::Absent
+            });
         }
+        let note: Option<String> = self
+            .conn()?
+            .query_first(format!("SELECT note FROM {db}.{MARKER_TABLE} LIMIT 1"))
+            .await
+            .map_err(err("reading the marker"))?;
+        Ok(Holding::Marked(note.unwrap_or_default()))
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
+        let db = self.database.clone();
+        let options = if self.settings.page_compressed {
+            " PAGE_COMPRESSED=1"
+        } else {
+            ""
+        };
+        // DDL commits implicitly in MariaDB: the marker table comes first, so a reset cut
+        // short leaves a marked database.
         self.conn()?
             .query_drop(format!(
                 "DROP DATABASE IF EXISTS {db};
                  CREATE DATABASE {db} CHARACTER SET utf8mb4;
-                 CREATE TABLE {db}.{MARKER_TABLE} (note VARCHAR(255) NOT NULL) ENGINE=InnoDB;
-                 INSERT INTO {db}.{MARKER_TABLE} VALUES \
-                     ('created by dedup-lab; dropped and recreated by its resets');
-                 CREATE TABLE {db}.files (id INT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
-                     content LONGBLOB NOT NULL) ENGINE=InnoDB;"
+                 CREATE TABLE {db}.{MARKER_TABLE} (note TEXT NOT NULL) ENGINE=InnoDB;"
             ))
             .await
-            .map_err(err("recreating the lab database"))
+            .map_err(err("recreating the lab database"))?;
+        self.conn()?
+            .exec_drop(
+                format!("INSERT INTO {db}.{MARKER_TABLE} VALUES (?)"),
+                (&marker.text,),
+            )
+            .await
+            .map_err(err("writing the marker"))?;
+        self.conn()?
+            .query_drop(format!(
+                "CREATE TABLE {db}.files (id INT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
+                 content LONGBLOB NOT NULL) ENGINE=InnoDB{options}"
+            ))
+            .await
+            .map_err(err("creating the lab table"))
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
@@ -433,37 +537,6 @@ impl System for MariaDb {
         let sql = format!("SELECT COUNT(*) FROM {}", self.table());
         let n: Option<u64> = self.conn()?.query_first(sql).await.map_err(err("count"))?;
         Ok(n.unwrap_or_default())
-    }
-
-    /// `ALLOCATED_SIZE` of the table's tablespace: the file's allocated blocks (`st_blocks` ×
-    /// 512), read from the file system when queried, so it is current — unlike
-    /// `TABLES.DATA_LENGTH`, a statistics estimate refreshed only by `ANALYZE`. Not `FILE_SIZE`:
-    /// that is the apparent length, which counts holes (page compression punches them) and so
-    /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let name = format!("{}/files", self.settings.database);
-        let size: Option<u64> = self
-            .conn()?
-            .exec_first(
-                "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
-                 WHERE NAME = ?",
-                (&name,),
-            )
-            .await
-            .map_err(|e| {
-                let mut se = classify("reading INNODB_SYS_TABLESPACES", e);
-                if se.message.contains("PROCESS") {
-                    se.message
-                        .push_str(" (the native size needs the PROCESS privilege: grant it)");
-                }
-                se
-            })?;
-        size.ok_or_else(|| {
-            SysError::failed(format!(
-                "mariadb: {name} has no tablespace of its own: enable innodb_file_per_table on \
-                 the server (the native size reads the table's .ibd file)"
-            ))
-        })
     }
 }
 

@@ -6,9 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::{ErrorKind, Lease, Reading};
 use crate::dataset::PayloadType;
-use crate::probe::Reading;
-use crate::systems::ErrorKind;
 
 /// The four stages of a cell, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -142,6 +141,14 @@ pub struct StageRecord {
     /// What the stage did, when that is not obvious (maintenance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Requests the adapter sent again during the stage (e.g. after a server error): a
+    /// retried per-file request is inside its timed latency, so the record says so.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retried_requests: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One line of the journal.
@@ -165,6 +172,15 @@ pub enum Record {
         cell: CellKey,
         /// The attempt that completed.
         attempt: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// This run took over a namespace whose lease's holder no longer runs.
+    LeaseTaken {
+        /// The system instance whose namespace it is.
+        system: String,
+        /// The lease that was found.
+        previous: Lease,
         /// When.
         at: DateTime<Utc>,
     },

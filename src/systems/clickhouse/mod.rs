@@ -21,9 +21,14 @@
 //! `X-ClickHouse-Key` headers, never in the URL. The user needs to create databases and
 //! tables, insert, `ALTER … DELETE`, `OPTIMIZE` and read `system.parts`, `system.merges` and
 //! `system.mutations`.
+//!
+//! Variants: the table engine (`MergeTree`, or `ReplacingMergeTree`, which drops rows with a
+//! repeated sorting key when parts merge) and the content column's codec (servers from 19.1).
+
+mod lab;
+mod native;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,56 +39,67 @@ use clickhouse::{Client, Compression, Row, RowOwned, RowRead};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::MARKER_TABLE;
-use super::poll::Pacer;
-use super::{
-    ServerInfo, SysError, SysResult, System, SystemContext, SystemDef, check_namespace,
-    error_chain, parse_section,
+use super::toolkit::{
+    Holding, MARKER_TABLE, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
 };
+use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::secret::{Secret, SecretSource};
+use crate::model::{Measured, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
-    name: "clickhouse",
+    kind: "clickhouse",
+    aliases: &[],
     embedded: false,
     about: "ClickHouse: RowBinary bulk load over HTTP, OPTIMIZE FINAL maintenance",
     build,
+    lab: &[&lab::ClickHouse],
+    native_loader: Some(native::LOADER),
+    tests: TestHooks {
+        namespace_key: "database",
+        ..TEST_HOOKS
+    },
 };
 
-/// `[systems.clickhouse]`
-#[derive(Debug, Deserialize)]
+/// The HTTP port; ClickHouse's usual account.
+const DEFAULTS: ServerDefaults = ServerDefaults {
+    port: 8123,
+    user: Some("default"),
+};
+
+/// The keys of a ClickHouse instance's section beside the shared connection keys (`port` is
+/// the HTTP port).
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct Settings {
-    host: String,
-    /// HTTP port.
-    port: u16,
-    user: String,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
-    /// Lab database; must start with `dedup_lab`.
-    database: String,
+pub struct Settings {
+    /// Lab database; must start with `dedup_lab`. Default: see
+    /// [`SystemContext::default_namespace`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Table engine of the lab table: `MergeTree` or `ReplacingMergeTree`.
+    pub engine: String,
+    /// Codec of the content column, e.g. `ZSTD(3)`, `LZ4HC(9)`, `NONE`; default: the
+    /// server's (LZ4). Column codecs need ClickHouse 19.1 or newer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
     /// MiB of file content per `INSERT` of the bulk path (one part each).
-    bulk_block_mib: u64,
+    pub bulk_block_mib: u64,
     /// Seconds one request may take before the connection counts as lost.
-    request_timeout_s: u64,
+    pub request_timeout_s: u64,
     /// Seconds to wait for mutations, merges and part cleanup.
-    settle_timeout_s: u64,
+    pub settle_timeout_s: u64,
     /// Whether settling also waits until replaced parts are removed from disk. Off by default:
-    /// old servers (18.16) remove them only every ~10 s, which would dominate a run; the `fs`
-    /// probe then counts replaced parts still on disk, the native probe never does.
-    wait_for_part_cleanup: bool,
+    /// old servers (18.16) remove them only every few seconds, which would dominate a run; the
+    /// `fs` probe then counts replaced parts still on disk, the native probe never does.
+    pub wait_for_part_cleanup: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host: "127.0.0.1".into(),
-            port: 8123,
-            user: "default".into(),
-            password_env: None,
-            password_file: None,
-            database: "dedup_lab".into(),
+            database: None,
+            engine: "MergeTree".into(),
+            codec: None,
             bulk_block_mib: 64,
             request_timeout_s: 600,
             settle_timeout_s: 300,
@@ -92,27 +108,65 @@ impl Default for Settings {
     }
 }
 
+/// An instance's server, database and settings.
+struct Target {
+    server: Server,
+    database: String,
+    settings: Settings,
+}
+
+impl Target {
+    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
+        let (server, s): (Server, Settings) = parse_server(ctx.instance, ctx.section, DEFAULTS)?;
+        let database = s
+            .database
+            .clone()
+            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
+        check_namespace(ctx.instance, "database", &database)?;
+        let instance = ctx.instance;
+        if s.bulk_block_mib == 0 || s.request_timeout_s == 0 || s.settle_timeout_s == 0 {
+            crate::bail_usage!(
+                "config [systems.{instance}]: bulk_block_mib, request_timeout_s and \
+                 settle_timeout_s must be at least 1"
+            );
+        }
+        if !["MergeTree", "ReplacingMergeTree"].contains(&s.engine.as_str()) {
+            crate::bail_usage!(
+                "config [systems.{instance}] engine = \"{}\": use MergeTree or \
+                 ReplacingMergeTree",
+                s.engine
+            );
+        }
+        if let Some(codec) = &s.codec
+            && (codec.is_empty()
+                || !codec
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "(), ".contains(c)))
+        {
+            crate::bail_usage!(
+                "config [systems.{instance}] codec = \"{codec}\" is not a codec expression; \
+                 write e.g. ZSTD(3) or LZ4HC(9)"
+            );
+        }
+        Ok(Target {
+            server,
+            database,
+            settings: s,
+        })
+    }
+}
+
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let s: Settings = parse_section(DEF.name, ctx.section)?;
-    check_namespace(DEF.name, "database", &s.database)?;
-    if s.bulk_block_mib == 0 || s.request_timeout_s == 0 || s.settle_timeout_s == 0 {
-        crate::bail_usage!(
-            "config [systems.clickhouse]: bulk_block_mib, request_timeout_s and settle_timeout_s \
-             must be at least 1"
-        );
-    }
-    if s.host.is_empty() || s.host.contains(['/', '@', '?', '#']) {
-        crate::bail_usage!(
-            "config [systems.clickhouse] host = \"{}\" is not a host name or address; give the \
-             bare host (credentials go in user and password_env/password_file)",
-            s.host
-        );
-    }
-    let password = SecretSource::from_keys(s.password_env.clone(), s.password_file.clone())
-        .resolve("config [systems.clickhouse] password")?;
+    let Target {
+        server,
+        database,
+        settings,
+    } = Target::of(ctx)?;
     Ok(Box::new(ClickHouse {
-        settings: s,
-        password,
+        name: ctx.instance.to_string(),
+        server,
+        database,
+        settings,
         client: None,
         features: Features::default(),
     }))
@@ -153,8 +207,10 @@ struct FileRow {
 
 /// The ClickHouse adapter.
 struct ClickHouse {
+    name: String,
+    server: Server,
+    database: String,
     settings: Settings,
-    password: Option<Secret>,
     client: Option<Client>,
     features: Features,
 }
@@ -172,11 +228,8 @@ fn base_url(host: &str, port: u16) -> String {
 /// failure, such as an error the server reported.
 fn classify(context: &str, e: clickhouse::error::Error) -> SysError {
     use clickhouse::error::Error;
-    let msg = format!("clickhouse: {context}: {}", error_chain(&e));
-    match e {
-        Error::Network(_) | Error::TimedOut => SysError::connection(msg),
-        _ => SysError::failed(msg),
-    }
+    let lost = matches!(e, Error::Network(_) | Error::TimedOut);
+    SysError::from_driver("clickhouse", context, &e, lost)
 }
 
 fn err(context: &str) -> impl FnOnce(clickhouse::error::Error) -> SysError + '_ {
@@ -221,7 +274,7 @@ impl ClickHouse {
     }
 
     fn table(&self) -> String {
-        format!("{}.files", self.settings.database)
+        format!("{}.files", self.database)
     }
 
     fn query(&self, sql: &str) -> SysResult<Query> {
@@ -268,7 +321,7 @@ impl ClickHouse {
     /// `merges_too`, and no replaced part left on disk if `cleanup_too`; bounded by
     /// `settle_timeout_s`.
     async fn wait_idle(&self, context: &str, merges_too: bool, cleanup_too: bool) -> SysResult<()> {
-        let db = &self.settings.database;
+        let db = &self.database;
         // A delete mutation takes tens of milliseconds and a stage awaits 64 of them one by
         // one: a finer cap than other systems' keeps each wait close to its mutation's time.
         let limit = Duration::from_secs(self.settings.settle_timeout_s);
@@ -295,38 +348,51 @@ impl ClickHouse {
 }
 
 #[async_trait]
-impl System for ClickHouse {
-    fn name(&self) -> &'static str {
-        DEF.name
-    }
-
+impl Measured for ClickHouse {
     fn native_copies(&self) -> Option<u32> {
         // A non-replicated MergeTree table: system.parts lists this server's one copy.
         Some(1)
     }
 
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let query = self
+            .query(
+                "SELECT sum(bytes_on_disk) FROM system.parts \
+                 WHERE active AND database = ? AND table = 'files'",
+            )?
+            .bind(&self.database);
+        self.fetch("sum(bytes_on_disk)", query).await
+    }
+}
+
+#[async_trait]
+impl System for ClickHouse {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn target(&self) -> String {
-        let s = &self.settings;
+        let s = &self.server;
         format!(
             "{} database {} as {}",
             base_url(&s.host, s.port),
-            s.database,
-            s.user
+            self.database,
+            s.user.as_deref().unwrap_or_default()
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.settings;
+        let s = &self.server;
         let mut client = Client::default()
             .with_url(base_url(&s.host, s.port))
-            .with_user(&s.user)
+            .with_user(s.user.as_deref().unwrap_or_default())
             .with_compression(Compression::None)
             .with_validation(false);
-        if let Some(pw) = &self.password {
+        if let Some(pw) = &s.password {
             client = client.with_password(pw.expose());
         }
         self.client = Some(client);
-        let context = format!("cannot connect to {}:{}", s.host, s.port);
+        let context = format!("cannot connect to {}", s.address());
         let version: String = self
             .fetch(&context, self.query("SELECT version()")?)
             .await
@@ -342,8 +408,8 @@ impl System for ClickHouse {
         })
     }
 
-    async fn reset(&mut self) -> SysResult<()> {
-        let db = self.settings.database.clone();
+    async fn inspect(&mut self) -> SysResult<Holding> {
+        let db = self.database.clone();
         let tables: Vec<String> = self
             .timed(
                 "listing tables",
@@ -352,14 +418,36 @@ impl System for ClickHouse {
                     .fetch_all::<String>(),
             )
             .await?;
-        let marked = tables.iter().any(|t| t == MARKER_TABLE);
-        if !tables.is_empty() && !marked {
-            return Err(SysError::unsafe_namespace(format!(
-                "clickhouse: database {db} holds tables but no {MARKER_TABLE} table: it was not \
-                 created by dedup-lab; refusing to touch it — configure another database"
+        if tables.is_empty() {
+            return Ok(Holding::Absent);
+        }
+        if !tables.iter().any(|t| t == MARKER_TABLE) {
+            return Ok(Holding::Foreign(format!(
+                "database {db} holds tables but no {MARKER_TABLE} table"
             )));
         }
-        if !marked {
+        // The marker table keeps every lease written into it; the last one counts.
+        let notes: Vec<String> = self
+            .timed(
+                "reading the marker",
+                self.query(&format!("SELECT note FROM {db}.{MARKER_TABLE}"))?
+                    .fetch_all::<String>(),
+            )
+            .await?;
+        Ok(Holding::Marked(notes.last().cloned().unwrap_or_default()))
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
+        let db = self.database.clone();
+        let exists: u64 = self
+            .fetch(
+                "inspecting the marker",
+                self.query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")?
+                    .bind(&db)
+                    .bind(MARKER_TABLE),
+            )
+            .await?;
+        if exists == 0 {
             self.execute(
                 "creating database",
                 &format!("CREATE DATABASE IF NOT EXISTS {db}"),
@@ -370,29 +458,36 @@ impl System for ClickHouse {
                 &format!("CREATE TABLE {db}.{MARKER_TABLE} (note String) ENGINE = TinyLog"),
             )
             .await?;
-            self.execute(
+        }
+        // The marker stays, so a reset cut short never leaves an unmarked lab database; a new
+        // lease is appended to it.
+        if exists == 0 || marker.changed {
+            self.timed(
                 "writing marker",
-                &format!(
-                    "INSERT INTO {db}.{MARKER_TABLE} VALUES \
-                     ('created by dedup-lab; its files table is dropped and recreated by resets')"
-                ),
+                self.query(&format!("INSERT INTO {db}.{MARKER_TABLE} VALUES (?)"))?
+                    .bind(&marker.text)
+                    .execute(),
             )
             .await?;
         }
-        // The marker stays, so a reset cut short never leaves an unmarked lab database.
         let sync = if self.features.drop_sync { " SYNC" } else { "" };
         self.execute(
             "dropping files",
             &format!("DROP TABLE IF EXISTS {db}.files{sync}"),
         )
         .await?;
+        let codec = match &self.settings.codec {
+            Some(c) => format!(" CODEC({c})"),
+            None => String::new(),
+        };
         self.execute(
             "creating files",
             &format!(
-                "CREATE TABLE {db}.files (id UInt32, name String, content String) \
-                 ENGINE = MergeTree ORDER BY id \
+                "CREATE TABLE {db}.files (id UInt32, name String, content String{codec}) \
+                 ENGINE = {} ORDER BY id \
                  SETTINGS old_parts_lifetime = 1, cleanup_delay_period = 1, \
-                 cleanup_delay_period_random_add = 0"
+                 cleanup_delay_period_random_add = 0",
+                self.settings.engine
             ),
         )
         .await
@@ -481,16 +576,6 @@ impl System for ClickHouse {
         let query = self.query(&format!("SELECT count() FROM {}", self.table()))?;
         self.fetch("count", query).await
     }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let query = self
-            .query(
-                "SELECT sum(bytes_on_disk) FROM system.parts \
-                 WHERE active AND database = ? AND table = 'files'",
-            )?
-            .bind(&self.settings.database);
-        self.fetch("sum(bytes_on_disk)", query).await
-    }
 }
 
 #[cfg(test)]
@@ -537,6 +622,7 @@ mod tests {
         let section: toml::Table =
             toml::from_str("host = \"user:pw@db.example\"\nport = 8123").unwrap();
         let e = build(&SystemContext {
+            instance: "clickhouse",
             section: Some(&section),
             experiment_dir: std::path::Path::new("."),
         })

@@ -1,4 +1,5 @@
-//! The append-only JSON Lines journal: the source of truth for reports and resume.
+//! The append-only JSON Lines journal: the source of truth for reports and resume. This module
+//! alone reads and writes it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -6,8 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use crate::results::record::Record;
+use crate::model::Record;
 use crate::secret::redact;
+
+/// File name of the journal inside an experiment directory.
+pub const FILE: &str = "journal.jsonl";
 
 /// An open journal. Every record is one line, written whole and fsynced before `append`
 /// returns, so a crash loses at most the line being written.
@@ -17,19 +21,27 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal and returns its records. A last line cut off by a
-    /// crash is cut from the file with a warning; any other unreadable line is an error.
+    /// Opens (creating if needed) the journal for appending and returns its records. The
+    /// journal is locked while open: a second process appending to it would interleave its
+    /// attempts with this one's. A last line cut off by a crash is cut from the file with a
+    /// warning; any other unreadable line is an error.
     pub fn open(path: &Path) -> anyhow::Result<(Journal, Vec<Record>)> {
-        let (records, good_len) = if path.exists() {
-            parse(path)?
-        } else {
-            (Vec::new(), 0)
-        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("opening journal {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "journal {} is in use by another dedup-lab run of this experiment; wait \
+                     for it to finish, or give this run another --id or --results-dir",
+                    path.display()
+                )
+            },
+        )?;
+        let (records, good_len) = parse(path)?;
         if file.metadata()?.len() > good_len {
             tracing::warn!(
                 "journal {}: ignoring a last line cut off by an earlier crash",

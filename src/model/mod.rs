@@ -1,0 +1,16 @@
+//! The shared vocabulary every layer speaks: how a system operation failed, what a probe
+//! read, which run holds a namespace, and the journal's records. It depends on nothing
+//! above the data sets, so systems, probes, results and the engine can all use it without
+//! depending on each other.
+
+mod failure;
+mod lease;
+mod measured;
+mod reading;
+mod record;
+
+pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
+pub use lease::{Lease, this_host};
+pub use measured::Measured;
+pub use reading::{Reading, ServerInfo};
+pub use record::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord};
