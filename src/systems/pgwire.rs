@@ -17,9 +17,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::toolkit::{
-    Holding, MARKER_TABLE, Marker, Server, ServerDefaults, check_namespace, parse_server,
-};
+use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Server, ServerDefaults, Target};
 use super::{System, SystemContext};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
@@ -79,50 +77,37 @@ pub struct Settings {
     pub storage: Option<String>,
 }
 
-/// Where an instance's data goes, from its config section.
-pub struct Target {
-    /// The server.
-    pub server: Server,
-    /// The database.
-    pub database: String,
-    /// The lab schema.
-    pub schema: String,
-    /// The rest of the settings.
-    pub settings: Settings,
+impl Namespaced for Settings {
+    const KEY: &'static str = "schema";
+
+    fn namespace(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
 }
 
-impl Target {
-    /// Parses and checks an instance's section for dialect `D`.
-    pub fn of<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
-        let (port, user, database) = D::DEFAULTS;
-        let defaults = ServerDefaults {
-            port,
-            user: Some(user),
-        };
-        let (server, settings): (Server, Settings) =
-            parse_server(ctx.instance, ctx.section, defaults)?;
-        let schema = settings
-            .schema
-            .clone()
-            .unwrap_or_else(|| ctx.default_namespace(D::NAME));
-        check_namespace(ctx.instance, "schema", &schema)?;
-        Ok(Target {
-            server,
-            database: settings.database.clone().unwrap_or_else(|| database.into()),
-            schema,
-            settings,
-        })
-    }
+/// An instance's target for dialect `D`.
+pub fn target<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Target<Settings>> {
+    let (port, user, _) = D::DEFAULTS;
+    let defaults = ServerDefaults {
+        port,
+        user: Some(user),
+    };
+    Target::of(ctx, D::NAME, defaults)
+}
+
+/// The database an instance of dialect `D` connects to.
+pub fn database<D: Dialect>(s: &Settings) -> String {
+    s.database.clone().unwrap_or_else(|| D::DEFAULTS.2.into())
 }
 
 /// Builds a PostgreSQL-wire adapter for dialect `D` from its config section.
 pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
     let Target {
         server,
-        database,
-        schema,
+        namespace: schema,
         settings,
-    } = Target::of::<D>(ctx)?;
+    } = target::<D>(ctx)?;
+    let database = database::<D>(&settings);
     let tls = match (settings.tls, &settings.ca_file) {
         (true, ca) => Some(tls_connector(ctx.instance, ca.as_deref())?),
         (false, None) => None,

@@ -37,10 +37,9 @@ use clickhouse::insert::Insert;
 use clickhouse::query::Query;
 use clickhouse::{Client, Compression, Row, RowOwned, RowRead};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
 use super::toolkit::{
-    Holding, MARKER_TABLE, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
+    Holding, MARKER_TABLE, Marker, Namespaced, Pacer, ServerDefaults, Target, Window, spawned,
 };
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
@@ -108,65 +107,48 @@ impl Default for Settings {
     }
 }
 
-/// An instance's server, database and settings.
-struct Target {
-    server: Server,
-    database: String,
-    settings: Settings,
-}
+impl Namespaced for Settings {
+    const KEY: &'static str = "database";
 
-impl Target {
-    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
-        let (server, s): (Server, Settings) = parse_server(ctx.instance, ctx.section, DEFAULTS)?;
-        let database = s
-            .database
-            .clone()
-            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
-        check_namespace(ctx.instance, "database", &database)?;
-        let instance = ctx.instance;
-        if s.bulk_block_mib == 0 || s.request_timeout_s == 0 || s.settle_timeout_s == 0 {
-            crate::bail_usage!(
-                "config [systems.{instance}]: bulk_block_mib, request_timeout_s and \
-                 settle_timeout_s must be at least 1"
-            );
-        }
-        if !["MergeTree", "ReplacingMergeTree"].contains(&s.engine.as_str()) {
-            crate::bail_usage!(
-                "config [systems.{instance}] engine = \"{}\": use MergeTree or \
-                 ReplacingMergeTree",
-                s.engine
-            );
-        }
-        if let Some(codec) = &s.codec
-            && (codec.is_empty()
-                || !codec
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "(), ".contains(c)))
-        {
-            crate::bail_usage!(
-                "config [systems.{instance}] codec = \"{codec}\" is not a codec expression; \
-                 write e.g. ZSTD(3) or LZ4HC(9)"
-            );
-        }
-        Ok(Target {
-            server,
-            database,
-            settings: s,
-        })
+    fn namespace(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 }
 
+/// An instance's target, its limits, engine and codec checked.
+fn target(ctx: &SystemContext<'_>) -> anyhow::Result<Target<Settings>> {
+    let t: Target<Settings> = Target::of(ctx, DEF.kind, DEFAULTS)?;
+    let (s, instance) = (&t.settings, ctx.instance);
+    if s.bulk_block_mib == 0 || s.request_timeout_s == 0 || s.settle_timeout_s == 0 {
+        crate::bail_usage!(
+            "config [systems.{instance}]: bulk_block_mib, request_timeout_s and \
+             settle_timeout_s must be at least 1"
+        );
+    }
+    if !["MergeTree", "ReplacingMergeTree"].contains(&s.engine.as_str()) {
+        crate::bail_usage!(
+            "config [systems.{instance}] engine = \"{}\": use MergeTree or ReplacingMergeTree",
+            s.engine
+        );
+    }
+    if let Some(codec) = &s.codec
+        && (codec.is_empty()
+            || !codec
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "(), ".contains(c)))
+    {
+        crate::bail_usage!(
+            "config [systems.{instance}] codec = \"{codec}\" is not a codec expression; write \
+             e.g. ZSTD(3) or LZ4HC(9)"
+        );
+    }
+    Ok(t)
+}
+
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let Target {
-        server,
-        database,
-        settings,
-    } = Target::of(ctx)?;
     Ok(Box::new(ClickHouse {
         name: ctx.instance.to_string(),
-        server,
-        database,
-        settings,
+        t: target(ctx)?,
         client: None,
         features: Features::default(),
     }))
@@ -208,9 +190,7 @@ struct FileRow {
 /// The ClickHouse adapter.
 struct ClickHouse {
     name: String,
-    server: Server,
-    database: String,
-    settings: Settings,
+    t: Target<Settings>,
     client: Option<Client>,
     features: Features,
 }
@@ -236,26 +216,6 @@ fn err(context: &str) -> impl FnOnce(clickhouse::error::Error) -> SysError + '_ 
     move |e| classify(context, e)
 }
 
-/// A bulk INSERT finishing in the background. Dropped unawaited (the bulk load failed), it
-/// aborts the request, so no block lands after the load has returned.
-struct Finishing(JoinHandle<clickhouse::error::Result<()>>);
-
-impl Finishing {
-    /// Waits until the server acknowledged the INSERT.
-    async fn acknowledged(mut self) -> SysResult<()> {
-        (&mut self.0)
-            .await
-            .map_err(|e| SysError::failed(format!("clickhouse: bulk INSERT task: {e}")))?
-            .map_err(err("bulk INSERT"))
-    }
-}
-
-impl Drop for Finishing {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Outstanding work on the lab table: running merges, unfinished mutations, replaced parts
 /// still on disk. Naming the `_state` virtual column makes system.parts list parts in every
 /// state, including those being deleted right now, which `NOT active` alone would miss; the
@@ -274,7 +234,7 @@ impl ClickHouse {
     }
 
     fn table(&self) -> String {
-        format!("{}.files", self.database)
+        format!("{}.files", self.t.namespace)
     }
 
     fn query(&self, sql: &str) -> SysResult<Query> {
@@ -287,12 +247,12 @@ impl ClickHouse {
         context: &str,
         request: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> SysResult<T> {
-        let limit = Duration::from_secs(self.settings.request_timeout_s);
+        let limit = Duration::from_secs(self.t.settings.request_timeout_s);
         match tokio::time::timeout(limit, request).await {
             Ok(result) => result.map_err(err(context)),
             Err(_) => Err(SysError::connection(format!(
                 "clickhouse: {context}: no answer within {} s",
-                self.settings.request_timeout_s
+                self.t.settings.request_timeout_s
             ))),
         }
     }
@@ -307,7 +267,7 @@ impl ClickHouse {
 
     /// A new `INSERT INTO … FORMAT RowBinary` with deduplication of identical blocks off.
     async fn insert(&self) -> SysResult<Insert<FileRow>> {
-        let timeout = Some(Duration::from_secs(self.settings.request_timeout_s));
+        let timeout = Some(Duration::from_secs(self.t.settings.request_timeout_s));
         Ok(self
             .client()?
             .insert_unescaped::<FileRow>(&self.table())
@@ -321,10 +281,10 @@ impl ClickHouse {
     /// `merges_too`, and no replaced part left on disk if `cleanup_too`; bounded by
     /// `settle_timeout_s`.
     async fn wait_idle(&self, context: &str, merges_too: bool, cleanup_too: bool) -> SysResult<()> {
-        let db = &self.database;
+        let db = &self.t.namespace;
         // A delete mutation takes tens of milliseconds and a stage awaits 64 of them one by
         // one: a finer cap than other systems' keeps each wait close to its mutation's time.
-        let limit = Duration::from_secs(self.settings.settle_timeout_s);
+        let limit = Duration::from_secs(self.t.settings.settle_timeout_s);
         let mut pacer = Pacer::new(limit).cap(Duration::from_millis(5));
         loop {
             let query = self.query(BUSY_SQL)?.bind(db).bind(db).bind(db);
@@ -340,7 +300,7 @@ impl ClickHouse {
                     "clickhouse: {context}: after {} s {db}.files still has {mutations} \
                      unfinished mutations, {merges} running merges and {replaced} replaced parts \
                      on disk (see system.mutations, system.merges, system.parts)",
-                    self.settings.settle_timeout_s
+                    self.t.settings.settle_timeout_s
                 )));
             }
         }
@@ -360,7 +320,7 @@ impl Measured for ClickHouse {
                 "SELECT sum(bytes_on_disk) FROM system.parts \
                  WHERE active AND database = ? AND table = 'files'",
             )?
-            .bind(&self.database);
+            .bind(&self.t.namespace);
         self.fetch("sum(bytes_on_disk)", query).await
     }
 }
@@ -372,17 +332,17 @@ impl System for ClickHouse {
     }
 
     fn target(&self) -> String {
-        let s = &self.server;
+        let s = &self.t.server;
         format!(
             "{} database {} as {}",
             base_url(&s.host, s.port),
-            self.database,
+            self.t.namespace,
             s.user.as_deref().unwrap_or_default()
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.server;
+        let s = &self.t.server;
         let mut client = Client::default()
             .with_url(base_url(&s.host, s.port))
             .with_user(s.user.as_deref().unwrap_or_default())
@@ -409,7 +369,7 @@ impl System for ClickHouse {
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {
-        let db = self.database.clone();
+        let db = self.t.namespace.clone();
         let tables: Vec<String> = self
             .timed(
                 "listing tables",
@@ -438,7 +398,7 @@ impl System for ClickHouse {
     }
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
-        let db = self.database.clone();
+        let db = self.t.namespace.clone();
         let exists: u64 = self
             .fetch(
                 "inspecting the marker",
@@ -476,7 +436,7 @@ impl System for ClickHouse {
             &format!("DROP TABLE IF EXISTS {db}.files{sync}"),
         )
         .await?;
-        let codec = match &self.settings.codec {
+        let codec = match &self.t.settings.codec {
             Some(c) => format!(" CODEC({c})"),
             None => String::new(),
         };
@@ -487,19 +447,19 @@ impl System for ClickHouse {
                  ENGINE = {} ORDER BY id \
                  SETTINGS old_parts_lifetime = 1, cleanup_delay_period = 1, \
                  cleanup_delay_period_random_add = 0",
-                self.settings.engine
+                self.t.settings.engine
             ),
         )
         .await
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
-        let block = self.settings.bulk_block_mib << 20;
+        let block = self.t.settings.bulk_block_mib << 20;
         let mut files = ds.stream();
         let mut open: Option<(Insert<FileRow>, u64)> = None;
         // A full block's INSERT finishes (the server writes its part) while the next block
-        // streams; at most one is finishing at a time.
-        let mut finishing: Option<Finishing> = None;
+        // streams: the one before it must be acknowledged before a third begins.
+        let mut finishing = Window::new(2, u64::MAX);
         while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
             let (insert, bytes) = match &mut open {
@@ -516,19 +476,16 @@ impl System for ClickHouse {
             if *bytes >= block
                 && let Some((insert, _)) = open.take()
             {
-                let started = Finishing(tokio::spawn(insert.end()));
-                if let Some(previous) = finishing.replace(started) {
-                    previous.acknowledged().await?;
-                }
+                let end = async move { insert.end().await.map_err(err("bulk INSERT")) };
+                finishing
+                    .push(0, || Ok(spawned("clickhouse: bulk INSERT", end)))
+                    .await?;
             }
         }
         if let Some((insert, _)) = open {
             insert.end().await.map_err(err("bulk INSERT"))?;
         }
-        if let Some(previous) = finishing {
-            previous.acknowledged().await?;
-        }
-        Ok(())
+        finishing.finish().await.map(drop)
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
@@ -568,7 +525,7 @@ impl System for ClickHouse {
     }
 
     async fn settle(&mut self) -> SysResult<()> {
-        self.wait_idle("settling", true, self.settings.wait_for_part_cleanup)
+        self.wait_idle("settling", true, self.t.settings.wait_for_part_cleanup)
             .await
     }
 

@@ -6,8 +6,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Target;
 use super::lab::TCP_PORT;
+use super::target;
 use crate::dataset::DataSet;
 use crate::systems::{NativeLoader, SystemContext};
 
@@ -45,7 +45,7 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 /// The credentials go in a mode-0600 client config next to the input, not on the command
 /// line. The section names only the HTTP port: the lab's native port is used.
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
-    let t = Target::of(ctx)?;
+    let t = target(ctx)?;
     let config = input.with_extension("client.xml");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -73,7 +73,10 @@ fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
         .arg("clickhouse-client")
         .arg(&config)
         .arg(TCP_PORT.to_string())
-        .arg(format!("INSERT INTO {}.files FORMAT RowBinary", t.database))
+        .arg(format!(
+            "INSERT INTO {}.files FORMAT RowBinary",
+            t.namespace
+        ))
         .arg(input);
     Ok(c)
 }

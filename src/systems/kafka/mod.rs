@@ -29,10 +29,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
 use rdkafka::producer::future_producer::Delivery;
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
-use super::toolkit::{Holding, Marker, Pacer};
+use super::toolkit::{Holding, Marker, Pacer, Window};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
 use crate::model::{Measured, ServerInfo, SysError, SysResult};
@@ -287,33 +287,22 @@ impl System for Kafka {
         let topic = self.topic()?.name.clone();
         let producer = &self.clients()?.bulk;
         let mut files = ds.stream();
-        let mut pending = std::collections::VecDeque::new();
-        let mut in_flight = 0u64;
+        let mut window = Window::new(WINDOW_RECORDS, WINDOW_BYTES);
         let mut acked = Vec::new();
-        loop {
-            let next = files.next().await;
-            let done = next.is_none();
-            // Await the oldest deliveries while the window is full, or all of them at the end.
-            while pending.len() >= WINDOW_RECORDS
-                || (in_flight > WINDOW_BYTES)
-                || (done && !pending.is_empty())
-            {
-                let (future, name, size): (DeliveryFuture, String, u64) =
-                    pending.pop_front().expect("non-empty");
-                let d = deliver(future, "producing").await?;
-                in_flight -= size;
-                acked.push((d.offset, name));
-            }
-            let Some(item) = next else { break };
+        while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
             self.check_size(&f, content.len())?;
-            let record = FutureRecord::to(&topic).key(&f.name).payload(&content[..]);
-            let future = producer
-                .send_result(record)
-                .map_err(|(e, _)| classify("producing", &e))?;
-            in_flight += f.size;
-            pending.push_back((future, f.name, f.size));
+            let send = || {
+                let record = FutureRecord::to(&topic).key(&f.name).payload(&content[..]);
+                let future = producer
+                    .send_result(record)
+                    .map_err(|(e, _)| classify("producing", &e))?;
+                let name = f.name.clone();
+                Ok(async move { Ok((deliver(future, "producing").await?.offset, name)) })
+            };
+            acked.extend(window.push(f.size, send).await?);
         }
+        acked.extend(window.finish().await?);
         let topic = self.topic.as_mut().expect("checked above");
         topic.live.extend(acked);
         Ok(())

@@ -18,9 +18,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{
-    Holding, MARKER_TABLE, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
-};
+use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Pacer, ServerDefaults, Target};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry, FileStream};
 use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
@@ -70,41 +68,18 @@ impl Default for Settings {
     }
 }
 
-/// An instance's server, database and settings.
-struct Target {
-    server: Server,
-    database: String,
-    settings: Settings,
-}
+impl Namespaced for Settings {
+    const KEY: &'static str = "database";
 
-impl Target {
-    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
-        let (server, settings): (Server, Settings) =
-            parse_server(ctx.instance, ctx.section, DEFAULTS)?;
-        let database = settings
-            .database
-            .clone()
-            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
-        check_namespace(ctx.instance, "database", &database)?;
-        Ok(Target {
-            server,
-            database,
-            settings,
-        })
+    fn namespace(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let Target {
-        server,
-        database,
-        settings,
-    } = Target::of(ctx)?;
     Ok(Box::new(MariaDb {
         name: ctx.instance.to_string(),
-        server,
-        database,
-        settings,
+        t: Target::of(ctx, DEF.kind, DEFAULTS)?,
         conn: None,
         lag_wait: None,
     }))
@@ -113,9 +88,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 /// The MariaDB adapter.
 struct MariaDb {
     name: String,
-    server: Server,
-    database: String,
-    settings: Settings,
+    t: Target<Settings>,
     conn: Option<Conn>,
     /// Whether the account may `SET GLOBAL innodb_max_purge_lag_wait` (it needs SUPER);
     /// learned at the first settle.
@@ -230,12 +203,12 @@ impl MariaDb {
         SysError::failed(format!(
             "mariadb: InnoDB purge still has {left} to process after {} s (a long-running \
              transaction elsewhere holds it back?)",
-            self.settings.settle_timeout_s
+            self.t.settings.settle_timeout_s
         ))
     }
 
     fn table(&self) -> String {
-        format!("{}.files", self.database)
+        format!("{}.files", self.t.namespace)
     }
 
     /// InnoDB's history list: committed changes whose undo logs purge has not yet processed.
@@ -268,7 +241,7 @@ impl Measured for MariaDb {
     /// that is the apparent length, which counts holes (page compression punches them) and so
     /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
     async fn native_size(&mut self) -> SysResult<u64> {
-        let name = format!("{}/files", self.database);
+        let name = format!("{}/files", self.t.namespace);
         let size: Option<u64> = self
             .conn()?
             .exec_first(
@@ -304,15 +277,15 @@ impl System for MariaDb {
     fn target(&self) -> String {
         format!(
             "{} database {} as {}",
-            self.server.address(),
-            self.database,
-            self.server.user.as_deref().unwrap_or_default()
+            self.t.server.address(),
+            self.t.namespace,
+            self.t.server.user.as_deref().unwrap_or_default()
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         self.conn = None;
-        let s = &self.server;
+        let s = &self.t.server;
         let opts = OptsBuilder::default()
             .ip_or_hostname(s.host.clone())
             .tcp_port(s.port)
@@ -357,7 +330,7 @@ impl System for MariaDb {
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {
-        let db = self.database.clone();
+        let db = self.t.namespace.clone();
         let (marked, objects): (bool, u64) = self
             .conn()?
             .exec_first(
@@ -390,8 +363,8 @@ impl System for MariaDb {
     }
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
-        let db = self.database.clone();
-        let options = if self.settings.page_compressed {
+        let db = self.t.namespace.clone();
+        let options = if self.t.settings.page_compressed {
             " PAGE_COMPRESSED=1"
         } else {
             ""
@@ -498,7 +471,7 @@ impl System for MariaDb {
     /// BLOBs); without, purge runs at its own pace (~1 s) and the status variable, which
     /// needs no privilege, is polled. Either way the poll has the last word.
     async fn settle(&mut self) -> SysResult<()> {
-        let limit = Duration::from_secs(self.settings.settle_timeout_s);
+        let limit = Duration::from_secs(self.t.settings.settle_timeout_s);
         let mut pacer = Pacer::new(limit);
         if self.lag_wait != Some(false) {
             let wait = self

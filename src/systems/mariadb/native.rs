@@ -5,8 +5,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Target, escape_into};
+use super::{DEF, DEFAULTS, Settings, escape_into};
 use crate::dataset::DataSet;
+use crate::systems::toolkit::Target;
 use crate::systems::{NativeLoader, SystemContext};
 
 /// The loader.
@@ -33,7 +34,7 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
-    let t = Target::of(ctx)?;
+    let t: Target<Settings> = Target::of(ctx, DEF.kind, DEFAULTS)?;
     let mut c = Command::new("mariadb");
     if let Some(pw) = &t.server.password {
         c.env("MYSQL_PWD", pw.expose());
@@ -46,7 +47,7 @@ fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
              FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
              (id, name, content)",
             input.display(),
-            t.database
+            t.namespace
         ));
     Ok(c)
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::{COPY_SIGNATURE, COPY_TRAILER, Postgres, copy_row_header};
 use crate::dataset::DataSet;
-use crate::systems::pgwire::Target;
+use crate::systems::pgwire::{database, target};
 use crate::systems::{NativeLoader, SystemContext};
 
 /// The loader.
@@ -32,7 +32,8 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
-    let t = Target::of::<Postgres>(ctx)?;
+    let t = target::<Postgres>(ctx)?;
+    let database = database::<Postgres>(&t.settings);
     let mut c = Command::new("psql");
     if let Some(pw) = &t.server.password {
         c.env("PGPASSWORD", pw.expose());
@@ -40,10 +41,10 @@ fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
     c.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", &t.server.host])
         .args(["-p", &t.server.port.to_string()])
         .args(["-U", t.server.user.as_deref().unwrap_or_default()])
-        .args(["-d", &t.database, "-c"])
+        .args(["-d", &database, "-c"])
         .arg(format!(
             "\\copy {}.files (id, name, content) FROM '{}' (FORMAT binary)",
-            t.schema,
+            t.namespace,
             input.display()
         ));
     Ok(c)

@@ -18,9 +18,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo};
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{
-    Holding, Marker, Pacer, Server, ServerDefaults, check_namespace, parse_server,
-};
+use super::toolkit::{Holding, Marker, Namespaced, Pacer, ServerDefaults, Target, Window, spawned};
 use super::{System, SystemContext, SystemDef, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
@@ -105,47 +103,32 @@ impl Persistence {
     }
 }
 
-/// An instance's server, key prefix and settings.
-struct Target {
-    server: Server,
-    prefix: String,
-    settings: Settings,
-}
+impl Namespaced for Settings {
+    const KEY: &'static str = "prefix";
 
-impl Target {
-    fn of(ctx: &SystemContext<'_>) -> anyhow::Result<Target> {
-        let (server, s): (Server, Settings) = parse_server(ctx.instance, ctx.section, DEFAULTS)?;
-        let prefix = s
-            .prefix
-            .clone()
-            .unwrap_or_else(|| ctx.default_namespace(DEF.kind));
-        check_namespace(ctx.instance, "prefix", &prefix)?;
-        if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 || s.pipeline_bytes == 0 {
-            crate::bail_usage!(
-                "config [systems.{}]: db must be 0 or more, pipeline_files and pipeline_bytes \
-                 at least 1",
-                ctx.instance
-            );
-        }
-        Ok(Target {
-            server,
-            prefix,
-            settings: s,
-        })
+    fn namespace(&self) -> Option<&str> {
+        self.prefix.as_deref()
     }
 }
 
+/// An instance's target, its limits checked.
+fn target(ctx: &SystemContext<'_>) -> anyhow::Result<Target<Settings>> {
+    let t: Target<Settings> = Target::of(ctx, DEF.kind, DEFAULTS)?;
+    let s = &t.settings;
+    if !(0..=1_000_000).contains(&s.db) || s.pipeline_files == 0 || s.pipeline_bytes == 0 {
+        crate::bail_usage!(
+            "config [systems.{}]: db must be 0 or more, pipeline_files and pipeline_bytes at \
+             least 1",
+            ctx.instance
+        );
+    }
+    Ok(t)
+}
+
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
-    let Target {
-        server,
-        prefix,
-        settings,
-    } = Target::of(ctx)?;
     Ok(Box::new(Redis {
         name: ctx.instance.to_string(),
-        server,
-        prefix,
-        settings,
+        t: target(ctx)?,
         conn: None,
         aof: false,
     }))
@@ -154,9 +137,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 /// The Redis adapter.
 struct Redis {
     name: String,
-    server: Server,
-    prefix: String,
-    settings: Settings,
+    t: Target<Settings>,
     conn: Option<MultiplexedConnection>,
     /// Whether the server keeps an append-only file (decides the maintenance).
     aof: bool,
@@ -193,11 +174,11 @@ impl Redis {
     }
 
     fn marker(&self) -> String {
-        format!("{}:owner", self.prefix)
+        format!("{}:owner", self.t.namespace)
     }
 
     fn key(&self, f: &FileEntry) -> String {
-        key(&self.prefix, f)
+        key(&self.t.namespace, f)
     }
 
     async fn info(&self, section: &str) -> SysResult<String> {
@@ -259,7 +240,7 @@ impl Redis {
 
     /// Waits until the server has no AOF rewrite or RDB save running or scheduled.
     async fn wait_background(&self) -> SysResult<()> {
-        let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
+        let mut pacer = Pacer::new(Duration::from_secs(self.t.settings.settle_timeout_s));
         loop {
             let info = self.info("persistence").await?;
             let busy = [
@@ -280,24 +261,11 @@ impl Redis {
             if !pacer.pause().await {
                 return Err(SysError::failed(format!(
                     "redis: background persistence still running after {} s",
-                    self.settings.settle_timeout_s
+                    self.t.settings.settle_timeout_s
                 )));
             }
         }
     }
-}
-
-/// Awaits a pipelined round trip of the bulk path, if one is in flight.
-async fn finish(
-    round_trip: Option<tokio::task::JoinHandle<redis::RedisResult<()>>>,
-) -> SysResult<()> {
-    let Some(handle) = round_trip else {
-        return Ok(());
-    };
-    handle
-        .await
-        .map_err(|e| SysError::failed(format!("redis: pipelined SET task: {e}")))?
-        .map_err(err("pipelined SET"))
 }
 
 #[async_trait]
@@ -307,7 +275,7 @@ impl Measured for Redis {
     }
 
     async fn native_size(&mut self) -> SysResult<u64> {
-        let keys = self.scan(&format!("{}:files:*", self.prefix)).await?;
+        let keys = self.scan(&format!("{}:files:*", self.t.namespace)).await?;
         let mut conn = self.conn()?;
         let mut total = 0u64;
         for chunk in keys.chunks(500) {
@@ -334,15 +302,15 @@ impl System for Redis {
     fn target(&self) -> String {
         format!(
             "{} db {} keys {}:*",
-            self.server.address(),
-            self.settings.db,
-            self.prefix
+            self.t.server.address(),
+            self.t.settings.db,
+            self.t.namespace
         )
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.server;
-        let mut redis = RedisConnectionInfo::default().set_db(self.settings.db);
+        let s = &self.t.server;
+        let mut redis = RedisConnectionInfo::default().set_db(self.t.settings.db);
         if let Some(u) = &s.user {
             redis = redis.set_username(u);
         }
@@ -373,7 +341,7 @@ impl System for Redis {
         let server = self.info("server").await?;
         // A restarted server answers INFO while it loads its data but refuses everything
         // else: connected means loaded.
-        let mut pacer = Pacer::new(Duration::from_secs(self.settings.settle_timeout_s));
+        let mut pacer = Pacer::new(Duration::from_secs(self.t.settings.settle_timeout_s));
         loop {
             let p = self.info("persistence").await?;
             if info_field(&p, "loading") != Some("1") {
@@ -393,7 +361,7 @@ impl System for Redis {
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {
-        let prefix = self.prefix.clone();
+        let prefix = self.t.namespace.clone();
         let keys = self.scan(&format!("{prefix}:*")).await?;
         let marker = self.marker();
         if keys.is_empty() {
@@ -402,7 +370,7 @@ impl System for Redis {
         if !keys.contains(&marker) {
             return Ok(Holding::Foreign(format!(
                 "db {} holds keys under {prefix}: but no {marker} key",
-                self.settings.db
+                self.t.settings.db
             )));
         }
         let text: Option<String> = redis::cmd("GET")
@@ -415,7 +383,7 @@ impl System for Redis {
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
         let mut conn = self.conn()?;
-        if let Some(p) = self.settings.persistence {
+        if let Some(p) = self.t.settings.persistence {
             for (key, value) in p.config() {
                 redis::cmd("CONFIG")
                     .arg("SET")
@@ -441,7 +409,7 @@ impl System for Redis {
                 .map_err(err("SET marker"))?;
         }
         let keys: Vec<String> = self
-            .scan(&format!("{}:*", self.prefix))
+            .scan(&format!("{}:*", self.t.namespace))
             .await?
             .into_iter()
             .filter(|k| *k != marker_key)
@@ -469,7 +437,7 @@ impl System for Redis {
         let mut pipe = redis::pipe();
         let (mut queued, mut queued_bytes) = (0, 0);
         // One round trip in flight while the next is read and built.
-        let mut in_flight: Option<tokio::task::JoinHandle<redis::RedisResult<()>>> = None;
+        let mut window = Window::new(1, u64::MAX);
         loop {
             let next = files.next().await;
             let done = next.is_none();
@@ -479,18 +447,23 @@ impl System for Redis {
                 queued += 1;
                 queued_bytes += content.len() as u64;
             }
-            let full = queued >= self.settings.pipeline_files
-                || queued_bytes >= self.settings.pipeline_bytes;
+            let full = queued >= self.t.settings.pipeline_files
+                || queued_bytes >= self.t.settings.pipeline_bytes;
             if queued > 0 && (done || full) {
-                finish(in_flight.take()).await?;
                 let (batch, mut conn) = (std::mem::replace(&mut pipe, redis::pipe()), conn.clone());
-                in_flight = Some(tokio::spawn(async move {
-                    batch.query_async::<()>(&mut conn).await
-                }));
+                let send = || {
+                    Ok(spawned("redis: pipelined SET", async move {
+                        batch
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(err("pipelined SET"))
+                    }))
+                };
+                window.push(0, send).await?;
                 (queued, queued_bytes) = (0, 0);
             }
             if done {
-                return finish(in_flight).await;
+                return window.finish().await.map(drop);
             }
         }
     }
@@ -540,7 +513,10 @@ impl System for Redis {
     }
 
     async fn count(&mut self) -> SysResult<u64> {
-        Ok(self.scan(&format!("{}:files:*", self.prefix)).await?.len() as u64)
+        Ok(self
+            .scan(&format!("{}:files:*", self.t.namespace))
+            .await?
+            .len() as u64)
     }
 }
 

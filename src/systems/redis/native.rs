@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Target, key};
+use super::{key, target};
 use crate::dataset::DataSet;
 use crate::systems::{NativeLoader, SystemContext};
 
@@ -39,9 +39,9 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
-    let t = Target::of(ctx)?;
+    let t = target(ctx)?;
     anyhow::ensure!(
-        t.prefix == PREFIX,
+        t.namespace == PREFIX,
         "the redis native loader writes keys under {PREFIX}: run it on an instance with that \
          prefix"
     );

@@ -33,9 +33,8 @@ use object_store::{
     Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 
-use super::toolkit::{Holding, Marker, check_namespace, parse};
+use super::toolkit::{Holding, Marker, Window, check_namespace, parse, spawned};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
@@ -590,24 +589,20 @@ impl System for S3 {
         let mut files = ds.stream();
         // Spawned, so that requests (and payload signing) proceed on every worker thread
         // while the next files are read.
-        let mut running = JoinSet::new();
-        let joined = |r: Result<SysResult<()>, tokio::task::JoinError>| {
-            r.map_err(|e| SysError::failed(format!("s3: PUT task: {e}")))?
-        };
+        let mut window = Window::new(self.settings.concurrency, u64::MAX);
         while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
-            if running.len() >= self.settings.concurrency
-                && let Some(r) = running.join_next().await
-            {
-                joined(r)?;
-            }
             let (up, key) = (uploader.clone(), self.key(&f));
-            running.spawn(async move { up.put(key, content).await });
+            window
+                .push(0, || {
+                    Ok(spawned(
+                        "s3: PUT",
+                        async move { up.put(key, content).await },
+                    ))
+                })
+                .await?;
         }
-        while let Some(r) = running.join_next().await {
-            joined(r)?;
-        }
-        Ok(())
+        window.finish().await.map(drop)
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {

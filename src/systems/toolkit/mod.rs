@@ -7,9 +7,12 @@
 pub mod ownership;
 pub mod poll;
 pub mod settings;
+pub mod window;
 
 pub use ownership::{Holding, LAB_PREFIX, MARKER_TABLE, Marker, check_namespace};
 pub use poll::Pacer;
 pub use settings::{
-    Server, ServerDefaults, ServerKeys, lab_section, parse, parse_server, section_of,
+    Namespaced, Server, ServerDefaults, ServerKeys, Target, lab_section, parse, parse_server,
+    section_of,
 };
+pub use window::{Window, spawned};

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::check_namespace;
 use crate::error::usage;
 use crate::secret::{Secret, SecretSource};
+use crate::systems::SystemContext;
 
 /// Parses an instance's config section into its adapter's settings type; unknown keys are
 /// errors naming the section.
@@ -96,6 +98,48 @@ impl Server {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// Settings of a server adapter that name its namespace.
+pub trait Namespaced {
+    /// The key that names the namespace (`schema`, `database`, `prefix`, …).
+    const KEY: &'static str;
+
+    /// The namespace the section names, if it names one.
+    fn namespace(&self) -> Option<&str>;
+}
+
+/// What a server adapter is built from: its server, its namespace (checked to be lab-owned)
+/// and its own settings.
+#[derive(Debug)]
+pub struct Target<S> {
+    /// The server and its credentials.
+    pub server: Server,
+    /// The namespace's name.
+    pub namespace: String,
+    /// The adapter's own settings.
+    pub settings: S,
+}
+
+impl<S: DeserializeOwned + Default + Namespaced> Target<S> {
+    /// Parses an instance's section for kind `kind`: the namespace defaults to
+    /// [`SystemContext::default_namespace`].
+    pub fn of(
+        ctx: &SystemContext<'_>,
+        kind: &str,
+        defaults: ServerDefaults,
+    ) -> anyhow::Result<Target<S>> {
+        let (server, settings): (Server, S) = parse_server(ctx.instance, ctx.section, defaults)?;
+        let namespace = settings
+            .namespace()
+            .map_or_else(|| ctx.default_namespace(kind), String::from);
+        check_namespace(ctx.instance, S::KEY, &namespace)?;
+        Ok(Target {
+            server,
+            namespace,
+            settings,
+        })
     }
 }
 
