@@ -14,6 +14,7 @@ pub mod lab;
 pub mod preflight;
 pub mod probe;
 pub mod results;
+pub mod scan;
 pub mod secret;
 pub mod systems;
 pub mod tls;
