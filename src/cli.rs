@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use dedup_lab::config::Overrides;
-use dedup_lab::dataset::SizeSpec;
+use dedup_lab::dataset::{SizeSpec, parse_size};
+use dedup_lab::scan::{CdcParams, ScanConfig};
 
 /// Where does deduplication happen — inside a data system, in the storage under it, or
 /// nowhere? Loads seeded data sets with an exact share of duplicate files into data systems,
@@ -39,6 +40,9 @@ pub enum Command {
     Systems(ConfigArgs),
     /// Start, stop or inspect the local lab servers used by the tests.
     Lab(LabArgs),
+    /// Count the duplicate bytes a block-level or content-defined dedup could remove from
+    /// files or directory trees.
+    Scan(ScanArgs),
 }
 
 /// Config file and overrides shared by the commands.
@@ -157,4 +161,61 @@ pub enum LabAction {
     Wipe,
     /// Show which lab servers run.
     Status,
+}
+
+/// `scan`
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files or directories (walked, symlinks not followed).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Fixed block sizes, comma-separated, or `none` [default: 4KiB,16KiB,128KiB].
+    #[arg(long, value_name = "SIZES", value_parser = block_sizes)]
+    pub block: Option<BlockSizes>,
+    /// CDC average chunk size (minimum ¼, maximum 8×), MIN:AVG:MAX, or `none`
+    /// [default: 8KiB].
+    #[arg(long, value_name = "SIZE", value_parser = cdc)]
+    pub cdc: Option<Cdc>,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parsed `--block` (a newtype: clap would otherwise take a `Vec` as repeated flags).
+#[derive(Clone, Debug)]
+pub struct BlockSizes(pub Vec<u64>);
+
+/// Parsed `--cdc`.
+#[derive(Clone, Debug)]
+pub struct Cdc(pub Option<CdcParams>);
+
+impl ScanArgs {
+    /// The scan these flags ask for.
+    pub fn config(&self) -> ScanConfig {
+        let default = ScanConfig::default();
+        ScanConfig {
+            block_sizes: self
+                .block
+                .as_ref()
+                .map_or(default.block_sizes, |b| b.0.clone()),
+            cdc: self.cdc.as_ref().map_or(default.cdc, |c| c.0),
+        }
+    }
+}
+
+fn block_sizes(s: &str) -> Result<BlockSizes, String> {
+    if s.trim() == "none" {
+        return Ok(BlockSizes(Vec::new()));
+    }
+    s.split(',')
+        .map(parse_size)
+        .collect::<Result<_, _>>()
+        .map(BlockSizes)
+}
+
+fn cdc(s: &str) -> Result<Cdc, String> {
+    if s.trim() == "none" {
+        return Ok(Cdc(None));
+    }
+    s.parse().map(|p| Cdc(Some(p)))
 }

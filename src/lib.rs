@@ -16,6 +16,7 @@ pub mod model;
 pub mod preflight;
 pub mod probe;
 pub mod results;
+pub mod scan;
 pub mod secret;
 pub mod systems;
 pub mod tls;

@@ -14,7 +14,7 @@ use dedup_lab::error::exit_code;
 use dedup_lab::experiment::{self, RunOptions};
 use dedup_lab::results::export::table::{Style, render};
 use dedup_lab::secret::redact;
-use dedup_lab::{dataset, lab, preflight, results};
+use dedup_lab::{dataset, lab, preflight, results, scan};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -141,6 +141,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("lab servers stopped and their data deleted");
                 }
                 LabAction::Status => print!("{}", lab.status()?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scan(args) => {
+            let result = scan::scan(&args.paths, &args.config())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", scan::render(&result));
             }
             Ok(ExitCode::SUCCESS)
         }

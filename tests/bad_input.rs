@@ -316,6 +316,40 @@ const CASES: &[Case] = &[
         code: 2,
         words: &["the lab has no server 'oracle'"],
     },
+    Case {
+        name: "scan of a missing path",
+        config: None,
+        args: &["scan", "/nonexistent/pgdata"],
+        code: 2,
+        words: &[
+            "/nonexistent/pgdata does not exist",
+            "name an existing file",
+        ],
+    },
+    Case {
+        name: "zero block size",
+        config: None,
+        args: &["scan", "--block", "0", "{results}"],
+        code: 2,
+        words: &["block size 0 is not a block", "4KiB,128KiB"],
+    },
+    Case {
+        name: "CDC size out of range",
+        config: None,
+        args: &["scan", "--cdc", "100", "{results}"],
+        code: 2,
+        words: &[
+            "CDC average chunk size 100 is outside",
+            "between 256 and 2 MiB",
+        ],
+    },
+    Case {
+        name: "scan with nothing to compute",
+        config: None,
+        args: &["scan", "--block", "none", "--cdc", "none", "{results}"],
+        code: 2,
+        words: &["nothing to compute", "give a block size or CDC"],
+    },
 ];
 
 fn expand(arg: &str, config: &Path, results: &Path) -> String {

@@ -58,20 +58,29 @@ impl SizeSpec {
     }
 }
 
+/// Parses one size such as `65536`, `64KiB` or `1MiB` (zero included: callers say why zero is
+/// wrong for them).
+pub fn parse_size(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    t.parse::<bytesize::ByteSize>()
+        .map(|s| s.as_u64())
+        .map_err(|_| format!("'{t}' is not a size; write e.g. 65536, 64KiB or 1MiB"))
+}
+
 impl FromStr for SizeSpec {
     type Err = String;
 
     /// Parses `64KiB` or `4KiB..1MiB`.
     fn from_str(s: &str) -> Result<Self, String> {
         let one = |t: &str| -> Result<u64, String> {
-            let t = t.trim();
-            let size = t
-                .parse::<bytesize::ByteSize>()
-                .map_err(|_| format!("'{t}' is not a size; write e.g. 65536, 64KiB or 1MiB"))?;
-            if size.as_u64() == 0 {
-                return Err(format!("'{t}' is zero; a file needs at least 1 byte"));
+            let size = parse_size(t)?;
+            if size == 0 {
+                return Err(format!(
+                    "'{}' is zero; a file needs at least 1 byte",
+                    t.trim()
+                ));
             }
-            Ok(size.as_u64())
+            Ok(size)
         };
         match s.split_once("..") {
             None => Ok(SizeSpec::Fixed(one(s)?)),
