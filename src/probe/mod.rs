@@ -7,6 +7,7 @@
 //! reading, never a number. Where `fs`, `sqlite` and `prometheus` look is configured per
 //! system with the same keys for every system ([`ProbeConfig`]).
 
+pub mod extents;
 pub mod fs;
 pub mod prometheus;
 pub mod sqlite;
