@@ -5,14 +5,20 @@
 //! that `dedup-lab run --config` uses. Passwords are generated into `secrets/` (mode 0600)
 //! and referenced by path. `lab down` stops exactly what `up` started; `lab wipe` also
 //! deletes their data. Each server is one file implementing [`Server`].
+//!
+//! With `--storage btrfs` or `btrfs-zstd`, each selected server's directory, and
+//! `<lab>/embedded` for the embedded systems' files, is its own btrfs file system in a loop
+//! image ([`storage`]), mounted before the server starts and unmounted after it stops.
 
 mod clickhouse;
+pub mod dedupe;
 mod kafka;
 mod mariadb;
 mod minio;
 mod postgres;
 mod process;
 mod redis;
+pub mod storage;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::bail_usage;
 use crate::error::usage;
+use storage::Choice;
 
 /// Every lab server, in start order.
 static SERVERS: &[&dyn Server] = &[
@@ -54,22 +62,28 @@ trait Server: Sync {
     fn status(&self, lab: &Lab) -> anyhow::Result<String>;
 }
 
-/// A lab directory and the servers selected in it.
+/// A lab directory, the servers selected in it, and its storage.
 pub struct Lab {
     dir: PathBuf,
     servers: Vec<&'static dyn Server>,
+    /// Whether `<lab>/embedded` (the embedded systems' files) is selected.
+    embedded: bool,
+    storage: storage::Choice,
 }
 
 /// Name of the generated config inside the lab directory.
 pub const CONFIG: &str = "lab.toml";
 
 impl Lab {
-    /// Selects servers by name (all when `None`).
+    /// Selects servers by name (all when `None`); the name `embedded` selects the embedded
+    /// systems' storage, which needs no server. The storage is what the lab last chose.
     pub fn new(dir: &Path, names: Option<&[String]>) -> anyhow::Result<Lab> {
+        let embedded = names.is_none_or(|n| n.iter().any(|n| n == storage::EMBEDDED));
         let servers = match names {
             None => SERVERS.to_vec(),
             Some(names) => names
                 .iter()
+                .filter(|n| *n != storage::EMBEDDED)
                 .map(|n| {
                     SERVERS
                         .iter()
@@ -77,12 +91,14 @@ impl Lab {
                         .find(|s| s.name() == n)
                         .ok_or_else(|| {
                             usage(format!(
-                                "the lab has no server '{n}'; lab servers: {}",
+                                "the lab has no server '{n}'; lab servers: {}, and {} (the \
+                                 embedded systems' storage)",
                                 SERVERS
                                     .iter()
                                     .map(|s| s.name())
                                     .collect::<Vec<_>>()
-                                    .join(", ")
+                                    .join(", "),
+                                storage::EMBEDDED
                             ))
                         })
                 })
@@ -97,7 +113,73 @@ impl Lab {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
-        Ok(Lab { dir, servers })
+        let storage = storage::Choice::remembered(&dir)?;
+        Ok(Lab {
+            dir,
+            servers,
+            embedded,
+            storage,
+        })
+    }
+
+    /// Asks for storage `kind` (default: what the lab has) and images of `image_size` bytes
+    /// (default: the lab's). Another kind than the lab's while servers' data or images exist
+    /// is refused: their data would be hidden or left behind.
+    pub fn with_storage(
+        mut self,
+        kind: Option<storage::Kind>,
+        image_size: Option<u64>,
+    ) -> anyhow::Result<Lab> {
+        let kind = kind.unwrap_or(self.storage.kind);
+        if kind != self.storage.kind
+            && let Some(data) = self.data_present()?
+        {
+            bail_usage!(
+                "the lab in {} has {} storage and data in {}; it cannot switch to {kind} with \
+                 data present: run `dedup-lab lab wipe` first (it deletes the lab servers' \
+                 data), or keep --storage {}",
+                self.dir.display(),
+                self.storage.kind,
+                data.display(),
+                self.storage.kind
+            );
+        }
+        self.storage = storage::Choice {
+            kind,
+            image_size: image_size.unwrap_or(self.storage.image_size),
+        };
+        Ok(self)
+    }
+
+    /// The first lab image or non-empty server (or embedded) directory, of any server.
+    fn data_present(&self) -> anyhow::Result<Option<PathBuf>> {
+        let names = SERVERS
+            .iter()
+            .map(|s| s.name())
+            .chain([storage::EMBEDDED, storage::IMAGES]);
+        for name in names {
+            let dir = self.dir.join(name);
+            match std::fs::read_dir(&dir) {
+                Ok(mut entries) => {
+                    if let Some(entry) = entries.next() {
+                        return Ok(Some(entry?.path()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The directories under the lab that get storage of their own: `embedded` (if
+    /// selected), then the servers.
+    fn storage_names(&self) -> Vec<&'static str> {
+        self.embedded
+            .then_some(storage::EMBEDDED)
+            .into_iter()
+            .chain(self.servers.iter().map(|s| s.name()))
+            .collect()
     }
 
     /// A server's own directory.
@@ -105,8 +187,13 @@ impl Lab {
         self.dir.join(name)
     }
 
-    /// Installs missing packages, starts every server, writes and returns `lab.toml`.
+    /// Checks and remembers the storage choice, installs missing packages, mounts each
+    /// selected directory's storage and starts its server, writes and returns `lab.toml`.
     pub async fn up(&self) -> anyhow::Result<PathBuf> {
+        let names = self.storage_names();
+        let Choice { kind, image_size } = self.storage;
+        storage::preflight(kind, &self.dir, &names, image_size)?;
+        self.storage.remember(&self.dir)?;
         let missing: Vec<&str> = self
             .servers
             .iter()
@@ -146,7 +233,11 @@ impl Lab {
             Some(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
         };
+        if self.embedded {
+            storage::ensure(kind, &self.dir, storage::EMBEDDED, image_size)?;
+        }
         for s in &self.servers {
+            storage::ensure(kind, &self.dir, s.name(), image_size)?;
             let section = s
                 .up(self)
                 .with_context(|| format!("lab: starting {}", s.name()))?;
@@ -162,12 +253,18 @@ impl Lab {
         Ok(path)
     }
 
-    /// Stops every selected server (in reverse start order).
+    /// Stops every selected server (in reverse start order), then unmounts the selected
+    /// storage and detaches its loop devices (whatever the lab's kind: what is mounted).
     pub fn down(&self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for s in self.servers.iter().rev() {
             if let Err(e) = s.down(self) {
                 failed.push(format!("{}: {e:#}", s.name()));
+            }
+        }
+        for name in self.storage_names() {
+            if let Err(e) = storage::release(&self.dir, name) {
+                failed.push(format!("{name}: {e:#}"));
             }
         }
         if failed.is_empty() {
@@ -182,24 +279,63 @@ impl Lab {
     /// drop one without dropping all). Secrets stay, so configs that name them stay valid.
     pub fn wipe(&self) -> anyhow::Result<()> {
         self.down()?;
-        for s in &self.servers {
-            let dir = self.server_dir(s.name());
+        for name in self.storage_names() {
+            let dir = self.server_dir(name);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => bail!("lab wipe: deleting {}: {e}", dir.display()),
             }
+            storage::remove(&self.dir, name).with_context(|| format!("lab wipe: {name}"))?;
         }
+        // Only if no other server's image is left in it.
+        let _ = std::fs::remove_dir(self.dir.join(storage::IMAGES));
         Ok(())
     }
 
-    /// One line per server.
+    /// The storage kind, then one line per server, and under it the file system mounted on
+    /// its directory, if any.
     pub fn status(&self) -> anyhow::Result<String> {
-        let mut out = String::new();
-        for s in &self.servers {
-            out.push_str(&format!("{:<12} {}\n", s.name(), s.status(self)?));
+        let mut out = format!(
+            "{:<12} {} (images of {})\n",
+            "storage",
+            self.storage.kind,
+            bytesize::ByteSize(self.storage.image_size).display().iec()
+        );
+        for name in self.storage_names() {
+            match self.servers.iter().find(|s| s.name() == name) {
+                Some(s) => out.push_str(&format!("{name:<12} {}\n", s.status(self)?)),
+                None => out.push_str(&format!("{name:<12} embedded systems' files\n")),
+            }
+            if let Some(m) = storage::mounted(&self.server_dir(name))? {
+                out.push_str(&format!("{:<12} mounted: {m}\n", ""));
+            }
         }
         Ok(out)
+    }
+
+    /// Runs out-of-band block dedup ([`dedupe::dedupe`]) over every selected directory that
+    /// has its lab storage mounted. None mounted is a usage error.
+    pub fn dedupe(
+        &self,
+        block_size: u64,
+    ) -> anyhow::Result<Vec<(&'static str, dedupe::DedupeRun)>> {
+        let mut runs = Vec::new();
+        for name in self.storage_names() {
+            let dir = self.server_dir(name);
+            if storage::mounted(&dir)?.is_some_and(|m| m.kind().is_some()) {
+                runs.push((name, dedupe::dedupe(&dir, block_size)?));
+            }
+        }
+        if runs.is_empty() {
+            bail_usage!(
+                "no lab storage is mounted in {} for {}: start it with `dedup-lab lab up \
+                 --storage btrfs`",
+                self.dir.display(),
+                self.storage_names().join(", ")
+            );
+        }
+        Ok(runs)
     }
 
     /// The path of a generated secret, creating it (random, mode 0600) on first use.
