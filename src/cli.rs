@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use dedup_lab::config::Overrides;
 use dedup_lab::dataset::{SizeSpec, parse_size};
+use dedup_lab::lab::storage::Kind as StorageKind;
 use dedup_lab::scan::{CdcParams, ScanConfig};
 
 /// Where does deduplication happen — inside a data system, in the storage under it, or
@@ -144,7 +145,8 @@ pub struct LabArgs {
     /// Lab directory: data directories, logs, secrets and the generated config.
     #[arg(long, default_value = ".lab", global = true)]
     pub dir: PathBuf,
-    /// Servers, comma-separated (default: all).
+    /// Servers, comma-separated (default: all); `embedded` selects the embedded systems'
+    /// storage, which needs no server.
     #[arg(long, value_delimiter = ',', global = true)]
     pub systems: Option<Vec<String>>,
 }
@@ -152,15 +154,39 @@ pub struct LabArgs {
 /// `lab` actions.
 #[derive(Debug, Subcommand)]
 pub enum LabAction {
-    /// Install what is missing, start every server, write `<dir>/lab.toml`.
-    Up,
-    /// Stop what `up` started.
+    /// Install what is missing, mount each server's storage, start every server, write
+    /// `<dir>/lab.toml`.
+    Up(LabUpArgs),
+    /// Stop what `up` started and unmount its storage.
     Down,
-    /// Stop the servers and delete their data directories (secrets and installed programs
-    /// stay), so the next `up` starts them empty.
+    /// Stop the servers and delete their data directories and storage images (secrets and
+    /// installed programs stay), so the next `up` starts them empty.
     Wipe,
-    /// Show which lab servers run.
+    /// Show which lab servers run and what storage is mounted.
     Status,
+    /// Run out-of-band block dedup (duperemove) over the selected btrfs lab storage.
+    Dedupe(LabDedupeArgs),
+}
+
+/// `lab up`
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    /// Where each server's directory lives: a plain directory, or its own btrfs file system
+    /// in a loop image (btrfs-zstd: mounted with compress=zstd). Default: what the lab
+    /// directory last used (plain at first).
+    #[arg(long, value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Size of each new loop image (sparse; all of it must be free), e.g. 2GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub storage_size: Option<bytesize::ByteSize>,
+}
+
+/// `lab dedupe`
+#[derive(Debug, Args)]
+pub struct LabDedupeArgs {
+    /// Block size duperemove hashes and compares at (4KiB to 1MiB).
+    #[arg(long, value_name = "SIZE", default_value = "128KiB")]
+    pub block_size: bytesize::ByteSize,
 }
 
 /// `scan`

@@ -131,7 +131,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.systems.as_deref(),
             )?;
             match args.action {
-                LabAction::Up => {
+                LabAction::Up(up) => {
+                    let lab = lab.with_storage(up.storage, up.storage_size.map(|s| s.as_u64()))?;
                     let config = lab.up().await?;
                     println!("lab is up; config written to {}", config.display());
                 }
@@ -141,6 +142,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("lab servers stopped and their data deleted");
                 }
                 LabAction::Status => print!("{}", lab.status()?),
+                LabAction::Dedupe(d) => {
+                    for (name, run) in lab.dedupe(d.block_size.as_u64())? {
+                        println!(
+                            "{name}: {:.2} s at {} B blocks\n{}",
+                            run.duration.as_secs_f64(),
+                            run.block_size,
+                            run.summary
+                        );
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -7,8 +7,15 @@
 //! deletes their data. Each server is a [`Recipe`] that lives with its system (in
 //! `systems/<kind>/lab.rs`) and is registered with it; this module runs them and offers what
 //! they share.
+//!
+//! With `--storage btrfs` or `btrfs-zstd`, each selected server's directory (an embedded
+//! system's too: its [`Embedded`] recipe runs nothing but puts its files there) is its own
+//! btrfs file system in a loop image ([`storage`]), mounted before the server starts and
+//! unmounted after it stops.
 
+pub mod dedupe;
 pub mod process;
+pub mod storage;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::bail_usage;
 use crate::error::usage;
+use storage::Choice;
 
 /// A server the lab can run for one system kind.
 pub trait Recipe: Sync {
@@ -42,6 +51,46 @@ pub trait Recipe: Sync {
     fn status(&self, lab: &Lab) -> anyhow::Result<String>;
 }
 
+/// The lab's recipe for an embedded system: no server runs; its files go in its directory under
+/// the lab (on the lab's storage), and its section says where.
+pub struct Embedded {
+    /// The instance.
+    pub name: &'static str,
+    /// The instance's section for a directory.
+    pub section: fn(&Path) -> toml::Table,
+}
+
+impl Recipe for Embedded {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn packages(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn installed(&self) -> bool {
+        true
+    }
+
+    fn up(&self, lab: &Lab) -> anyhow::Result<toml::Table> {
+        let dir = lab.server_dir(self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok((self.section)(&dir))
+    }
+
+    fn down(&self, _: &Lab) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn status(&self, lab: &Lab) -> anyhow::Result<String> {
+        Ok(format!(
+            "embedded (no server): files in {}",
+            lab.server_dir(self.name).display()
+        ))
+    }
+}
+
 /// A lab server with the kind of system it serves.
 #[derive(Clone, Copy)]
 pub struct Server {
@@ -51,17 +100,21 @@ pub struct Server {
     pub recipe: &'static dyn Recipe,
 }
 
-/// A lab directory and the servers selected in it.
+/// A lab directory, the servers selected in it, and its storage.
 pub struct Lab {
     dir: PathBuf,
+    /// Every server the lab knows, selected or not.
+    all: Vec<Server>,
     servers: Vec<Server>,
+    storage: storage::Choice,
 }
 
 /// Name of the generated config inside the lab directory.
 pub const CONFIG: &str = "lab.toml";
 
 impl Lab {
-    /// Selects servers among `all` (in start order) by instance name (all when `None`).
+    /// Selects servers among `all` (in start order) by instance name (all when `None`). The
+    /// storage is what the lab last chose.
     pub fn new(dir: &Path, all: &[Server], names: Option<&[String]>) -> anyhow::Result<Lab> {
         let servers = match names {
             None => all.to_vec(),
@@ -92,7 +145,69 @@ impl Lab {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
-        Ok(Lab { dir, servers })
+        let storage = storage::Choice::remembered(&dir)?;
+        Ok(Lab {
+            dir,
+            all: all.to_vec(),
+            servers,
+            storage,
+        })
+    }
+
+    /// Asks for storage `kind` (default: what the lab has) and images of `image_size` bytes
+    /// (default: the lab's). Another kind than the lab's while servers' data or images exist
+    /// is refused: their data would be hidden or left behind.
+    pub fn with_storage(
+        mut self,
+        kind: Option<storage::Kind>,
+        image_size: Option<u64>,
+    ) -> anyhow::Result<Lab> {
+        let kind = kind.unwrap_or(self.storage.kind);
+        if kind != self.storage.kind
+            && let Some(data) = self.data_present()?
+        {
+            bail_usage!(
+                "the lab in {} has {} storage and data in {}; it cannot switch to {kind} with \
+                 data present: run `dedup-lab lab wipe` first (it deletes the lab servers' \
+                 data), or keep --storage {}",
+                self.dir.display(),
+                self.storage.kind,
+                data.display(),
+                self.storage.kind
+            );
+        }
+        self.storage = storage::Choice {
+            kind,
+            image_size: image_size.unwrap_or(self.storage.image_size),
+        };
+        Ok(self)
+    }
+
+    /// The first lab image or non-empty server directory, of any server.
+    fn data_present(&self) -> anyhow::Result<Option<PathBuf>> {
+        let names = self
+            .all
+            .iter()
+            .map(|s| s.recipe.name())
+            .chain([storage::IMAGES]);
+        for name in names {
+            let dir = self.dir.join(name);
+            match std::fs::read_dir(&dir) {
+                Ok(mut entries) => {
+                    if let Some(entry) = entries.next() {
+                        return Ok(Some(entry?.path()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The directories under the lab that get storage of their own: the selected servers'.
+    fn storage_names(&self) -> Vec<&'static str> {
+        self.servers.iter().map(|s| s.recipe.name()).collect()
     }
 
     /// A server's own directory.
@@ -100,8 +215,13 @@ impl Lab {
         self.dir.join(name)
     }
 
-    /// Installs missing packages, starts every server, writes and returns `lab.toml`.
+    /// Checks and remembers the storage choice, installs missing packages, mounts each
+    /// selected directory's storage and starts its server, writes and returns `lab.toml`.
     pub async fn up(&self) -> anyhow::Result<PathBuf> {
+        let names = self.storage_names();
+        let Choice { kind, image_size } = self.storage;
+        storage::preflight(kind, &self.dir, &names, image_size)?;
+        self.storage.remember(&self.dir)?;
         let missing: Vec<&str> = self
             .servers
             .iter()
@@ -143,6 +263,7 @@ impl Lab {
         };
         for s in &self.servers {
             let name = s.recipe.name();
+            storage::ensure(kind, &self.dir, name, image_size)?;
             let mut section = s
                 .recipe
                 .up(self)
@@ -162,12 +283,18 @@ impl Lab {
         Ok(path)
     }
 
-    /// Stops every selected server (in reverse start order).
+    /// Stops every selected server (in reverse start order), then unmounts the selected
+    /// storage and detaches its loop devices (whatever the lab's kind: what is mounted).
     pub fn down(&self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for s in self.servers.iter().rev() {
             if let Err(e) = s.recipe.down(self) {
                 failed.push(format!("{}: {e:#}", s.recipe.name()));
+            }
+        }
+        for name in self.storage_names() {
+            if let Err(e) = storage::release(&self.dir, name) {
+                failed.push(format!("{name}: {e:#}"));
             }
         }
         if failed.is_empty() {
@@ -182,25 +309,62 @@ impl Lab {
     /// drop one without dropping all). Secrets stay, so configs that name them stay valid.
     pub fn wipe(&self) -> anyhow::Result<()> {
         self.down()?;
-        for s in &self.servers {
-            let dir = self.server_dir(s.recipe.name());
+        for name in self.storage_names() {
+            let dir = self.server_dir(name);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => bail!("lab wipe: deleting {}: {e}", dir.display()),
             }
+            storage::remove(&self.dir, name).with_context(|| format!("lab wipe: {name}"))?;
         }
+        // Only if no other server's image is left in it.
+        let _ = std::fs::remove_dir(self.dir.join(storage::IMAGES));
         Ok(())
     }
 
-    /// One line per server.
+    /// The storage kind, then one line per server, and under it the file system mounted on
+    /// its directory, if any.
     pub fn status(&self) -> anyhow::Result<String> {
-        let mut out = String::new();
-        for s in &self.servers {
-            let name = s.recipe.name();
-            out.push_str(&format!("{name:<12} {}\n", s.recipe.status(self)?));
+        let mut out = format!(
+            "{:<12} {} (images of {})\n",
+            "storage",
+            self.storage.kind,
+            bytesize::ByteSize(self.storage.image_size).display().iec()
+        );
+        for name in self.storage_names() {
+            if let Some(s) = self.servers.iter().find(|s| s.recipe.name() == name) {
+                out.push_str(&format!("{name:<12} {}\n", s.recipe.status(self)?));
+            }
+            if let Some(m) = storage::mounted(&self.server_dir(name))? {
+                out.push_str(&format!("{:<12} mounted: {m}\n", ""));
+            }
         }
         Ok(out)
+    }
+
+    /// Runs out-of-band block dedup ([`dedupe::dedupe`]) over every selected directory that
+    /// has its lab storage mounted. None mounted is a usage error.
+    pub fn dedupe(
+        &self,
+        block_size: u64,
+    ) -> anyhow::Result<Vec<(&'static str, dedupe::DedupeRun)>> {
+        let mut runs = Vec::new();
+        for name in self.storage_names() {
+            let dir = self.server_dir(name);
+            if storage::mounted(&dir)?.is_some_and(|m| m.kind().is_some()) {
+                runs.push((name, dedupe::dedupe(&dir, block_size)?));
+            }
+        }
+        if runs.is_empty() {
+            bail_usage!(
+                "no lab storage is mounted in {} for {}: start it with `dedup-lab lab up \
+                 --storage btrfs`",
+                self.dir.display(),
+                self.storage_names().join(", ")
+            );
+        }
+        Ok(runs)
     }
 
     /// The path of a generated secret, creating it (random, mode 0600) on first use.

@@ -106,7 +106,8 @@ fn allocated_under(root: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Resul
     Ok(total)
 }
 
-fn vanished(e: &walkdir::Error) -> bool {
+/// Whether a walk error means the entry was deleted meanwhile (a live server's files).
+pub(crate) fn vanished(e: &walkdir::Error) -> bool {
     e.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound)
 }
 

@@ -7,6 +7,7 @@
 //! error, because nothing measured across an outage may be recorded. Probes see a system only
 //! through [`Measured`], so they do not depend on the systems.
 
+pub mod extents;
 pub mod fs;
 pub mod native;
 pub mod prometheus;

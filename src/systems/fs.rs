@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{Holding, Marker, check_namespace, parse};
+use super::toolkit::{Holding, Marker, check_namespace, parse, section_of};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
+use crate::lab::Embedded;
 use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
@@ -23,7 +24,10 @@ pub const DEF: SystemDef = SystemDef {
     embedded: true,
     about: "a plain directory as object store (no server)",
     build,
-    lab: &[],
+    lab: &[&Embedded {
+        name: "fs",
+        section: lab_section,
+    }],
     native_loader: None,
     tests: TestHooks {
         namespace_key: "dir",
@@ -51,6 +55,14 @@ impl Default for Settings {
             fsync_each: true,
         }
     }
+}
+
+/// The lab's fs: its store in the lab directory, on the lab's storage.
+fn lab_section(dir: &Path) -> toml::Table {
+    section_of(&[&Settings {
+        dir: Some(dir.join("dedup_lab_store")),
+        ..Default::default()
+    }])
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {

@@ -3,16 +3,17 @@
 //! The namespace is one database file in a lab directory; a marker table identifies it as
 //! lab-owned, and a reset deletes and recreates the file so every stage starts from empty.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{Holding, MARKER_TABLE, Marker, check_namespace, parse};
+use super::toolkit::{Holding, MARKER_TABLE, Marker, check_namespace, parse, section_of};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
+use crate::lab::Embedded;
 use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
@@ -22,7 +23,10 @@ pub const DEF: SystemDef = SystemDef {
     embedded: true,
     about: "embedded SQLite database file (bundled library, no server)",
     build,
-    lab: &[],
+    lab: &[&Embedded {
+        name: "sqlite",
+        section: lab_section,
+    }],
     native_loader: None,
     tests: TestHooks {
         namespace_key: "file",
@@ -40,6 +44,14 @@ pub struct Settings {
     pub file: Option<String>,
     /// `PRAGMA synchronous` (`off`, `normal`, `full`); default `full`: a commit is durable.
     pub synchronous: Option<String>,
+}
+
+/// The lab's sqlite: its database in the lab directory, on the lab's storage.
+fn lab_section(dir: &Path) -> toml::Table {
+    section_of(&[&Settings {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    }])
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
