@@ -1,19 +1,49 @@
-//! Faults against the lab servers: a server stopped in the middle of a stage and started
-//! again, and a server that stays down. These tests stop shared lab servers, so they hold a
-//! lock: cargo runs test binaries one after another, and this one runs its tests one at a time.
+//! Faults against the lab servers: every lab server of every registered kind stopped in the
+//! middle of a stage and started again, and a server that stays down. The trials come from the
+//! registry (libtest-mimic), so a new system is covered by registering it. They stop shared lab
+//! servers, so they run one at a time: cargo runs test binaries one after another.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{bin, experiment_dir, journal, lab_config, lab_section};
-use dedup_lab::model::ErrorKind;
-use dedup_lab::model::{CellKey, Record};
+use dedup_lab::model::{CellKey, ErrorKind, Record};
+use dedup_lab::systems::{self, TestHooks};
+use libtest_mimic::{Arguments, Trial};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let mut trials: Vec<Trial> = systems::lab_servers()
+        .into_iter()
+        .filter_map(|server| {
+            let def = systems::lookup(server.kind)?;
+            if def.embedded {
+                return None;
+            }
+            let name = server.recipe.name();
+            let hooks = def.tests;
+            Some(Trial::test(
+                format!("{name}_recovers_from_a_restart_mid_stage"),
+                move || {
+                    stopped_mid_stage_and_restarted(name, hooks);
+                    Ok(())
+                },
+            ))
+        })
+        .collect();
+    trials.push(Trial::test(
+        "a_server_that_stays_down_fails_only_its_cells",
+        || {
+            a_server_that_stays_down_fails_only_its_cells();
+            Ok(())
+        },
+    ));
+    libtest_mimic::run(&args, trials).exit();
+}
 
 /// `dedup-lab lab <action> --systems <system>` on the lab the tests use.
 fn lab(action: &str, system: &str) {
@@ -124,19 +154,14 @@ fn finish(child: Child) -> (i32, String) {
     )
 }
 
-/// The usual data set of these tests: its per-file stages last long enough on every server for
-/// a stop to land in them.
-const FILES: (u32, &str) = (300, "16KiB");
-
 /// Stops `system` during its per-file insert, starts it again a second later, and checks the
-/// experiment completes with exactly one failed attempt (connection lost) and a retry.
-/// `files` must make the per-file insert outlast the stop.
-fn stopped_mid_stage_and_restarted(
-    system: &'static str,
-    namespace: (&str, &str),
-    files: (u32, &str),
-) {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// experiment completes with exactly one failed attempt (connection lost) and a retry. The
+/// kind's fault data set makes the per-file insert outlast the stop.
+fn stopped_mid_stage_and_restarted(system: &'static str, hooks: TestHooks) {
+    let (namespace, files) = (
+        (hooks.namespace_key, "dedup_lab_t_fault"),
+        hooks.fault_data_set,
+    );
     let tmp = tempfile::tempdir().unwrap();
     let config = config(
         tmp.path(),
@@ -188,41 +213,8 @@ fn stopped_mid_stage_and_restarted(
     assert!(counted.iter().all(|s| s.attempt == attempt + 1));
 }
 
-#[test]
-fn postgres_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("postgres", ("schema", "dedup_lab_t_fault"), FILES);
-}
-
-#[test]
-fn clickhouse_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("clickhouse", ("database", "dedup_lab_t_fault"), FILES);
-}
-
-#[test]
-fn kafka_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("kafka", ("prefix", "dedup_lab_t_fault"), FILES);
-}
-
-#[test]
-fn mariadb_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("mariadb", ("database", "dedup_lab_t_fault"), FILES);
-}
-
-#[test]
-fn redis_recovers_from_a_restart_mid_stage() {
-    // Redis answers a SET in ~0.1 ms: 300 files would be done before the stop.
-    stopped_mid_stage_and_restarted("redis", ("prefix", "dedup_lab_t_fault"), (20_000, "1KiB"));
-}
-
-#[test]
-fn minio_recovers_from_a_restart_mid_stage() {
-    stopped_mid_stage_and_restarted("minio", ("prefix", "dedup_lab_t_fault"), FILES);
-}
-
 /// A server that stays down fails its own cells, fast, and nobody else's; exit code 1.
-#[test]
 fn a_server_that_stays_down_fails_only_its_cells() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let config = config(
         tmp.path(),
@@ -231,7 +223,13 @@ fn a_server_that_stays_down_fails_only_its_cells() {
         "[retry]\nmax_attempts = 2\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\nreconnect_tries = 3\n",
     );
     let results = tmp.path().join("results");
-    let mut child = spawn_run(&config, &results, "sqlite,postgres", "0,90", FILES);
+    let mut child = spawn_run(
+        &config,
+        &results,
+        "sqlite,postgres",
+        "0,90",
+        systems::TEST_HOOKS.fault_data_set,
+    );
     wait_for_bulk_insert(&mut child, &results, "postgres");
     let _restart = Restart("postgres");
     lab("down", "postgres");

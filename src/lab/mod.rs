@@ -368,12 +368,20 @@ impl Lab {
     }
 
     /// The path of a generated secret, creating it (random, mode 0600) on first use.
+    /// It starts with a letter: a config format that parses values (nats-server reads its
+    /// password from an environment variable as a value) takes one of digits first for a
+    /// number.
     pub fn secret(&self, name: &str) -> anyhow::Result<PathBuf> {
-        self.secret_of(name, 18)
+        self.secret_as(name, "s", 18)
     }
 
-    /// [`Lab::secret`] of `len` random bytes, written as hex.
+    /// A secret of exactly `len` random bytes written as hex (Garage's RPC secret).
     pub fn secret_of(&self, name: &str, len: usize) -> anyhow::Result<PathBuf> {
+        self.secret_as(name, "", len)
+    }
+
+    /// A secret of `prefix` and `len` random bytes written as hex.
+    fn secret_as(&self, name: &str, prefix: &str, len: usize) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("secrets");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -381,7 +389,8 @@ impl Lab {
         if !path.exists() {
             let mut bytes = vec![0u8; len];
             std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-            let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let value = format!("{prefix}{hex}");
             std::fs::write(&path, value)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
@@ -502,6 +511,29 @@ pub fn install_packages(pkgs: &[&str]) -> anyhow::Result<()> {
 /// A path as a config value.
 pub fn path_value(p: &Path) -> toml::Value {
     p.display().to_string().into()
+}
+
+/// Whether an HTTP server on 127.0.0.1:`port` answers `GET path` with status 200 (a health
+/// endpoint that needs no credentials).
+pub fn http_ok(port: u16, path: &str) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .and_then(|()| s.read_exact(&mut head))
+        .is_ok_and(|()| head.ends_with(b" 200"))
+}
+
+/// A secret file's value without its trailing newline, for handing to a server through its
+/// environment.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.

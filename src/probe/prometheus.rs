@@ -61,7 +61,7 @@ pub struct PrometheusConfig {
     /// The metric whose samples are summed.
     pub metric: String,
     /// Label values a sample must carry to count; other labels do not matter.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Full copies of the data the metric counts (a volume metric summed over 3 replicas: 3).
     #[serde(default = "one")]

@@ -14,6 +14,7 @@ pub mod fake;
 pub mod fs;
 pub mod kafka;
 pub mod mariadb;
+pub mod nats;
 pub mod pgwire;
 pub mod postgres;
 pub mod redis;
@@ -45,6 +46,7 @@ pub static REGISTRY: &[SystemDef] = &[
     clickhouse::DEF,
     kafka::DEF,
     s3::DEF,
+    nats::DEF,
 ];
 
 /// A registry entry: everything dedup-lab knows about one kind of system.

@@ -7,19 +7,16 @@
 //! delay. Its key, secret, bucket and RPC secret come from generated secret files, passed in
 //! the environment of `garage server --single-node --default-bucket`, never in its arguments.
 
-use std::io::{Read as _, Write as _};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use super::Settings;
+use crate::lab::process::{CargoTool, Daemon, on_path};
+use crate::lab::{Lab, Recipe, http_ok, read_secret};
 use crate::probe;
 use crate::systems::toolkit::section_of;
-
-use crate::lab::process::{CargoTool, Daemon, on_path};
-use crate::lab::{Lab, Recipe};
 
 /// Loopback port of the S3 API.
 pub const S3_PORT: u16 = 13900;
@@ -59,27 +56,6 @@ const GARAGE: CargoTool = CargoTool {
         "bundled-libs,sqlite",
     ],
 };
-
-/// Whether Garage's admin API answers `/health` with 200 (it does once the layout, key and
-/// bucket are set up).
-fn healthy() -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut head = [0u8; 12];
-    s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .and_then(|()| s.read_exact(&mut head))
-        .is_ok_and(|()| head.ends_with(b" 200"))
-}
-
-fn read_secret(path: &Path) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_string())
-}
 
 impl Recipe for Garage {
     fn name(&self) -> &'static str {
@@ -134,7 +110,7 @@ impl Recipe for Garage {
             .env("GARAGE_DEFAULT_BUCKET", BUCKET)
             .env("RUST_LOG", "garage=warn");
         d.start(cmd)?;
-        d.wait_ready(Duration::from_secs(60), healthy)
+        d.wait_ready(Duration::from_secs(60), || http_ok(ADMIN_PORT, "/health"))
             .context("garage")?;
         let settings = Settings {
             endpoint: format!("http://127.0.0.1:{S3_PORT}"),

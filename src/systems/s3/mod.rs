@@ -16,6 +16,7 @@
 mod garage;
 mod http;
 mod lab_garage;
+mod lab_s3s;
 mod native;
 mod upload;
 
@@ -51,7 +52,7 @@ pub const DEF: SystemDef = SystemDef {
     embedded: false,
     about: "any S3 API (MinIO, Garage, s3s-fs): concurrent PUT bulk load, no maintenance",
     build,
-    lab: &[&lab_garage::Garage],
+    lab: &[&lab_garage::Garage, &lab_s3s::S3s],
     native_loader: Some(native::LOADER),
     tests: TEST_HOOKS,
 };

@@ -72,6 +72,12 @@ impl MarkerText {
     }
 }
 
+/// Whether `text` is a marker text dedup-lab wrote: for adapters that keep the marker in a
+/// field anyone can set (a stream's description).
+pub fn is_marker(text: &str) -> bool {
+    serde_json::from_str::<MarkerText>(text).is_ok_and(|m| m.created_by == "dedup-lab")
+}
+
 /// A run's claim on one system instance's namespace.
 #[derive(Clone, Debug)]
 pub struct Claim {

@@ -189,11 +189,16 @@ pub fn section_of(parts: &[&dyn erased::Part]) -> toml::Table {
     out
 }
 
-/// The section a lab recipe writes for a server on loopback: its connection keys, the
-/// adapter's own settings that differ from their defaults, and the `fs` probe over the
-/// server's data directories.
+/// The section a lab recipe writes for a server on loopback: its connection keys (the host
+/// always named, so that tools reading the section need no defaults), the adapter's own
+/// settings that differ from their defaults, and the `fs` probe over the server's data
+/// directories.
 pub fn lab_section(keys: &ServerKeys, own: &dyn erased::Part, data: &[PathBuf]) -> toml::Table {
-    let mut t = section_of(&[keys, own]);
+    let keys = ServerKeys {
+        host: Some(keys.host.clone().unwrap_or_else(|| "127.0.0.1".into())),
+        ..keys.clone()
+    };
+    let mut t = section_of(&[&keys, own]);
     t.extend([crate::probe::setting(crate::probe::fs::KEY, &data)]);
     t
 }

@@ -1,0 +1,692 @@
+//! `nats`: NATS JetStream (server 2.9 and later), through `async-nats`.
+//!
+//! Namespace: one stream (`stream`, default: see [`SystemContext::default_namespace`]) with the
+//! subjects `<stream>.files.>`, file storage, one replica. Its description holds dedup-lab's
+//! marker text (2.9 has no stream metadata); a stream of that name without it is foreign. A
+//! reset deletes and recreates the stream, which also empties its duplicate window.
+//!
+//! Bulk path: asynchronous publishes, at most `max_in_flight` messages and
+//! `max_in_flight_bytes` of file content awaiting their acks. Per file: one publish, its ack
+//! awaited; one `STREAM.MSG.DELETE` by sequence (with `no_erase`: erasing overwrites the
+//! bytes with random ones first and frees nothing more). The adapter keeps each file's
+//! sequence from its ack.
+//!
+//! `msg_id` decides each publish's `Nats-Msg-Id` header: the file name, or the BLAKE3 of the
+//! content. JetStream drops a message whose id it saw within the stream's duplicate window
+//! (`duplicate_window_s`) and acks it as a duplicate with the original's sequence, so with
+//! content ids the stream holds each distinct content once: a system that deduplicates
+//! logically ([`Keys::ByContent`]). Counts stay the server's: the messages the stream holds.
+//! Several files then share one message; the engine deletes a content only with its last file,
+//! and the adapter deletes the message that file's ack named. The window must outlast a stage:
+//! content seen earlier than that is stored again.
+//!
+//! Maintenance: JetStream has no compaction request. In the file store (2.9), a deleted
+//! message's bytes stay in its block file (8 MB blocks) until the block holds no live message
+//! (the file is removed; the last block is truncated to 0), or until a delete out of
+//! insertion order leaves a block that is not the last under a quarter live (above 2 MiB): the
+//! server then rewrites it by itself. What a client can ask for is a purge, and only a purge
+//! below the first live sequence deletes no live message: it drops the blocks before it and
+//! rewrites the first block when more than half of it is deleted. Maintenance does that, a
+//! full purge when the stream is empty, and nothing when message 1 is live (the server takes
+//! a purge below 1 for a full purge). Holes after the first live message stay.
+//!
+//! Settle: a stream's file store writes each message to its block file before the ack, and
+//! answers a delete after updating the block, so the state is current at every ack. It
+//! fsyncs every 2 minutes, fixed in 2.9 (2.10 adds `sync_interval`), and no request makes it
+//! sync: settling is a round trip that proves the server answers. Native size: the stream
+//! state's `bytes`. The `fs` probe reads the server's store directory when it is local.
+
+mod lab;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
+    RequestError, RequestErrorKind,
+};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::stream::{Config, PurgeError, PurgeErrorKind, StorageType};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::toolkit::{
+    Holding, Marker, Namespaced, ServerDefaults, Target, Window, ownership::is_marker,
+};
+use super::{Keys, System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
+use crate::dataset::{DataSet, FileEntry};
+use crate::model::{Measured, ServerInfo, SysError, SysResult, error_chain};
+
+/// Registry entry.
+pub const DEF: SystemDef = SystemDef {
+    kind: "nats",
+    aliases: &[],
+    embedded: false,
+    about: "NATS JetStream: async publish bulk load, per-message delete, Nats-Msg-Id dedup",
+    build,
+    lab: &[&lab::Nats],
+    native_loader: None,
+    tests: TestHooks {
+        namespace_key: "stream",
+        ..TEST_HOOKS
+    },
+};
+
+const DEFAULTS: ServerDefaults = ServerDefaults {
+    port: 4222,
+    user: None,
+};
+
+/// What a publish's `Nats-Msg-Id` is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MsgId {
+    /// The file name: every file is its own message.
+    #[default]
+    Name,
+    /// The BLAKE3 of the content: a repeated content within the window is not stored again.
+    Content,
+}
+
+/// The keys of a NATS instance's section beside the shared connection keys.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Stream name; must start with `dedup_lab`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// What a publish's `Nats-Msg-Id` is.
+    pub msg_id: MsgId,
+    /// The stream's duplicate window: a publish whose id it saw this recently is dropped.
+    pub duplicate_window_s: u64,
+    /// Publishes of the bulk path awaiting their acks, at most.
+    pub max_in_flight: usize,
+    /// File bytes of the bulk path awaiting their acks, at most (at least one file).
+    pub max_in_flight_bytes: u64,
+    /// Seconds a request or an ack may take.
+    pub timeout_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream: None,
+            msg_id: MsgId::Name,
+            duplicate_window_s: 600,
+            max_in_flight: 256,
+            max_in_flight_bytes: 64 << 20,
+            timeout_s: 30,
+        }
+    }
+}
+
+impl Namespaced for Settings {
+    const KEY: &'static str = "stream";
+
+    fn namespace(&self) -> Option<&str> {
+        self.stream.as_deref()
+    }
+}
+
+fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let t: Target<Settings> = Target::of(ctx, DEF.kind, DEFAULTS)?;
+    let s = &t.settings;
+    if s.duplicate_window_s == 0
+        || s.max_in_flight == 0
+        || s.max_in_flight_bytes == 0
+        || s.timeout_s == 0
+    {
+        crate::bail_usage!(
+            "config [systems.{}]: duplicate_window_s, max_in_flight, max_in_flight_bytes and \
+             timeout_s must be at least 1",
+            ctx.instance
+        );
+    }
+    if t.server.password.is_some() && t.server.user.is_none() {
+        crate::bail_usage!(
+            "config [systems.{}]: a password is set but no user; set user to the account's \
+             user name",
+            ctx.instance
+        );
+    }
+    Ok(Box::new(Nats {
+        name: ctx.instance.to_string(),
+        t,
+        conn: None,
+        files: Holders::default(),
+    }))
+}
+
+/// Which stored message holds each file, learnt from the acks since the last reset.
+#[derive(Debug, Default)]
+struct Holders {
+    /// File name → the sequence of the message holding its content.
+    seq_of: HashMap<String, u64>,
+    /// Sequences of messages stored since the last reset and not deleted.
+    live: HashSet<u64>,
+}
+
+impl Holders {
+    /// Records the ack of file `name`'s publish. A duplicate ack names the message that holds
+    /// the content already, which must be one stored since the reset and not deleted:
+    /// otherwise the window remembers a deleted message, and the file is stored nowhere.
+    fn acked(&mut self, name: &str, ack: &PublishAck) -> SysResult<()> {
+        if self.seq_of.contains_key(name) {
+            return Err(SysError::failed(format!(
+                "nats: {name} was inserted twice since the last reset"
+            )));
+        }
+        let seq = ack.sequence;
+        if ack.duplicate && !self.live.contains(&seq) {
+            return Err(SysError::failed(format!(
+                "nats: the publish of {name} was dropped as a duplicate of message {seq}, which \
+                 is not stored since the last reset: the duplicate window remembers a deleted \
+                 message with the same Nats-Msg-Id, so the content is stored nowhere"
+            )));
+        }
+        self.live.insert(seq);
+        self.seq_of.insert(name.to_string(), seq);
+        Ok(())
+    }
+
+    /// Forgets file `name`; returns the sequence of the message to delete. (With content ids
+    /// the engine deletes a content only with its last file.)
+    fn release(&mut self, name: &str) -> SysResult<u64> {
+        let seq = self.seq_of.remove(name).ok_or_else(|| {
+            SysError::failed(format!(
+                "nats: {name} was not inserted since the last reset: its message is unknown"
+            ))
+        })?;
+        self.live.remove(&seq);
+        Ok(seq)
+    }
+}
+
+/// A connection: the client, its JetStream context, and when it last lost the server.
+struct Conn {
+    client: Client,
+    js: jetstream::Context,
+    dropped_at: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The NATS JetStream adapter.
+struct Nats {
+    name: String,
+    t: Target<Settings>,
+    conn: Option<Conn>,
+    files: Holders,
+}
+
+/// The answer to `STREAM.MSG.DELETE`.
+#[derive(Deserialize)]
+struct Deleted {
+    success: bool,
+}
+
+/// Whether an error (or one of its causes) says the server did not answer in time or the
+/// connection broke, as opposed to an answer that refused the request.
+fn no_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        let lost = if let Some(r) = s.downcast_ref::<RequestError>() {
+            r.kind() == RequestErrorKind::TimedOut
+        } else if let Some(p) = s.downcast_ref::<PublishError>() {
+            matches!(
+                p.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+            )
+        } else if let Some(p) = s.downcast_ref::<PurgeError>() {
+            p.kind() == PurgeErrorKind::TimedOut
+        } else if let Some(c) =
+            s.downcast_ref::<async_nats::jetstream::context::CreateStreamError>()
+        {
+            c.kind() == CreateStreamErrorKind::TimedOut
+        } else {
+            s.is::<std::io::Error>()
+        };
+        if lost {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A lost connection (no answer in time, a broken pipe, or a client that is not connected) or
+/// any other failure, with the server's own message.
+fn classify(
+    client: Option<&Client>,
+    context: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> SysError {
+    let connected = client.is_some_and(|c| c.connection_state() == State::Connected);
+    let mut se = SysError::from_driver("nats", context, e, !connected || no_answer(e));
+    if e.downcast_ref::<PublishError>()
+        .is_some_and(|p| p.kind() == PublishErrorKind::MaxPayloadExceeded)
+    {
+        se.message
+            .push_str(" (raise the server's max_payload or use smaller files)");
+    }
+    se
+}
+
+/// What maintenance may purge without deleting a live message.
+#[derive(Debug, PartialEq, Eq)]
+enum PurgePlan {
+    /// The stream holds nothing: a full purge.
+    All,
+    /// Everything below this first live sequence: only deleted messages.
+    Below(u64),
+    /// Nothing: no message before the first live one. (A purge "below 1" would be a full
+    /// purge: the server treats sequence 0 and 1 alike.)
+    Nothing,
+}
+
+fn purge_plan(messages: u64, first_sequence: u64) -> PurgePlan {
+    match (messages, first_sequence) {
+        (0, _) => PurgePlan::All,
+        (_, first) if first > 1 => PurgePlan::Below(first),
+        _ => PurgePlan::Nothing,
+    }
+}
+
+impl Nats {
+    fn conn(&self) -> SysResult<&Conn> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| SysError::connection("nats: not connected"))
+    }
+
+    fn js(&self) -> SysResult<jetstream::Context> {
+        Ok(self.conn()?.js.clone())
+    }
+
+    /// [`classify`] with this adapter's client.
+    fn classify(&self, context: &str, e: &(dyn std::error::Error + 'static)) -> SysError {
+        classify(self.conn.as_ref().map(|c| &c.client), context, e)
+    }
+
+    fn err<E: std::error::Error + 'static>(&self, context: &str) -> impl FnOnce(E) -> SysError {
+        move |e| self.classify(context, &e)
+    }
+
+    fn subject(&self, f: &FileEntry) -> String {
+        format!("{}.files.{}", self.t.namespace, f.id)
+    }
+
+    /// Sends `f`'s publish; the returned future resolves to its ack.
+    async fn publish(&self, f: &FileEntry, content: Bytes) -> SysResult<PublishAckFuture> {
+        let id = match self.t.settings.msg_id {
+            MsgId::Name => &f.name,
+            MsgId::Content => &f.blake3,
+        };
+        let message = PublishMessage::build().payload(content).message_id(id);
+        self.js()?
+            .send_publish(self.subject(f), message)
+            .await
+            .map_err(self.err("publish"))
+    }
+
+    /// Awaits the ack of `name`'s publish and records which message holds it.
+    async fn confirm(&mut self, name: &str, ack: PublishAckFuture) -> SysResult<()> {
+        let ack = ack.await.map_err(self.err("publish ack"))?;
+        self.files.acked(name, &ack)
+    }
+
+    /// The stream's info, or `None` when it does not exist.
+    async fn info(&self) -> SysResult<Option<jetstream::stream::Info>> {
+        match self.js()?.get_stream(&self.t.namespace).await {
+            Ok(stream) => Ok(Some(stream.cached_info().clone())),
+            Err(e)
+                if matches!(&e.kind(), GetStreamErrorKind::JetStream(api)
+                if api.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.classify(&format!("STREAM.INFO {}", self.t.namespace), &e)),
+        }
+    }
+
+    /// Messages and bytes the stream holds: none when it does not exist (before the first
+    /// reset).
+    async fn held(&self) -> SysResult<(u64, u64)> {
+        Ok(self
+            .info()
+            .await?
+            .map_or((0, 0), |i| (i.state.messages, i.state.bytes)))
+    }
+
+    fn stream_config(&self, marker: &str) -> Config {
+        let stream = &self.t.namespace;
+        Config {
+            name: stream.clone(),
+            description: Some(marker.into()),
+            subjects: vec![format!("{stream}.files.>")],
+            storage: StorageType::File,
+            num_replicas: 1,
+            duplicate_window: Duration::from_secs(self.t.settings.duplicate_window_s),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Measured for Nats {
+    fn native_copies(&self) -> Option<u32> {
+        // The stream has one replica, and its state counts one copy.
+        Some(1)
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        Ok(self.held().await?.1)
+    }
+}
+
+#[async_trait]
+impl System for Nats {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Keys {
+        match self.t.settings.msg_id {
+            MsgId::Name => Keys::ByName,
+            MsgId::Content => Keys::ByContent,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "{} stream {} (Nats-Msg-Id = file {})",
+            self.t.server.address(),
+            self.t.namespace,
+            match self.t.settings.msg_id {
+                MsgId::Name => "name",
+                MsgId::Content => "content BLAKE3",
+            }
+        )
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        let (s, timeout) = (&self.t.server, self.t.settings.timeout_s);
+        let dropped_at = Arc::new(Mutex::new(None));
+        let noted = dropped_at.clone();
+        let mut options = ConnectOptions::new()
+            .name("dedup-lab")
+            .connection_timeout(s.connect_timeout)
+            .request_timeout(Some(Duration::from_secs(timeout)))
+            .event_callback(move |event| {
+                let noted = noted.clone();
+                async move {
+                    if matches!(event, Event::Disconnected) {
+                        *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    }
+                }
+            });
+        if let (Some(user), Some(password)) = (&s.user, &s.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_string());
+        }
+        let address = format!("nats://{}", s.address());
+        let client = options.connect(address.as_str()).await.map_err(|e| {
+            let msg = format!(
+                "nats: cannot connect to {}: {}",
+                s.address(),
+                error_chain(&e)
+            );
+            match e.kind() {
+                ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                    SysError::failed(format!("{msg} (check user and password)"))
+                }
+                ConnectErrorKind::ServerParse | ConnectErrorKind::Tls => SysError::failed(msg),
+                _ => SysError::connection(msg),
+            }
+        })?;
+        let server = client.server_info();
+        if !server.jetstream {
+            return Err(SysError::failed(format!(
+                "nats: the server at {} runs without JetStream; start it with -js or a \
+                 jetstream {{}} block in its config",
+                s.address()
+            )));
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(timeout))
+            .build(client.clone());
+        self.conn = Some(Conn {
+            client,
+            js,
+            dropped_at,
+        });
+        Ok(ServerInfo {
+            product: "NATS Server".into(),
+            version: server.version,
+        })
+    }
+
+    async fn inspect(&mut self) -> SysResult<Holding> {
+        Ok(match self.info().await? {
+            None => Holding::Absent,
+            Some(info) => match info.config.description {
+                Some(text) if is_marker(&text) => Holding::Marked(text),
+                _ => Holding::Foreign(format!(
+                    "stream {} exists but its description is not dedup-lab's marker",
+                    self.t.namespace
+                )),
+            },
+        })
+    }
+
+    async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
+        let name = self.t.namespace.clone();
+        if self.info().await?.is_some() {
+            self.js()?
+                .delete_stream(&name)
+                .await
+                .map_err(self.err(&format!("STREAM.DELETE {name}")))?;
+        }
+        self.files = Holders::default();
+        let config = self.stream_config(&marker.text);
+        self.js()?
+            .create_stream(config)
+            .await
+            .map_err(self.err(&format!("STREAM.CREATE {name}")))?;
+        Ok(())
+    }
+
+    async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
+        let mut files = ds.stream();
+        let s = &self.t.settings;
+        let mut window = Window::new(s.max_in_flight, s.max_in_flight_bytes);
+        let mut acked = Vec::new();
+        while let Some(item) = files.next().await {
+            let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
+            let size = content.len() as u64;
+            let ack = self.publish(&f, content).await?;
+            let client = self.conn()?.client.clone();
+            let answer = async move {
+                let a = ack.await;
+                a.map(|a| (f.name, a))
+                    .map_err(|e| classify(Some(&client), "publish ack", &e))
+            };
+            acked.extend(window.push(size, || Ok(answer)).await?);
+        }
+        acked.extend(window.finish().await?);
+        for (name, ack) in acked {
+            self.files.acked(&name, &ack)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
+        let ack = self.publish(file, content).await?;
+        self.confirm(&file.name, ack).await
+    }
+
+    async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
+        let seq = self.files.release(&file.name)?;
+        let subject = format!("STREAM.MSG.DELETE.{}", self.t.namespace);
+        let answer: Response<Deleted> = self
+            .js()?
+            .request(
+                subject,
+                &serde_json::json!({ "seq": seq, "no_erase": true }),
+            )
+            .await
+            .map_err(self.err("STREAM.MSG.DELETE"))?;
+        match answer {
+            Response::Ok(Deleted { success: true }) => Ok(()),
+            Response::Ok(Deleted { success: false }) => Err(SysError::failed(format!(
+                "nats: the server did not delete message {seq} ({})",
+                file.name
+            ))),
+            Response::Err { error } => Err(SysError::failed(format!(
+                "nats: deleting message {seq} ({}): {error}",
+                file.name
+            ))),
+        }
+    }
+
+    async fn maintenance(&mut self) -> SysResult<String> {
+        let Some(info) = self.info().await? else {
+            return Err(SysError::failed(format!(
+                "nats: stream {} does not exist",
+                self.t.namespace
+            )));
+        };
+        let (messages, first) = (info.state.messages, info.state.first_sequence);
+        let stream = self
+            .js()?
+            .get_stream_no_info(&self.t.namespace)
+            .await
+            .map_err(self.err("stream handle"))?;
+        let done = match purge_plan(messages, first) {
+            PurgePlan::All => {
+                stream.purge().await.map_err(self.err("purge"))?;
+                "purged the empty stream".to_string()
+            }
+            PurgePlan::Below(seq) => {
+                let purged = stream
+                    .purge()
+                    .sequence(seq)
+                    .await
+                    .map_err(self.err("purge"))?
+                    .purged;
+                if purged > 0 {
+                    return Err(SysError::failed(format!(
+                        "nats: the purge below the first live message ({seq}) deleted {purged} \
+                         live messages"
+                    )));
+                }
+                format!("purged below the first live message ({seq})")
+            }
+            PurgePlan::Nothing => "nothing deleted precedes the first live message".to_string(),
+        };
+        Ok(format!(
+            "{done}; JetStream has no compaction request: deleted messages after the first live \
+             one stay in their blocks until a block empties (removed) or, not the last, falls \
+             under 25 % live (rewritten by the server)"
+        ))
+    }
+
+    async fn settle(&mut self) -> SysResult<()> {
+        // Everything acknowledged is in the store files already (see the module doc); the
+        // round trip proves the server still answers, so probes read a live server.
+        let conn = self.conn()?;
+        conn.client.flush().await.map_err(self.err("flush"))?;
+        self.info().await.map(drop)
+    }
+
+    async fn count(&mut self) -> SysResult<u64> {
+        Ok(self.held().await?.0)
+    }
+
+    fn interrupted_since(&self, since: Instant) -> Option<String> {
+        let dropped = *self
+            .conn
+            .as_ref()?
+            .dropped_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        dropped.filter(|at| *at >= since).map(|at| {
+            format!(
+                "nats: the client lost the server {:.1} s into the cell and reconnected by \
+                 itself; publishes it queued meanwhile may have gone through",
+                at.duration_since(since).as_secs_f64()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(sequence: u64, duplicate: bool) -> PublishAck {
+        serde_json::from_value(serde_json::json!({
+            "stream": "dedup_lab", "seq": sequence, "duplicate": duplicate
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_file_deletes_the_message_its_ack_named() {
+        let mut h = Holders::default();
+        h.acked("a", &ack(1, false)).unwrap();
+        h.acked("b", &ack(1, true)).unwrap();
+        h.acked("c", &ack(2, false)).unwrap();
+        assert_eq!(h.release("c").unwrap(), 2);
+        assert_eq!(h.release("b").unwrap(), 1);
+        assert!(h.release("b").unwrap_err().message.contains("not inserted"));
+    }
+
+    #[test]
+    fn a_duplicate_of_a_deleted_message_and_a_second_insert_are_errors() {
+        let mut h = Holders::default();
+        h.acked("a", &ack(1, false)).unwrap();
+        assert_eq!(h.release("a").unwrap(), 1);
+        let e = h.acked("b", &ack(1, true)).unwrap_err();
+        assert!(e.message.contains("stored nowhere"), "{e}");
+        h.acked("c", &ack(2, false)).unwrap();
+        assert!(
+            h.acked("c", &ack(3, false))
+                .unwrap_err()
+                .message
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn maintenance_never_purges_a_live_message() {
+        assert_eq!(purge_plan(0, 81), PurgePlan::All);
+        assert_eq!(purge_plan(30, 51), PurgePlan::Below(51));
+        // Message 1 is live: a purge with sequence 1 would delete the whole stream.
+        assert_eq!(purge_plan(30, 1), PurgePlan::Nothing);
+    }
+
+    fn refused(section: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let table: toml::Table = toml::from_str(section).unwrap();
+        let e = super::super::build_from_section("nats", &table, dir.path())
+            .err()
+            .expect("refused");
+        assert_eq!(crate::error::exit_code(&e), 2, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = refused("msg_id = \"hash\"");
+        assert!(e.contains("msg_id") && e.contains("content"), "{e}");
+        assert!(refused("stream = \"events\"").contains("dedup_lab"));
+        assert!(refused("duplicate_window_s = 0").contains("at least 1"));
+        let e = refused("password_env = \"PATH\"");
+        assert!(e.contains("no user"), "{e}");
+    }
+}

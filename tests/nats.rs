@@ -1,0 +1,324 @@
+//! NATS JetStream (`nats`) against the lab server: content ids store each content once and
+//! file-name ids every copy (dedup capture from the native probe, through the engine), counts
+//! and sizes checked against `STREAM.INFO` requests typed here, deletes of shared content,
+//! and a foreign stream that is refused and survives.
+//!
+//! Each test uses its own stream. The `fs` probe reads the whole store directory, which the
+//! tests share, so they assert the native probe only.
+
+mod common;
+
+use async_nats::jetstream;
+use common::{assert_fails_with, config_with, lab_section, run_in_namespace, run_system, text};
+use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::model::Stage;
+use dedup_lab::results::derive::{Row, rows};
+use dedup_lab::systems::{self, Keys, System};
+
+/// A client of its own on the lab server, with the lab's user and password.
+async fn client() -> async_nats::Client {
+    let s = lab_section("nats");
+    let password = std::fs::read_to_string(s["password_file"].as_str().unwrap()).unwrap();
+    async_nats::ConnectOptions::with_user_and_password(
+        s["user"].as_str().unwrap().to_string(),
+        password.trim().to_string(),
+    )
+    .connect(format!(
+        "nats://{}:{}",
+        s["host"].as_str().unwrap(),
+        s["port"].as_integer().unwrap()
+    ))
+    .await
+    .expect("the lab's nats-server (`dedup-lab lab up --systems nats`)")
+}
+
+/// `$JS.API.STREAM.INFO.<stream>` as a plain request: the stream's (messages, bytes).
+async fn stream_info(c: &async_nats::Client, stream: &str) -> (u64, u64) {
+    let answer = c
+        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    let state = &v["state"];
+    assert!(state.is_object(), "no state in {v}");
+    (
+        state["messages"].as_u64().unwrap(),
+        state["bytes"].as_u64().unwrap(),
+    )
+}
+
+fn dataset(dir: &std::path::Path, grade: u8, files: u32) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade,
+            files,
+            sizes: SizeSpec::Fixed(32 << 10),
+            seed: 7,
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+fn adapter(stream: &str, msg_id: &str, dir: &std::path::Path) -> Box<dyn System> {
+    let mut section = lab_section("nats");
+    section.insert("stream".into(), stream.into());
+    section.insert("msg_id".into(), msg_id.into());
+    systems::build_from_section("nats", &section, dir).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_and_sizes_match_stream_info_and_a_content_goes_with_its_last_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stream = "dedup_lab_t_shared";
+    let mut sys = adapter(stream, "content", tmp.path());
+    assert_eq!(sys.connect().await.unwrap().product, "NATS Server");
+    assert_eq!(sys.keys(), Keys::ByContent);
+    // 20 files, 10 distinct contents, each held by two files.
+    let ds = dataset(&tmp.path().join("ds"), 50, 20);
+    let c = client().await;
+
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let (messages, bytes) = stream_info(&c, stream).await;
+    assert_eq!(messages, 10);
+    assert_eq!(sys.count().await.unwrap(), messages);
+    assert_eq!(sys.native_size().await.unwrap(), bytes);
+    // Each message holds one 32 KiB content, a subject and a Nats-Msg-Id header.
+    assert!(
+        (10 * (32 << 10)..10 * (33 << 10)).contains(&bytes),
+        "{bytes}"
+    );
+
+    common::reset(sys.as_mut()).await.unwrap();
+    assert_eq!(stream_info(&c, stream).await, (0, 0), "a reset empties");
+    for f in &ds.manifest.files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    assert_eq!(stream_info(&c, stream).await.0, 10);
+    // A content's message is stored under the subject of its first file published (files go
+    // in manifest order). The engine deletes a content with its last file only: that file's
+    // delete removes the message the first one's publish stored.
+    let files = &ds.manifest.files;
+    let first = &files[0];
+    let copy = files[1..]
+        .iter()
+        .find(|f| f.blake3 == first.blake3)
+        .expect("every content is held by two files");
+    let js = jetstream::new(c.clone());
+    let held = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!("{stream}.files.{}", first.id))
+        .await
+        .unwrap();
+    assert_eq!(blake3::hash(&held.payload).to_hex().as_str(), copy.blake3);
+    sys.delete_one(copy).await.unwrap();
+    assert_eq!(stream_info(&c, stream).await.0, 9, "its last file is gone");
+    let last_of_each: std::collections::HashMap<&str, &dedup_lab::dataset::FileEntry> =
+        files.iter().map(|f| (f.blake3.as_str(), f)).collect();
+    for f in last_of_each.values() {
+        if f.blake3 != copy.blake3 {
+            sys.delete_one(f).await.unwrap();
+        }
+    }
+    assert_eq!(stream_info(&c, stream).await, (0, 0));
+    assert_eq!(sys.count().await.unwrap(), 0);
+    let note = sys.maintenance().await.unwrap();
+    assert!(note.contains("purged the empty stream"), "{note}");
+    js.delete_stream(stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn name_ids_store_every_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stream = "dedup_lab_t_names";
+    let mut sys = adapter(stream, "name", tmp.path());
+    sys.connect().await.unwrap();
+    assert_eq!(sys.keys(), Keys::ByName);
+    let ds = dataset(&tmp.path().join("ds"), 90, 20);
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let c = client().await;
+    let (messages, bytes) = stream_info(&c, stream).await;
+    assert_eq!((messages, sys.count().await.unwrap()), (20, 20));
+    assert!(bytes >= ds.manifest.logical_bytes, "{bytes}");
+    for f in &ds.manifest.files {
+        sys.delete_one(f).await.unwrap();
+    }
+    assert_eq!(stream_info(&c, stream).await, (0, 0));
+    jetstream::new(c).delete_stream(stream).await.unwrap();
+}
+
+/// The derived row of the native probe at `grade` and `stage`.
+fn native(rows: &[Row], grade: u8, stage: Stage) -> &Row {
+    rows.iter()
+        .find(|r| r.probe == "native" && r.grade == grade && r.stage == stage)
+        .unwrap_or_else(|| panic!("no native row for U{grade} {stage}"))
+}
+
+/// A run of random data at U0 and U90 with `msg_id`: its derived rows.
+fn run_with(msg_id: &str, stream: &str) -> Vec<Row> {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "nats",
+        &[("msg_id", msg_id.into()), ("stream", stream.into())],
+    );
+    let results = tmp.path().join("results");
+    let out = run_system(&config, "nats", "random_binary", "0,90", 40, &results);
+    assert!(out.status.success(), "{}", text(&out));
+    rows(&common::journal(&common::experiment_dir(&results)))
+}
+
+#[test]
+fn content_ids_store_about_u_and_name_ids_about_l() {
+    let by_content = run_with("content", "dedup_lab_t_run_content");
+    let by_name = run_with("name", "dedup_lab_t_run_name");
+    for stage in [Stage::BulkInsert, Stage::PerfileInsert] {
+        let r = native(&by_content, 90, stage);
+        // 40 files at U90: 4 distinct contents are stored, once each.
+        assert_eq!(r.rows_after, 4, "{stage}");
+        let capture = r.dedup_capture.unwrap();
+        assert!(capture >= 0.8, "content ids, {stage}: capture {capture}");
+        let grown = r.delta_bytes.unwrap() as f64;
+        assert!(
+            grown < 1.1 * r.unique_bytes as f64,
+            "content ids, {stage}: grew {grown} for U {}",
+            r.unique_bytes
+        );
+
+        let r = native(&by_name, 90, stage);
+        assert_eq!(r.rows_after, 40, "{stage}");
+        let capture = r.dedup_capture.unwrap();
+        assert!(capture <= 0.1, "name ids, {stage}: capture {capture}");
+        assert!(r.delta_bytes.unwrap() as f64 >= 0.99 * r.logical_bytes as f64);
+    }
+    for rows in [&by_content, &by_name] {
+        for grade in [0, 90] {
+            let r = native(rows, grade, Stage::PerfileDelete);
+            assert_eq!(r.rows_after, 0, "the per-file delete empties the stream");
+            assert_eq!(r.after_bytes, Some(0));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_stream_is_refused_and_survives() {
+    let stream = "dedup_lab_t_foreign";
+    let c = client().await;
+    let js = jetstream::new(c.clone());
+    let _ = js.delete_stream(stream).await;
+    js.create_stream(jetstream::stream::Config {
+        name: stream.into(),
+        subjects: vec![format!("{stream}.files.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish(format!("{stream}.files.precious"), "not ours".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(|| run_in_namespace("nats", "stream", stream))
+        .await
+        .unwrap();
+    assert_fails_with(&out, 1, &["refusing", "not created by dedup-lab"]);
+    assert_eq!(
+        stream_info(&c, stream).await.0,
+        1,
+        "the foreign message survives"
+    );
+    js.delete_stream(stream).await.unwrap();
+}
+
+/// Allocated bytes of a directory's files.
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// Deleted messages at the head of a block stay on disk until maintenance purges below the
+/// first live message, which rewrites that block and keeps every live message. (nats-server
+/// 2.9 cuts a stream into blocks of 8 MB: 31 messages of 256 KiB each.)
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_drops_deleted_heads_and_keeps_live_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stream = "dedup_lab_t_maintenance";
+    let mut sys = adapter(stream, "name", tmp.path());
+    sys.connect().await.unwrap();
+    let ds = DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade: 0,
+            files: 80,
+            sizes: SizeSpec::Fixed(256 << 10),
+            seed: 8,
+        },
+        &tmp.path().join("ds"),
+    )
+    .unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let store = lab_section("nats")["fs_probe"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msgs = std::path::Path::new(&store).join(format!("jetstream/$G/streams/{stream}/msgs"));
+    // The first block and 19 of the second block's 31 messages, in insertion order.
+    for f in &ds.manifest.files[..50] {
+        sys.delete_one(f).await.unwrap();
+    }
+    sys.settle().await.unwrap();
+    let before = allocated(&msgs);
+    let note = sys.maintenance().await.unwrap();
+    assert!(
+        note.contains("purged below the first live message (51)"),
+        "{note}"
+    );
+    let after = allocated(&msgs);
+    assert!(
+        before - after >= 19 * (256 << 10),
+        "the store went from {before} to {after} bytes"
+    );
+    let c = client().await;
+    assert_eq!(
+        stream_info(&c, stream).await.0,
+        30,
+        "every live message stays"
+    );
+    jetstream::new(c).delete_stream(stream).await.unwrap();
+}
+
+#[test]
+fn a_wrong_password_is_named_and_not_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "not-the-nats-password-0000").unwrap();
+    let config = config_with(
+        tmp.path(),
+        "nats",
+        &[("password_file", wrong.display().to_string().into())],
+    );
+    let out = common::run(&[
+        "preflight",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "nats",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("check user and password"), "{t}");
+    assert!(
+        !t.contains("not-the-nats-password-0000"),
+        "a secret leaked: {t}"
+    );
+}
