@@ -308,3 +308,25 @@ async fn lost_connections_and_bad_passwords_are_told_apart() {
     assert!(e.message.contains("password"), "{}", e.message);
     assert!(!e.message.contains("not-the-password"), "{}", e.message);
 }
+
+/// `engine = "ReplacingMergeTree"` is the lab table's engine, as `system.tables` says; a codec
+/// this old server does not know is refused by the server at the reset, with its message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_table_engine_is_a_setting_and_an_unknown_codec_is_the_servers_error() {
+    let db = "dedup_lab_t_engine";
+    let mut sys = adapter(&[
+        ("database", db.into()),
+        ("engine", "ReplacingMergeTree".into()),
+    ])
+    .await;
+    common::reset(sys.as_mut()).await.unwrap();
+    let engine = cli(&format!(
+        "SELECT engine FROM system.tables WHERE database = '{db}' AND name = 'files'"
+    ));
+    assert_eq!(engine.trim(), "ReplacingMergeTree");
+    let mut sys = adapter(&[("database", db.into()), ("codec", "ZSTD(3)".into())]).await;
+    let e = common::reset(sys.as_mut()).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
+    assert!(e.message.contains("creating files"), "{}", e.message);
+    cli(&format!("DROP DATABASE {db}"));
+}

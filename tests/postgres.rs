@@ -317,3 +317,76 @@ async fn batched_insert_path_stores_every_row_intact() {
     }
     common::reset(sys.as_mut()).await.unwrap();
 }
+
+/// Two instances of the kind in one config, on the same server: each its own schema, its own
+/// column settings (checked in the catalog), its own column in the report.
+#[test]
+fn two_instances_of_one_kind_run_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut systems = toml::Table::new();
+    for (name, compression) in [("pg_t_pglz", "pglz"), ("pg_t_lz4", "lz4")] {
+        let mut s = lab_section("postgres");
+        s.insert("kind".into(), "postgres".into());
+        s.insert("compression".into(), compression.into());
+        systems.insert(name.into(), s.into());
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("systems".into(), systems.into());
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, toml::to_string(&doc).unwrap()).unwrap();
+    let results = tmp.path().join("results");
+    let out = run_system(
+        &config,
+        "pg_t_pglz,pg_t_lz4",
+        "text_document",
+        "0",
+        16,
+        &results,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("pg_t_pglz") && t.contains("pg_t_lz4"), "{t}");
+    let exp = experiment_dir(&results);
+    let stages = stage_records(&journal(&exp));
+    let growth = |system: &str| {
+        let s = stages
+            .iter()
+            .find(|s| s.cell.system == system && s.stage == Stage::BulkInsert)
+            .unwrap();
+        let p = &s.probes["native"];
+        (
+            p.after.bytes().unwrap() - p.before.bytes().unwrap(),
+            s.logical_bytes,
+        )
+    };
+    let ((pglz, l), (lz4, _)) = (growth("pg_t_pglz"), growth("pg_t_lz4"));
+    assert!(
+        pglz < l && lz4 < l,
+        "text compresses: pglz {pglz}, lz4 {lz4}, L {l}"
+    );
+    assert_ne!(pglz, lz4, "two codecs, two sizes");
+    let report = std::fs::read_to_string(exp.join("summary.md")).unwrap();
+    assert!(report.contains("pg_t_pglz") && report.contains("pg_t_lz4"));
+    // Each schema's table has its instance's codec; metadata names the kind of each.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = independent().await;
+        for (schema, code) in [("dedup_lab_pg_t_pglz", "p"), ("dedup_lab_pg_t_lz4", "l")] {
+            let row = c
+                .query_one(
+                    "SELECT attcompression::text FROM pg_attribute \
+                     WHERE attrelid = ($1 || '.files')::regclass AND attname = 'content'",
+                    &[&schema],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), code, "{schema}");
+            c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .unwrap();
+        }
+    });
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["servers"]["pg_t_lz4"]["kind"], "postgres");
+}

@@ -216,3 +216,28 @@ async fn prometheus_probe_reads_used_memory_and_selects_samples_by_label() {
     cli_in(13, &del, None);
     assert_eq!(keys_in_13.scrape().await.unwrap(), 0);
 }
+
+/// `persistence` is applied at every reset: the server keeps no AOF after a reset with
+/// `none`, and one again after a reset with `aof` (as the lab runs it).
+#[tokio::test(flavor = "multi_thread")]
+async fn persistence_is_set_at_each_reset() {
+    let _turn = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let appendonly = || {
+        cli(&["CONFIG", "GET", "appendonly"])
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    for (mode, want) in [("none", "no"), ("aof", "yes")] {
+        let mut section = lab_section("redis");
+        section.insert("prefix".into(), "dedup_lab_t_persist".into());
+        section.insert("persistence".into(), mode.into());
+        let mut sys = systems::build_from_section("redis", &section, tmp.path()).unwrap();
+        sys.connect().await.unwrap();
+        common::reset(sys.as_mut()).await.unwrap();
+        assert!(appendonly().ends_with(want), "{mode}: {}", appendonly());
+    }
+}

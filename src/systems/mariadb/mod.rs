@@ -192,6 +192,43 @@ fn tsv_stream(mut files: FileStream) -> mysql_async::InfileData {
 }
 
 impl MariaDb {
+    /// Waits until InnoDB's purge has processed every committed delete (see `settle`).
+    async fn await_purge(&mut self) -> SysResult<()> {
+        let limit = Duration::from_secs(self.t.settings.settle_timeout_s);
+        let mut pacer = Pacer::new(limit);
+        if self.lag_wait != Some(false) {
+            let wait = self
+                .conn()?
+                .query_drop("SET GLOBAL innodb_max_purge_lag_wait = 0");
+            match tokio::time::timeout(limit, wait).await {
+                Ok(Ok(())) => self.lag_wait = Some(true),
+                Ok(Err(mysql_async::Error::Server(e))) if e.code == ER_SPECIFIC_ACCESS_DENIED => {
+                    tracing::info!(
+                        "mariadb: no SUPER privilege, so settling polls InnoDB's history list \
+                         instead of waking purge"
+                    );
+                    self.lag_wait = Some(false);
+                }
+                Ok(Err(e)) => return Err(classify("waiting for InnoDB purge", e)),
+                Err(_) => {
+                    // The statement still blocks the connection: drop it, the next stage
+                    // reconnects.
+                    self.conn = None;
+                    return Err(self.purge_overdue("transactions"));
+                }
+            }
+        }
+        loop {
+            let history = self.history_length().await?;
+            if history == 0 {
+                return Ok(());
+            }
+            if !pacer.pause().await {
+                return Err(self.purge_overdue(&format!("{history} transactions")));
+            }
+        }
+    }
+
     fn conn(&mut self) -> SysResult<&mut Conn> {
         self.conn
             .as_mut()
@@ -467,43 +504,36 @@ impl System for MariaDb {
     /// extends it, so sizes need no flush to be current. What InnoDB still owes is purge: a
     /// deleted row and its BLOB pages are freed only when purge processes the delete. Purge is
     /// done when the history list is empty. With SUPER, `SET GLOBAL
-    /// innodb_max_purge_lag_wait=0` wakes purge and waits for it (~0.1 s after deleting 64
-    /// BLOBs); without, purge runs at its own pace (~1 s) and the status variable, which
-    /// needs no privilege, is polled. Either way the poll has the last word.
+    /// innodb_max_purge_lag_wait=0` wakes purge and waits for it; without, purge runs at its
+    /// own pace and the status variable, which needs no privilege, is polled. Either way the
+    /// poll has the last word. A page-compressed table is the exception to "no flush": its
+    /// pages are compressed, and the file's holes punched, only when they are written, so
+    /// settling then also flushes the table (`FLUSH TABLES … FOR EXPORT`, which needs RELOAD).
     async fn settle(&mut self) -> SysResult<()> {
-        let limit = Duration::from_secs(self.t.settings.settle_timeout_s);
-        let mut pacer = Pacer::new(limit);
-        if self.lag_wait != Some(false) {
-            let wait = self
+        self.await_purge().await?;
+        if self.t.settings.page_compressed {
+            let table = self.table();
+            let flushed = self
                 .conn()?
-                .query_drop("SET GLOBAL innodb_max_purge_lag_wait = 0");
-            match tokio::time::timeout(limit, wait).await {
-                Ok(Ok(())) => self.lag_wait = Some(true),
-                Ok(Err(mysql_async::Error::Server(e))) if e.code == ER_SPECIFIC_ACCESS_DENIED => {
-                    tracing::info!(
-                        "mariadb: no SUPER privilege, so settling polls InnoDB's history list \
-                         instead of waking purge"
+                .query_drop(format!("FLUSH TABLES {table} FOR EXPORT"))
+                .await;
+            if let Err(e) = flushed {
+                let denied = server_code(&e) == Some(ER_SPECIFIC_ACCESS_DENIED);
+                let mut se = classify("FLUSH TABLES … FOR EXPORT", e);
+                if denied {
+                    se.message.push_str(
+                        " (a page-compressed table is flushed before it is measured: grant \
+                         the account RELOAD, or set page_compressed = false)",
                     );
-                    self.lag_wait = Some(false);
                 }
-                Ok(Err(e)) => return Err(classify("waiting for InnoDB purge", e)),
-                Err(_) => {
-                    // The statement still blocks the connection: drop it, the next stage
-                    // reconnects.
-                    self.conn = None;
-                    return Err(self.purge_overdue("transactions"));
-                }
+                return Err(se);
             }
+            self.conn()?
+                .query_drop("UNLOCK TABLES")
+                .await
+                .map_err(err("UNLOCK TABLES"))?;
         }
-        loop {
-            let history = self.history_length().await?;
-            if history == 0 {
-                return Ok(());
-            }
-            if !pacer.pause().await {
-                return Err(self.purge_overdue(&format!("{history} transactions")));
-            }
-        }
+        Ok(())
     }
 
     async fn count(&mut self) -> SysResult<u64> {
