@@ -180,8 +180,8 @@ impl Settings {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // tansu holds every fetch this long even when it has records, and librdkafka
-            // waits out the fetch in flight when a reader closes: at 100 ms each read of a
-            // few records took 200 ms, and a cell makes about six.
+            // waits out the fetch in flight when a reader closes: a long wait makes every
+            // short read slow (BENCHMARKS.md has the figures).
             .set("fetch.wait.max.ms", "10")
             .set(
                 "max.partition.fetch.bytes",

@@ -32,7 +32,8 @@ pub const DEF: SystemDef = SystemDef {
     build,
     lab: &[&lab::Redis],
     native_loader: Some(native::LOADER),
-    // Redis answers a SET in ~0.1 ms: a stop must land in many more files.
+    // Redis answers a SET far faster than the other servers (BENCHMARKS.md): a stop lands in
+    // a per-file stage only with many more files.
     tests: TestHooks {
         namespace_key: "prefix",
         fault_data_set: (20_000, "1KiB"),
