@@ -35,6 +35,7 @@ fn main() {
             files: DATASET_FILES,
             sizes: SizeSpec::Fixed(DATASET_FILE_SIZE),
             seed: 1,
+            ..Default::default()
         };
         let clock = Instant::now();
         let ds = DataSet::generate(&spec, &dir.path().join(p.name())).expect("generate");

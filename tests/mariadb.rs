@@ -57,6 +57,7 @@ fn random_files(dir: &std::path::Path, files: u32, seed: u64) -> DataSet {
                 max: 100_000,
             },
             seed,
+            ..Default::default()
         },
         &dir.join("ds"),
     )
@@ -220,6 +221,7 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
             files: 64,
             sizes: SizeSpec::Fixed(64 * 1024),
             seed: 6,
+            ..Default::default()
         },
         &tmp.path().join("first"),
     )

@@ -57,13 +57,8 @@ pub fn run_seed(config: &Resolved, run: u32) -> u64 {
 
 /// The data set spec of one (run, payload, grade).
 pub fn dataset_spec(config: &Resolved, run: u32, payload: PayloadType, grade: u8) -> DataSetSpec {
-    DataSetSpec {
-        payload,
-        grade,
-        files: config.config.dataset.files,
-        sizes: config.config.dataset.file_size,
-        seed: derive_seed(run_seed(config, run), payload.name(), u64::from(grade)),
-    }
+    let seed = derive_seed(run_seed(config, run), payload.name(), u64::from(grade));
+    config.dataset_spec(payload, grade, seed)
 }
 
 /// Where a data set lives inside an experiment directory (or a `generate` output directory).
