@@ -629,8 +629,8 @@ fn repeated_source_content_is_passed_over() {
     );
 }
 
-/// Runs the real binary; returns (exit code, stderr).
-fn cli(args: &[&str]) -> (i32, String) {
+/// Runs the real binary; returns (exit code, stderr, stdout).
+fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dedup-lab"))
         .args(args)
         .output()
@@ -638,6 +638,7 @@ fn cli(args: &[&str]) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
@@ -688,13 +689,13 @@ fn presets_need_a_directory_with_files() {
             .copied()
             .chain(extra.iter().map(String::as_str))
             .collect();
-        let (code, err) = cli(&args);
+        let (code, err, _) = cli(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
     // And with its directory, the preset generates.
     let src = format!("--source=text_corpus={}", shipped().display());
-    let (code, err) = cli(&[
+    let (code, err, _) = cli(&[
         "generate",
         "--runs",
         "1",
@@ -716,4 +717,102 @@ fn presets_need_a_directory_with_files() {
     let m =
         dedup_lab::dataset::Manifest::read(&Path::new(out).join("run-1/text_corpus-U50")).unwrap();
     assert_eq!((m.uniques, m.duplicates), (16, 16));
+}
+
+#[test]
+fn content_stream_is_what_generate_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (p, dedup) in [
+        (PayloadType::Mixed, Dedup::Files),
+        (PayloadType::RandomBinary, chunks(4096, DupMode::Repeat, 0)),
+        (
+            PayloadType::JsonbDocuments,
+            chunks(8192, DupMode::WorkingSet(30), 9),
+        ),
+    ] {
+        let s = DataSetSpec {
+            dedup,
+            compress: 40,
+            ..spec(p, 60, 12, SizeSpec::Fixed(64 * 1024), 21)
+        };
+        let ds = DataSet::generate(&s, &dir.path().join(p.name())).unwrap();
+        let written: Vec<u8> = files_of(&ds).concat();
+        let mut streamed = Vec::new();
+        let mut stream = s.content_stream().unwrap();
+        while let Some(b) = stream.next_block().unwrap() {
+            streamed.extend_from_slice(b);
+        }
+        assert!(streamed == written, "{p} {dedup:?}");
+    }
+}
+
+/// A 2 GiB file, of which the first 256 MiB are random and the rest a hole (zeros), and a
+/// tree of 1024 small files. The U0 data set of 1 MiB files takes the random part, one slice
+/// of zeros, passes over the other zero slices as repeats, and ends in the tree; the child
+/// `generate` process stays far below 256 MiB.
+#[test]
+fn a_two_gib_source_streams_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("tree")).unwrap();
+    let mut big = std::fs::File::create(src.join("big.img")).unwrap();
+    std::io::copy(
+        &mut dedup_lab::dataset::content(PayloadType::RandomBinary, 1, 256 << 20),
+        &mut big,
+    )
+    .unwrap();
+    big.set_len(2 << 30).unwrap();
+    drop(big);
+    for i in 0..1024u64 {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(
+            &mut dedup_lab::dataset::content(PayloadType::RandomBinary, 100 + i, 24 * 1024),
+            &mut data,
+        )
+        .unwrap();
+        std::fs::write(src.join(format!("tree/{i:04}.bin")), data).unwrap();
+    }
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    // 256 random + 1 zero + 24 tree slices of 1 MiB.
+    let (code, err, stdout) = cli(&[
+        "generate",
+        "--runs",
+        "1",
+        "--grades",
+        "0",
+        "--out",
+        out,
+        "--payloads",
+        "nasa_image",
+        "--files",
+        "281",
+        "--file-size",
+        "1MiB",
+        &format!("--source=nasa_image={}", src.display()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rss: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak RSS: ")?.strip_suffix(" MiB"))
+        .expect("generate prints its peak RSS")
+        .parse()
+        .unwrap();
+    assert!(rss <= 256.0, "peak RSS {rss} MiB");
+    let ds = DataSet::open(&Path::new(out).join("run-1/nasa_image-U0")).unwrap();
+    let distinct: HashSet<blake3::Hash> = ds
+        .manifest
+        .files
+        .iter()
+        .map(|f| blake3::hash(&ds.read(f).unwrap()))
+        .collect();
+    assert_eq!(distinct.len(), 281, "U0: no two equal files");
+    let rec = ds.manifest.source.as_ref().unwrap();
+    assert_eq!(
+        rec.skipped_bytes,
+        (2048 - 257) << 20,
+        "zero slices after the first"
+    );
+    assert_eq!(rec.read_bytes, (2048 + 24) << 20);
+    assert!(rec.files[280].parts[0].path.starts_with("tree/"));
 }

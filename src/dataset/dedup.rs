@@ -80,10 +80,9 @@ impl fmt::Display for Dedup {
         match self {
             Dedup::Files => f.write_str("whole files"),
             Dedup::Chunks(c) => {
-                write!(f, "{}-byte chunks, ", c.unit)?;
-                match c.mode {
-                    DupMode::Repeat => f.write_str("repeat")?,
-                    DupMode::WorkingSet(p) => write!(f, "working set {p} %")?,
+                write!(f, "{}-byte chunks, {}", c.unit, c.mode.name())?;
+                if let DupMode::WorkingSet(p) = c.mode {
+                    write!(f, " {p} %")?;
                 }
                 if c.shift > 0 {
                     write!(f, ", shift {}", c.shift)?;

@@ -21,7 +21,7 @@ use crate::results::record::{CellKey, Record, Stage};
 use crate::systems::{ErrorKind, ServerInfo, SysError, System, SystemContext, SystemDef};
 use cell::{Attempt, CellError};
 use journal::Journal;
-pub use metadata::Metadata;
+pub use metadata::{Metadata, peak_rss_bytes};
 
 /// File names inside an experiment directory.
 pub const JOURNAL: &str = "journal.jsonl";
