@@ -170,7 +170,7 @@ fn ensure_reuses_a_complete_data_set_and_regenerates_a_damaged_one() {
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dedup_lab::dataset::{ChunkDedup, Dedup, DupMode, SourceSpec};
+use dedup_lab::dataset::{ChunkDedup, Dedup, DupMode, Manifest, SourceSpec};
 
 fn chunks(unit: u32, mode: DupMode, shift: u16) -> Dedup {
     Dedup::Chunks(ChunkDedup { unit, mode, shift })
@@ -815,4 +815,26 @@ fn a_two_gib_source_streams_in_bounded_memory() {
     );
     assert_eq!(rec.read_bytes, (2048 + 24) << 20);
     assert!(rec.files[280].parts[0].path.starts_with("tree/"));
+}
+
+#[test]
+fn a_format_1_data_set_is_regenerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ds");
+    let s = spec(PayloadType::TextDocument, 50, 6, SizeSpec::Fixed(4096), 2);
+    let a = DataSet::generate(&s, &path).unwrap();
+    // What format 1 wrote: no dedup, compress or source, and whole files only.
+    let mut v: serde_json::Value = serde_json::to_value(&a.manifest).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    obj.remove("dedup");
+    obj.remove("compress");
+    obj.insert("format".into(), 1.into());
+    std::fs::write(path.join("manifest.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(DataSet::open(&path).unwrap().manifest.format, 1);
+    let b = DataSet::ensure(&s, &path).unwrap();
+    assert_eq!(b.manifest, a.manifest);
+    assert_eq!(
+        Manifest::read(&path).unwrap().format,
+        dedup_lab::dataset::FORMAT
+    );
 }

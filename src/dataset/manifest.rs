@@ -41,9 +41,12 @@ pub struct Manifest {
     pub seed: u64,
     /// Requested file sizes.
     pub file_size: SizeSpec,
-    /// How duplicates are formed: whole files, or chunks of a unit.
+    /// How duplicates are formed: whole files, or chunks of a unit. (Default for manifests
+    /// of format 1, which had whole files only: they still parse, and are regenerated.)
+    #[serde(default)]
     pub dedup: Dedup,
     /// Percent of every piece (chunk, or file with the file unit) that is filler.
+    #[serde(default)]
     pub compress: u8,
     /// Number of distinct contents at the dedup unit (files or chunks), as verified.
     pub uniques: u64,
