@@ -38,6 +38,7 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
+    /// The layout of `spec`: sizes drawn and duplicates planned from its seed.
     pub fn new(spec: &DataSetSpec) -> Layout {
         let mut size_rng = rng(derive_seed(spec.seed, "sizes", 0));
         match spec.dedup {
