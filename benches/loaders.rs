@@ -32,6 +32,7 @@ fn main() {
             files: FILES,
             sizes: SizeSpec::Fixed(FILE_SIZE),
             seed: 1,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

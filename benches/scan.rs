@@ -80,6 +80,7 @@ fn main() {
             files: FILES,
             sizes: SizeSpec::Fixed(FILE_SIZE),
             seed: 1,
+            ..Default::default()
         },
         &tmp.path().join("u50"),
     )

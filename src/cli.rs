@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use dedup_lab::config::Overrides;
-use dedup_lab::dataset::{SizeSpec, parse_size};
+use dedup_lab::dataset::{DedupUnit, SizeSpec, parse_size};
 use dedup_lab::lab::storage::Kind as StorageKind;
 use dedup_lab::scan::{CdcParams, ScanConfig};
 
@@ -79,6 +79,35 @@ pub struct ConfigArgs {
     /// File size, e.g. 64KiB, or a seeded range 4KiB..1MiB.
     #[arg(long, value_name = "SIZE")]
     pub file_size: Option<SizeSpec>,
+    /// Granularity of duplicates: file (whole files), or a chunk size 4KiB … 1MiB.
+    #[arg(long, value_name = "UNIT")]
+    pub dedup_unit: Option<DedupUnit>,
+    /// With a chunk unit: repeat (copy the most recent unique chunk) or working_set.
+    #[arg(long, value_name = "MODE")]
+    pub dedup_mode: Option<String>,
+    /// With working_set: percent of the unique chunks that duplicates copy (default 5).
+    #[arg(long, value_name = "PERCENT")]
+    pub working_set: Option<i64>,
+    /// With a chunk unit: bytes by which duplicates sit off the chunk grid (0 = aligned).
+    #[arg(long, value_name = "BYTES")]
+    pub shift: Option<i64>,
+    /// Percent of each chunk (file, with the file unit) that is filler and compresses.
+    #[arg(long, value_name = "PERCENT")]
+    pub compress: Option<i64>,
+    /// Directory of a preset payload type, e.g. gutenberg_text=/data/gutenberg (repeatable).
+    #[arg(long, value_name = "PRESET=DIR", value_parser = parse_source)]
+    pub source: Vec<(String, PathBuf)>,
+}
+
+fn parse_source(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!(
+            "'{s}' is not PRESET=DIR; write e.g. --source gutenberg_text=/data/gutenberg"
+        )),
+    }
 }
 
 impl ConfigArgs {
@@ -94,6 +123,12 @@ impl ConfigArgs {
             grades: self.grades.clone(),
             files: self.files,
             file_size: self.file_size,
+            dedup_unit: self.dedup_unit,
+            dedup_mode: self.dedup_mode.clone(),
+            working_set: self.working_set,
+            shift: self.shift,
+            compress: self.compress,
+            sources: self.source.clone(),
         }
     }
 }

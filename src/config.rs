@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{PayloadType, SizeSpec};
+use crate::dataset::{
+    ChunkDedup, DEFAULT_WORKING_SET, DataSetSpec, Dedup, DedupUnit, DupMode, MAX_SHIFT,
+    PayloadType, SizeSpec, SourceSpec,
+};
 use crate::error::usage;
 use crate::systems::{self, Instance};
 
@@ -42,7 +45,7 @@ pub struct ExperimentConfig {
     /// System instances to measure; `all` means every configured instance and the embedded
     /// ones.
     pub systems: Vec<String>,
-    /// Payload types; `all` means every synthetic type.
+    /// Payload types; `all` means every synthetic type. Presets are named one by one.
     pub payloads: Vec<String>,
     /// Grades in percent (0–99).
     pub grades: Vec<i64>,
@@ -71,7 +74,8 @@ impl Default for ExperimentConfig {
     }
 }
 
-/// `[dataset]`
+/// `[dataset]`. Keys left at their default are not serialized, so adding a knob does not
+/// change the derived experiment id of configs that do not use it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetConfig {
@@ -81,6 +85,28 @@ pub struct DatasetConfig {
     pub file_size: SizeSpec,
     /// Keep data set files after their cells are done (manifests are always kept).
     pub keep: bool,
+    /// Granularity of duplicates: `file` (whole files), or a chunk size `4KiB` … `1MiB`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub dedup_unit: DedupUnit,
+    /// With a chunk unit, which earlier chunk a duplicate repeats: `repeat` (the most recent
+    /// unique chunk; default) or `working_set` (a random one of a working set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_mode: Option<String>,
+    /// With `working_set`: the working set, in percent of the unique chunks (default 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<i64>,
+    /// With a chunk unit: bytes by which duplicates sit off the chunk grid (0 = aligned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift: Option<i64>,
+    /// Percent of every chunk (file, with the file unit) that is filler and compresses away.
+    #[serde(skip_serializing_if = "is_default")]
+    pub compress: i64,
+    /// Directory sources: read `.gz`, `.bz2`, `.xz` and `.zst` files decompressed.
+    #[serde(skip_serializing_if = "is_true")]
+    pub decompress: bool,
+    /// `[dataset.sources]`: the directory of each preset payload type.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, PathBuf>,
 }
 
 impl Default for DatasetConfig {
@@ -89,8 +115,154 @@ impl Default for DatasetConfig {
             files: 50,
             file_size: SizeSpec::Fixed(64 * 1024),
             keep: false,
+            dedup_unit: DedupUnit::File,
+            dedup_mode: None,
+            working_set: None,
+            shift: None,
+            compress: 0,
+            decompress: true,
+            sources: BTreeMap::new(),
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+/// What every data set of an experiment shares beyond files and sizes, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataShape {
+    /// Whole-file or chunk duplicates.
+    pub dedup: Dedup,
+    /// Percent filler.
+    pub compress: u8,
+    /// The directory of each selected preset.
+    pub sources: BTreeMap<PayloadType, SourceSpec>,
+}
+
+impl DatasetConfig {
+    /// Validates the duplication and source knobs for the selected payload types.
+    fn shape(&self, payloads: &[PayloadType]) -> anyhow::Result<DataShape> {
+        let percent = |key: &str, v: i64, max: i64, what: &str| -> anyhow::Result<u8> {
+            if (0..=max).contains(&v) {
+                Ok(v as u8)
+            } else {
+                Err(usage(format!(
+                    "[dataset] {key} = {v} is out of range: use 0 to {max} ({what})"
+                )))
+            }
+        };
+        let compress = percent(
+            "compress",
+            self.compress,
+            99,
+            "percent of each chunk that is filler",
+        )?;
+        let dedup = match self.dedup_unit {
+            DedupUnit::File => {
+                for (key, set) in [
+                    ("dedup_mode", self.dedup_mode.is_some()),
+                    ("working_set", self.working_set.is_some()),
+                    ("shift", self.shift.is_some()),
+                ] {
+                    if set {
+                        return Err(usage(format!(
+                            "[dataset] {key} applies to chunk duplicates only: set dedup_unit to \
+                             a chunk size (e.g. \"4KiB\", --dedup-unit 4KiB) or remove {key}"
+                        )));
+                    }
+                }
+                Dedup::Files
+            }
+            DedupUnit::Chunk(unit) => {
+                let mode = match self.dedup_mode.as_deref() {
+                    None | Some("repeat") => {
+                        if self.working_set.is_some() {
+                            return Err(usage(
+                                "[dataset] working_set applies to dedup_mode = \"working_set\" \
+                                 only: set that mode or remove working_set",
+                            ));
+                        }
+                        DupMode::Repeat
+                    }
+                    Some("working_set") => DupMode::WorkingSet(match self.working_set {
+                        None => DEFAULT_WORKING_SET,
+                        Some(w) if (1..=100).contains(&w) => w as u8,
+                        Some(w) => {
+                            return Err(usage(format!(
+                                "[dataset] working_set = {w} is out of range: use 1 to 100 \
+                                 (percent of the unique chunks)"
+                            )));
+                        }
+                    }),
+                    Some(other) => {
+                        return Err(usage(format!(
+                            "[dataset] dedup_mode '{other}' is unknown; use repeat or working_set"
+                        )));
+                    }
+                };
+                let shift = self.shift.unwrap_or(0);
+                if !(0..=i64::from(MAX_SHIFT)).contains(&shift) {
+                    return Err(usage(format!(
+                        "[dataset] shift = {shift} is out of range: use 0 (aligned) or 1 to \
+                         {MAX_SHIFT} bytes"
+                    )));
+                }
+                Dedup::Chunks(ChunkDedup {
+                    unit,
+                    mode,
+                    shift: shift as u16,
+                })
+            }
+        };
+        dedup
+            .check(self.file_size)
+            .map_err(|e| usage(format!("[dataset] {e}")))?;
+        for name in self.sources.keys() {
+            if !PayloadType::from_name(name).is_some_and(PayloadType::is_preset) {
+                return Err(usage(format!(
+                    "[dataset.sources] names '{name}', which is not a preset; presets: {}",
+                    preset_names()
+                )));
+            }
+        }
+        let mut sources = BTreeMap::new();
+        for &p in payloads.iter().filter(|p| p.is_preset()) {
+            let Some(dir) = self.sources.get(p.name()) else {
+                return Err(usage(format!(
+                    "payload type {p} reads its files from a directory, and none is set: add \
+                     [dataset.sources] {p} = \"/path/to/dir\" to the config, or pass \
+                     --source {p}=/path/to/dir"
+                )));
+            };
+            crate::dataset::check_dir(dir).map_err(|e| {
+                usage(format!(
+                    "[dataset.sources] {p}: {e}; point {p} at a directory of files"
+                ))
+            })?;
+            sources.insert(
+                p,
+                SourceSpec {
+                    dir: dir.clone(),
+                    decompress: self.decompress,
+                },
+            );
+        }
+        Ok(DataShape {
+            dedup,
+            compress,
+            sources,
+        })
+    }
+}
+
+fn preset_names() -> String {
+    PayloadType::PRESETS.map(|p| p.name()).join(", ")
 }
 
 /// `[retry]`
@@ -139,6 +311,18 @@ pub struct Overrides {
     pub files: Option<u32>,
     /// `--file-size`
     pub file_size: Option<SizeSpec>,
+    /// `--dedup-unit`
+    pub dedup_unit: Option<DedupUnit>,
+    /// `--dedup-mode`
+    pub dedup_mode: Option<String>,
+    /// `--working-set`
+    pub working_set: Option<i64>,
+    /// `--shift`
+    pub shift: Option<i64>,
+    /// `--compress`
+    pub compress: Option<i64>,
+    /// `--source PRESET=DIR`, each replacing that preset's directory.
+    pub sources: Vec<(String, PathBuf)>,
 }
 
 /// The config after validation: names resolved, ranges checked.
@@ -154,12 +338,28 @@ pub struct Resolved {
     pub payloads: Vec<PayloadType>,
     /// Grades.
     pub grades: Vec<u8>,
+    /// Duplication, compression and sources of every data set.
+    pub shape: DataShape,
 }
 
 impl Resolved {
     /// The experiment directory.
     pub fn experiment_dir(&self) -> PathBuf {
         self.config.experiment.results_dir.join(&self.id)
+    }
+
+    /// The data set of one payload type and grade, for a seed.
+    pub fn dataset_spec(&self, payload: PayloadType, grade: u8, seed: u64) -> DataSetSpec {
+        DataSetSpec {
+            payload,
+            grade,
+            files: self.config.dataset.files,
+            sizes: self.config.dataset.file_size,
+            seed,
+            dedup: self.shape.dedup,
+            compress: self.shape.compress,
+            source: self.shape.sources.get(&payload).cloned(),
+        }
     }
 }
 
@@ -217,8 +417,27 @@ impl Config {
         if let Some(v) = o.files {
             self.dataset.files = v;
         }
+        let d = &mut self.dataset;
         if let Some(v) = o.file_size {
-            self.dataset.file_size = v;
+            d.file_size = v;
+        }
+        if let Some(v) = o.dedup_unit {
+            d.dedup_unit = v;
+        }
+        if let Some(v) = &o.dedup_mode {
+            d.dedup_mode = Some(v.clone());
+        }
+        if let Some(v) = o.working_set {
+            d.working_set = Some(v);
+        }
+        if let Some(v) = o.shift {
+            d.shift = Some(v);
+        }
+        if let Some(v) = o.compress {
+            d.compress = v;
+        }
+        for (name, dir) in &o.sources {
+            d.sources.insert(name.clone(), dir.clone());
         }
     }
 
@@ -255,6 +474,7 @@ impl Config {
         let systems = self.resolve_systems()?;
         let payloads = resolve_payloads(&e.payloads)?;
         let grades = resolve_grades(&e.grades)?;
+        let shape = self.dataset.shape(&payloads)?;
         let id = match &e.id {
             Some(id) => {
                 check_id(id)?;
@@ -268,6 +488,7 @@ impl Config {
             systems,
             payloads,
             grades,
+            shape,
         })
     }
 
@@ -362,6 +583,7 @@ fn resolve_payloads(names: &[String]) -> anyhow::Result<Vec<PayloadType>> {
     let valid = || {
         PayloadType::ALL
             .iter()
+            .chain(&PayloadType::PRESETS)
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(", ")
@@ -538,12 +760,99 @@ mod tests {
                 },
                 "not valid",
             ),
+            (
+                Overrides {
+                    dedup_mode: Some("repeat".into()),
+                    ..Default::default()
+                },
+                "dedup_mode applies to chunk duplicates only",
+            ),
+            (
+                Overrides {
+                    dedup_unit: Some(DedupUnit::Chunk(4096)),
+                    dedup_mode: Some("fancy".into()),
+                    ..Default::default()
+                },
+                "use repeat or working_set",
+            ),
+            (
+                Overrides {
+                    dedup_unit: Some(DedupUnit::Chunk(4096)),
+                    working_set: Some(20),
+                    ..Default::default()
+                },
+                "working_set applies to dedup_mode",
+            ),
+            (
+                Overrides {
+                    dedup_unit: Some(DedupUnit::Chunk(4096)),
+                    shift: Some(600),
+                    ..Default::default()
+                },
+                "shift = 600 is out of range",
+            ),
+            (
+                Overrides {
+                    compress: Some(100),
+                    ..Default::default()
+                },
+                "compress = 100 is out of range",
+            ),
+            (
+                Overrides {
+                    dedup_unit: Some(DedupUnit::Chunk(4096)),
+                    file_size: Some(SizeSpec::Fixed(10_000)),
+                    ..Default::default()
+                },
+                "not a multiple of dedup_unit 4096",
+            ),
+            (
+                Overrides {
+                    payloads: Some(vec!["gutenberg_text".into()]),
+                    ..Default::default()
+                },
+                "[dataset.sources] gutenberg_text = ",
+            ),
+            (
+                Overrides {
+                    sources: vec![("random_binary".into(), "/tmp".into())],
+                    ..Default::default()
+                },
+                "not a preset",
+            ),
         ];
         for (o, want) in cases {
             let err = Config::load(None, &o).unwrap_err();
             assert_eq!(crate::error::exit_code(&err), 2, "{err}");
             assert!(err.to_string().contains(want), "{err} lacks {want}");
         }
+    }
+
+    #[test]
+    fn chunk_knobs_resolve_and_defaults_keep_the_id() {
+        // Knobs left at their defaults are not part of the identity: ids stay as they were.
+        let v = Config::default().identity();
+        let keys: Vec<&String> = v["dataset"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["file_size", "files"]);
+        let o = Overrides {
+            dedup_unit: Some(DedupUnit::Chunk(8192)),
+            dedup_mode: Some("working_set".into()),
+            shift: Some(7),
+            compress: Some(50),
+            ..Default::default()
+        };
+        let r = Config::load(None, &o).unwrap();
+        let spec = r.dataset_spec(PayloadType::TextDocument, 50, 3);
+        assert_eq!(
+            spec.dedup,
+            Dedup::Chunks(ChunkDedup {
+                unit: 8192,
+                mode: DupMode::WorkingSet(DEFAULT_WORKING_SET),
+                shift: 7
+            })
+        );
+        assert_eq!((spec.compress, spec.source), (50, None));
+        assert_ne!(r.id, Config::default().resolve().unwrap().id);
     }
 
     #[test]

@@ -84,11 +84,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         let ds = dataset::DataSet::generate(&spec, &dir)?;
                         let m = &ds.manifest;
                         println!(
-                            "{}: {} files, {} unique, {} duplicates, achieved grade {:.1} %, L {} B, U {} B, {:.0} MB/s",
+                            "{}: {} files, {} unique, {} duplicates ({}), achieved grade {:.1} %, L {} B, U {} B, {:.0} MB/s",
                             dir.display(),
                             m.files.len(),
                             m.uniques,
                             m.duplicates,
+                            m.dedup,
                             m.achieved_grade,
                             m.logical_bytes,
                             m.unique_bytes,
@@ -96,6 +97,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+            }
+            if let Some(rss) = experiment::peak_rss_bytes() {
+                println!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -82,6 +82,7 @@ fn data_set(dir: &std::path::Path, payload: PayloadType, grade: u8, files: u32) 
                 max: 100_000,
             },
             seed: 5,
+            ..Default::default()
         },
         &dir.join("ds"),
     )

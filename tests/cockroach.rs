@@ -63,6 +63,7 @@ async fn adapter_loads_counts_and_deletes() {
             files: 150,
             sizes: SizeSpec::Fixed(16 * 1024),
             seed: 2,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

@@ -163,6 +163,7 @@ fn dataset(dir: &std::path::Path, payload: PayloadType, grade: u8, files: u32) -
                 max: 60_000,
             },
             seed: 5,
+            ..Default::default()
         },
         dir,
     )

@@ -64,8 +64,7 @@ fn wait_for(child: &mut Child, results: &Path, what: &str, done: impl Fn(&[Recor
 }
 
 fn instances() -> usize {
-    let doc: toml::Table =
-        toml::from_str(&std::fs::read_to_string(lab_config()).unwrap()).unwrap();
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(lab_config()).unwrap()).unwrap();
     doc["systems"].as_table().unwrap().len()
 }
 
@@ -77,8 +76,7 @@ fn cells_done(records: &[Record]) -> usize {
 }
 
 #[test]
-fn a_second_run_is_refused_at_every_leased_namespace_and_a_killed_runs_leases_are_taken_over()
-{
+fn a_second_run_is_refused_at_every_leased_namespace_and_a_killed_runs_leases_are_taken_over() {
     let n = instances();
     let tmp = tempfile::tempdir().unwrap();
 
@@ -88,7 +86,9 @@ fn a_second_run_is_refused_at_every_leased_namespace_and_a_killed_runs_leases_ar
     wait_for(&mut first, &first_results, "a cell of every system", |r| {
         cells_done(r) >= n
     });
-    let second = run_command(&tmp.path().join("second"), "0").output().unwrap();
+    let second = run_command(&tmp.path().join("second"), "0")
+        .output()
+        .unwrap();
     let t = text(&second);
     assert_eq!(second.status.code(), Some(1), "{t}");
     let holder = format!("pid {} on host", first.id());
@@ -120,9 +120,12 @@ fn a_second_run_is_refused_at_every_leased_namespace_and_a_killed_runs_leases_ar
     let killed_results = tmp.path().join("killed");
     let mut killed = spawn(run_command(&killed_results, "0,50"), &killed_results);
     let killed_pid = killed.id();
-    wait_for(&mut killed, &killed_results, "a cell of every system", |r| {
-        cells_done(r) >= n
-    });
+    wait_for(
+        &mut killed,
+        &killed_results,
+        "a cell of every system",
+        |r| cells_done(r) >= n,
+    );
     killed.kill().unwrap();
     killed.wait().unwrap();
     let next_results = tmp.path().join("next");

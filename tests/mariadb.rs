@@ -58,6 +58,7 @@ fn random_files(dir: &std::path::Path, files: u32, seed: u64) -> DataSet {
                 max: 100_000,
             },
             seed,
+            ..Default::default()
         },
         &dir.join("ds"),
     )
@@ -221,6 +222,7 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
             files: 64,
             sizes: SizeSpec::Fixed(64 * 1024),
             seed: 6,
+            ..Default::default()
         },
         &tmp.path().join("first"),
     )
@@ -375,6 +377,7 @@ async fn page_compression_is_a_table_option_that_shrinks_compressible_data() {
                 files: 32,
                 sizes: SizeSpec::Fixed(64 * 1024),
                 seed: 4,
+                ..Default::default()
             },
             &tmp.path().join(db),
         )

@@ -55,6 +55,7 @@ fn dataset(dir: &std::path::Path, grade: u8, files: u32) -> DataSet {
             files,
             sizes: SizeSpec::Fixed(32 << 10),
             seed: 7,
+            ..Default::default()
         },
         dir,
     )
@@ -261,6 +262,7 @@ async fn maintenance_drops_deleted_heads_and_keeps_live_messages() {
             files: 80,
             sizes: SizeSpec::Fixed(256 << 10),
             seed: 8,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

@@ -128,6 +128,7 @@ async fn native_probe_and_counts_match_independent_queries() {
                 max: 100_000,
             },
             seed: 4,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )
@@ -294,6 +295,7 @@ async fn batched_insert_path_stores_every_row_intact() {
                 max: 20_000,
             },
             seed: 9,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

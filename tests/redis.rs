@@ -87,6 +87,7 @@ async fn native_size_is_memory_usage_deletes_remove_keys_and_resets_compact_the_
                 max: 50_000,
             },
             seed: 3,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

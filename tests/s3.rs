@@ -114,6 +114,7 @@ fn dataset(dir: &std::path::Path, files: u32, sizes: SizeSpec, grade: u8) -> Dat
             files,
             sizes,
             seed: fresh_seed(),
+            ..Default::default()
         },
         dir,
     )

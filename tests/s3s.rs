@@ -120,6 +120,7 @@ async fn objects_are_plain_files_under_the_bucket_directory() {
                 max: 100_000,
             },
             seed: 5,
+            ..Default::default()
         },
         &tmp.path().join("ds"),
     )

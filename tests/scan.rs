@@ -146,6 +146,7 @@ fn fixture() -> Fixture {
             files: 64,
             sizes: SizeSpec::Fixed(64 * 1024),
             seed: 3,
+            ..Default::default()
         },
         &dir.path().join("ds-u50"),
     )
@@ -183,6 +184,7 @@ fn fixed_blocks_match_coreutils_exactly() {
                 max: 300_000,
             },
             seed: 4,
+            ..Default::default()
         },
         &tmp.path().join("uneven"),
     )
@@ -284,6 +286,7 @@ fn grade_u90_gives_l_minus_u_duplicate_bytes() {
             files: 100,
             sizes: SizeSpec::Fixed(64 * 1024),
             seed: 7,
+            ..Default::default()
         },
         &tmp.path().join("u90"),
     )

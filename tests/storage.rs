@@ -71,6 +71,7 @@ fn generate(dir: &Path, payload: PayloadType, grade: u8, files: u32, sizes: &str
         files,
         sizes: sizes.parse::<SizeSpec>().unwrap(),
         seed: 11,
+        ..Default::default()
     };
     DataSet::generate(&spec, dir).unwrap()
 }

@@ -2,17 +2,18 @@
 //!
 //! A data set is a directory of files plus `manifest.json`. It is generated into a hidden
 //! sibling directory and renamed into place only when complete and verified, so a directory
-//! with a manifest is always a whole data set.
+//! with a manifest is always a whole data set. Duplicates are whole files or chunks inside
+//! files (`dedup`); content is synthetic (`payload`) or sliced from a directory (`source`).
 
+mod dedup;
+mod generate;
 mod manifest;
 mod payload;
 mod plan;
 pub mod rng;
+mod source;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -20,9 +21,14 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{FORMAT, FileEntry, Manifest};
+pub use dedup::{
+    ChunkDedup, DEFAULT_WORKING_SET, Dedup, DedupUnit, DupMode, MAX_SHIFT, MAX_UNIT, MIN_UNIT,
+};
+pub use generate::ContentStream;
+pub use manifest::{FORMAT, FileEntry, Manifest, SourceRecord, SourcedFile};
 pub use payload::{PayloadType, content};
 pub use plan::{GradePlan, plan, split};
+pub use source::{SourcePart, SourceSpec, check_dir};
 
 /// File name of the manifest inside a data set directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -54,6 +60,18 @@ impl SizeSpec {
         match self {
             SizeSpec::Fixed(s) => s,
             SizeSpec::Range { min, max } => min + rng::below(rng, max - min + 1),
+        }
+    }
+
+    /// A size that is a whole number of `unit` chunks: a fixed size as it is (a multiple, as
+    /// [`Dedup::check`] ensures), or a multiple drawn uniformly from the range.
+    fn draw_chunks(self, rng: &mut rng::Rng, unit: u64) -> u64 {
+        match self {
+            SizeSpec::Fixed(s) => s,
+            SizeSpec::Range { min, max } => {
+                let (lo, hi) = (min.div_ceil(unit), max / unit);
+                (lo + rng::below(rng, hi - lo + 1)) * unit
+            }
         }
     }
 }
@@ -137,7 +155,7 @@ impl<'de> Deserialize<'de> for SizeSpec {
 pub struct DataSetSpec {
     /// Payload type of every file.
     pub payload: PayloadType,
-    /// Percent of files that duplicate another file (0–99).
+    /// Percent of duplicates at the dedup unit: files, or chunks (0–99).
     pub grade: u8,
     /// Number of files.
     pub files: u32,
@@ -145,28 +163,69 @@ pub struct DataSetSpec {
     pub sizes: SizeSpec,
     /// Seed: same spec and seed give byte-identical files.
     pub seed: u64,
+    /// How duplicates are formed: whole files (default) or chunks.
+    pub dedup: Dedup,
+    /// Percent of every piece (chunk, or file with whole-file duplicates) that is filler and
+    /// compresses away, as fio's `buffer_compress_percentage` (0–99).
+    pub compress: u8,
+    /// Where a preset's content comes from; required for presets, ignored otherwise.
+    pub source: Option<SourceSpec>,
+}
+
+impl Default for DataSetSpec {
+    /// 50 files of 64 KiB random bytes, no duplicates, seed 1: the fields tests change.
+    fn default() -> Self {
+        DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade: 0,
+            files: 50,
+            sizes: SizeSpec::Fixed(64 * 1024),
+            seed: 1,
+            dedup: Dedup::Files,
+            compress: 0,
+            source: None,
+        }
+    }
 }
 
 impl DataSetSpec {
-    /// The grade plan and the size of every distinct content.
-    fn layout(&self) -> (GradePlan, Vec<u64>) {
-        let plan = plan(
-            self.files,
-            self.grade,
-            rng::derive_seed(self.seed, "plan", 0),
-        );
-        let mut size_rng = rng::rng(rng::derive_seed(self.seed, "sizes", 0));
-        let sizes = (0..plan.uniques)
-            .map(|_| self.sizes.draw(&mut size_rng))
-            .collect();
-        (plan, sizes)
+    /// Checks what the config checks too, for specs built in code; the message names the fix.
+    pub fn check(&self) -> Result<(), String> {
+        self.dedup.check(self.sizes)?;
+        if self.grade > 99 {
+            return Err(format!(
+                "grade {} is out of range: a grade is a percent of duplicates, 0 to 99",
+                self.grade
+            ));
+        }
+        if self.compress > 99 {
+            return Err(format!(
+                "compress {} is out of range: use 0 to 99 (percent of each chunk that is filler)",
+                self.compress
+            ));
+        }
+        if self.payload.is_preset() && self.source.is_none() {
+            return Err(format!(
+                "payload type {0} reads its files from a directory: set [dataset.sources] \
+                 {0} = \"/path/to/dir\" in the config, or --source {0}=/path/to/dir",
+                self.payload
+            ));
+        }
+        Ok(())
     }
 
     /// `(L, U)`: logical and unique bytes the data set will have, without generating it.
+    /// U is what remains after perfect deduplication at the data set's dedup unit.
     pub fn byte_counts(&self) -> (u64, u64) {
-        let (plan, sizes) = self.layout();
-        let logical = plan.slots.iter().map(|&c| sizes[c as usize]).sum();
-        (logical, sizes.iter().sum())
+        let layout = generate::Layout::new(self);
+        (layout.logical_bytes(), layout.unique_bytes())
+    }
+
+    /// The data set's bytes, every file in order, made in memory: for synthetic payloads only
+    /// (a directory source is read only while writing a data set, which reads duplicates
+    /// back).
+    pub fn content_stream(&self) -> anyhow::Result<ContentStream> {
+        ContentStream::new(self)
     }
 }
 
@@ -221,11 +280,22 @@ impl DataSet {
             && m.grade == spec.grade
             && m.seed == spec.seed
             && m.file_size == spec.sizes
+            && m.dedup == spec.dedup
+            && m.compress == spec.compress
             && m.files.len() == spec.files as usize
+            && match (&m.source, &spec.source) {
+                (None, _) => !spec.payload.is_preset(),
+                (Some(r), Some(s)) => {
+                    r.decompress == s.decompress
+                        && std::path::absolute(&s.dir).is_ok_and(|d| d == r.dir)
+                }
+                (Some(_), None) => false,
+            }
     }
 
     /// Generates `spec` into `dir`, replacing whatever is there, and verifies the grade by
-    /// hashing what was written. Memory stays bounded by one I/O buffer.
+    /// hashing what was written. Memory stays bounded by a few blocks plus 16 bytes of hash
+    /// per unique piece (file or chunk).
     pub fn generate(spec: &DataSetSpec, dir: &Path) -> anyhow::Result<DataSet> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         let name = dir
@@ -234,7 +304,7 @@ impl DataSet {
             .to_string_lossy();
         let partial = parent.join(format!(".{name}.partial"));
         remove_dir_if_exists(&partial)?;
-        let result = write_partial(spec, &partial).and_then(|manifest| {
+        let result = generate::write_partial(spec, &partial).and_then(|manifest| {
             remove_dir_if_exists(dir)?;
             std::fs::rename(&partial, dir)
                 .with_context(|| format!("moving data set into {}", dir.display()))?;
@@ -307,45 +377,6 @@ impl FileStream {
     }
 }
 
-/// Writes every file and the manifest into `partial`; returns the verified manifest.
-fn write_partial(spec: &DataSetSpec, partial: &Path) -> anyhow::Result<Manifest> {
-    std::fs::create_dir_all(partial)
-        .with_context(|| format!("creating data set directory {}", partial.display()))?;
-    let (plan, sizes) = spec.layout();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut files: Vec<FileEntry> = Vec::with_capacity(plan.slots.len());
-    let mut first_of: HashMap<u32, usize> = HashMap::new();
-    for (pos, &content) in plan.slots.iter().enumerate() {
-        let name = format!("{pos:06}.{}", spec.payload.extension());
-        let size = sizes[content as usize];
-        let seed = rng::derive_seed(spec.seed, "content", u64::from(content));
-        let hash = write_content(
-            &partial.join(&name),
-            payload::content(spec.payload, seed, size),
-            &mut buf,
-        )?;
-        let copy_of = match first_of.get(&content) {
-            Some(&orig) => Some(files[orig].name.clone()),
-            None => {
-                first_of.insert(content, pos);
-                None
-            }
-        };
-        files.push(FileEntry {
-            id: pos as u32,
-            name,
-            size,
-            blake3: hash,
-            copy_of,
-        });
-    }
-    let manifest = verify(spec, &plan, &sizes, files)?;
-    let mut f = File::create(partial.join(MANIFEST))?;
-    f.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
-    f.sync_all()?;
-    Ok(manifest)
-}
-
 /// Deletes the files of a data set but keeps its manifest; [`DataSet::ensure`] regenerates
 /// them when needed.
 pub fn remove_files(ds: &DataSet) -> anyhow::Result<()> {
@@ -357,69 +388,6 @@ pub fn remove_files(ds: &DataSet) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_content(path: &Path, mut src: impl Read, buf: &mut [u8]) -> anyhow::Result<String> {
-    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        let n = src.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        f.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
-/// Checks the written hashes against the plan and builds the manifest.
-fn verify(
-    spec: &DataSetSpec,
-    plan: &GradePlan,
-    sizes: &[u64],
-    files: Vec<FileEntry>,
-) -> anyhow::Result<Manifest> {
-    let by_name: HashMap<&str, &FileEntry> = files.iter().map(|f| (f.name.as_str(), f)).collect();
-    for f in &files {
-        if let Some(orig) = &f.copy_of
-            && by_name[orig.as_str()].blake3 != f.blake3
-        {
-            bail!(
-                "generator is not deterministic: {} should repeat {}",
-                f.name,
-                orig
-            );
-        }
-    }
-    let distinct: std::collections::HashSet<&str> =
-        files.iter().map(|f| f.blake3.as_str()).collect();
-    if distinct.len() != plan.uniques as usize {
-        bail!(
-            "{} files of {} at size {} gave only {} distinct contents instead of {}: \
-             the files are too small to differ; use a larger --file-size",
-            spec.files,
-            spec.payload,
-            spec.sizes,
-            distinct.len(),
-            plan.uniques
-        );
-    }
-    let n = files.len() as f64;
-    Ok(Manifest {
-        format: FORMAT,
-        payload: spec.payload,
-        grade: spec.grade,
-        seed: spec.seed,
-        file_size: spec.sizes,
-        uniques: plan.uniques,
-        duplicates: plan.duplicates,
-        logical_bytes: files.iter().map(|f| f.size).sum(),
-        unique_bytes: sizes.iter().sum(),
-        achieved_grade: 100.0 * (n - distinct.len() as f64) / n,
-        files,
-    })
 }
 
 fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {

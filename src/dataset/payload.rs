@@ -1,8 +1,11 @@
-//! Synthetic payload types: seeded streams of exactly the requested size.
+//! Payload types, and synthetic content: seeded streams of exactly the requested size.
 //!
-//! Every payload is a [`Producer`] that appends pieces of content (a block of random bytes, a
-//! JSON record, a sentence) until the size is reached; [`content`] wraps it in a `Read`.
-//! The output depends only on (payload type, seed, size), never on how the caller reads.
+//! Content is cut into pieces: a whole file, or one chunk of a file when duplicates are chunks
+//! (see `dedup`). A synthetic piece is a producer that appends parts (a segment of random
+//! bytes, a JSON record, a sentence) until the piece is complete; [`content`] wraps a whole
+//! file's piece in a `Read`. The output depends only on (payload type, class, seed, size,
+//! cut), never on how the caller reads. Presets take their content from a directory instead
+//! (see `source`).
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -12,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rng::{Rng, below, rng};
 
-/// A kind of synthetic content.
+/// A kind of content: synthetic, or a preset read from a configured directory.
+///
+/// The names are stable: they appear in configs, paths, manifests and journal records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadType {
@@ -26,12 +31,26 @@ pub enum PayloadType {
     UuidKeys,
     /// One nested JSON document, as stored in a JSONB column.
     JsonbDocuments,
-    /// Each file is one of the other types, chosen by its seed.
+    /// Each file (or chunk) is one of the other synthetic types, chosen by its seed.
     Mixed,
+    /// Preset: bank transaction exports (the earlier testbed's xlsx/CSV files).
+    BankTransactions,
+    /// Preset: a text corpus, e.g. forum posts.
+    TextCorpus,
+    /// Preset: numeric CSV data.
+    NumericDataset,
+    /// Preset: Project Gutenberg books.
+    GutenbergText,
+    /// Preset: GitHub event archives (`.json.gz`).
+    GithubEvents,
+    /// Preset: NASA images.
+    NasaImage,
+    /// Preset: Blender open films.
+    BlenderVideo,
 }
 
 impl PayloadType {
-    /// Every synthetic payload type, in report order.
+    /// Every synthetic payload type, in report order: what `all` selects.
     pub const ALL: [PayloadType; 6] = [
         PayloadType::RandomBinary,
         PayloadType::StructuredJson,
@@ -39,6 +58,17 @@ impl PayloadType {
         PayloadType::UuidKeys,
         PayloadType::JsonbDocuments,
         PayloadType::Mixed,
+    ];
+
+    /// Every preset: content sliced from a directory named in `[dataset.sources]`.
+    pub const PRESETS: [PayloadType; 7] = [
+        PayloadType::BankTransactions,
+        PayloadType::TextCorpus,
+        PayloadType::NumericDataset,
+        PayloadType::GutenbergText,
+        PayloadType::GithubEvents,
+        PayloadType::NasaImage,
+        PayloadType::BlenderVideo,
     ];
 
     /// The name used in configs, paths and records.
@@ -50,20 +80,37 @@ impl PayloadType {
             PayloadType::UuidKeys => "uuid_keys",
             PayloadType::JsonbDocuments => "jsonb_documents",
             PayloadType::Mixed => "mixed",
+            PayloadType::BankTransactions => "bank_transactions",
+            PayloadType::TextCorpus => "text_corpus",
+            PayloadType::NumericDataset => "numeric_dataset",
+            PayloadType::GutenbergText => "gutenberg_text",
+            PayloadType::GithubEvents => "github_events",
+            PayloadType::NasaImage => "nasa_image",
+            PayloadType::BlenderVideo => "blender_video",
         }
     }
 
-    /// Looks a type up by name.
+    /// Looks a type up by name (synthetic or preset).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
+        Self::ALL
+            .into_iter()
+            .chain(Self::PRESETS)
+            .find(|p| p.name() == name)
     }
 
-    /// The file name extension of its files.
+    /// Whether its content comes from a directory rather than a generator.
+    pub fn is_preset(self) -> bool {
+        Self::PRESETS.contains(&self)
+    }
+
+    /// The file name extension of its files. Preset files are byte slices of their source,
+    /// valid in no particular format, so they get a neutral one.
     pub fn extension(self) -> &'static str {
         match self {
             PayloadType::RandomBinary | PayloadType::Mixed => "bin",
             PayloadType::StructuredJson | PayloadType::JsonbDocuments => "json",
             PayloadType::TextDocument | PayloadType::UuidKeys => "txt",
+            _ => "dat",
         }
     }
 
@@ -74,6 +121,18 @@ impl PayloadType {
             PayloadType::StructuredJson | PayloadType::JsonbDocuments
         )
     }
+
+    /// The byte that pads its content where it must compress or shift: white space for text
+    /// and JSON (so they stay valid), zero for binary content.
+    pub fn filler(self) -> u8 {
+        match self {
+            PayloadType::StructuredJson
+            | PayloadType::JsonbDocuments
+            | PayloadType::TextDocument => b' ',
+            PayloadType::UuidKeys => b'\n',
+            _ => 0,
+        }
+    }
 }
 
 impl std::fmt::Display for PayloadType {
@@ -82,66 +141,185 @@ impl std::fmt::Display for PayloadType {
     }
 }
 
-/// Appends content piece by piece.
-trait Producer: Send {
-    /// Appends the next piece to `out`: at least one byte and at most `remaining` bytes,
-    /// where `remaining` is what the file still needs after everything appended so far.
-    fn produce(&mut self, remaining: u64, out: &mut Vec<u8>);
+/// Where a piece sits in its file. A file of JSON cut into chunks is one document across its
+/// chunks: the first opens it, the last closes it, the ones between continue it, so a
+/// duplicate chunk can only take the place of a chunk of the same class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The whole file (every piece of a non-JSON payload).
+    Only,
+    /// Opens the document and continues after it.
+    First,
+    /// Continues the document on both sides.
+    Middle,
+    /// Closes the document.
+    Last,
 }
 
-/// Exactly `size` bytes of `payload` content for `seed`.
-pub fn content(payload: PayloadType, seed: u64, size: u64) -> impl Read + Send {
-    Stream {
-        producer: producer(payload, seed),
-        pending: Vec::with_capacity(BLOCK),
-        pos: 0,
-        remaining: size,
+impl Class {
+    /// Number of classes, for per-class tables.
+    pub const COUNT: usize = 4;
+
+    /// Position in per-class tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The class of chunk `i` of a file of `chunks` chunks of `payload`.
+    pub fn of(payload: PayloadType, i: u64, chunks: u64) -> Class {
+        if !payload.is_json() || chunks == 1 {
+            Class::Only
+        } else if i == 0 {
+            Class::First
+        } else if i + 1 == chunks {
+            Class::Last
+        } else {
+            Class::Middle
+        }
+    }
+
+    fn opens(self) -> bool {
+        matches!(self, Class::Only | Class::First)
+    }
+
+    fn closes(self) -> bool {
+        matches!(self, Class::Only | Class::Last)
     }
 }
 
-fn producer(payload: PayloadType, seed: u64) -> Box<dyn Producer> {
+/// How a piece is cut beyond its payload, class and length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// Percent of the piece that is filler (fio's `buffer_compress_percentage`).
+    pub compress: u8,
+    /// Filler bytes that text and JSON pieces keep at their end, so that a copy shifted by
+    /// this many bytes loses only filler and stays valid.
+    pub reserve: u64,
+}
+
+/// The segment a compress percentage applies to in binary content, as fio's default
+/// `buffer_compress_chunk`: each segment starts with content and ends with zeros.
+pub(crate) const SEGMENT: u64 = 512;
+
+/// `(content, total)` bytes of the next segment of binary content with `remaining` bytes to
+/// go: without compression one block of content, otherwise fio's layout.
+pub(crate) fn segment(remaining: u64, compress: u8) -> (usize, usize) {
+    if compress == 0 {
+        let n = remaining.min(BLOCK as u64) as usize;
+        return (n, n);
+    }
+    let total = remaining.min(SEGMENT);
+    let content = (SEGMENT * u64::from(100 - compress) / 100).min(total);
+    (content as usize, total as usize)
+}
+
+/// Bytes of content (not filler) in a binary piece of `len` bytes.
+pub(crate) fn content_bytes(len: u64, compress: u8) -> u64 {
+    if compress == 0 {
+        return len;
+    }
+    let per = SEGMENT * u64::from(100 - compress) / 100;
+    len / SEGMENT * per + (len % SEGMENT).min(per)
+}
+
+/// Appends content piece by piece.
+trait Producer: Send {
+    /// Appends the next part to `out`: at least one byte and at most `remaining` bytes,
+    /// where `remaining` is what the piece still needs after everything appended so far.
+    fn produce(&mut self, remaining: u64, out: &mut Vec<u8>);
+}
+
+/// One synthetic piece being produced.
+pub(crate) struct Synth {
+    producer: Box<dyn Producer>,
+    remaining: u64,
+}
+
+impl Synth {
+    /// The piece of `len` bytes of `payload` content for `seed`.
+    pub fn new(payload: PayloadType, class: Class, seed: u64, len: u64, cut: Cut) -> Synth {
+        Synth {
+            producer: producer(payload, class, seed, cut),
+            remaining: len,
+        }
+    }
+
+    /// Appends content until `out` holds at least `upto` bytes or the piece is complete.
+    pub fn fill(&mut self, out: &mut Vec<u8>, upto: usize) {
+        while self.remaining > 0 && out.len() < upto {
+            let before = out.len();
+            self.producer.produce(self.remaining, out);
+            let added = (out.len() - before) as u64;
+            debug_assert!(added > 0 && added <= self.remaining);
+            self.remaining -= added;
+        }
+    }
+}
+
+/// Exactly `size` bytes of `payload` content for `seed`: a whole file, not compressed.
+pub fn content(payload: PayloadType, seed: u64, size: u64) -> impl Read + Send {
+    Stream {
+        synth: Synth::new(payload, Class::Only, seed, size, Cut::default()),
+        pending: Vec::with_capacity(BLOCK),
+        pos: 0,
+    }
+}
+
+fn producer(payload: PayloadType, class: Class, seed: u64, cut: Cut) -> Box<dyn Producer> {
     let mut r = rng(seed);
-    match payload {
-        PayloadType::RandomBinary => Box::new(RandomBytes(r)),
-        PayloadType::StructuredJson => Box::new(Framed::new(
+    let framed = |r: Rng,
+                  prefix: Vec<u8>,
+                  separator: &'static [u8],
+                  suffix: &'static [u8],
+                  unit: fn(&mut Rng, &mut String)|
+     -> Box<dyn Producer> {
+        Box::new(Framed::new(
             r,
-            b"[".to_vec(),
-            b",\n",
-            b"]\n",
-            b' ',
-            structured_record,
-        )),
-        PayloadType::TextDocument => Box::new(Framed::new(r, Vec::new(), b"", b"", b' ', sentence)),
-        PayloadType::UuidKeys => Box::new(Framed::new(r, Vec::new(), b"", b"", b'\n', uuid_line)),
+            Frame {
+                prefix: if class.opens() { prefix } else { Vec::new() },
+                separator,
+                close: if class.closes() { suffix } else { separator },
+                needs_element: class != Class::Only,
+            },
+            payload.filler(),
+            unit,
+            cut,
+        ))
+    };
+    match payload {
+        PayloadType::StructuredJson => framed(r, b"[".to_vec(), b",\n", b"]\n", structured_record),
+        PayloadType::TextDocument => framed(r, Vec::new(), b"", b"", sentence),
+        PayloadType::UuidKeys => framed(r, Vec::new(), b"", b"", uuid_line),
         PayloadType::JsonbDocuments => {
-            let mut prefix = String::from("{\"document_id\":\"");
-            push_uuid(&mut r, &mut prefix);
-            prefix.push_str("\",\"schema_version\":3,\"items\":[");
-            Box::new(Framed::new(
-                r,
-                prefix.into_bytes(),
-                b",",
-                b"]}\n",
-                b' ',
-                nested_item,
-            ))
+            let mut prefix = String::new();
+            if class.opens() {
+                prefix.push_str("{\"document_id\":\"");
+                push_uuid(&mut r, &mut prefix);
+                prefix.push_str("\",\"schema_version\":3,\"items\":[");
+            }
+            framed(r, prefix.into_bytes(), b",", b"]}\n", nested_item)
         }
         PayloadType::Mixed => {
             let others = &PayloadType::ALL[..PayloadType::ALL.len() - 1];
             let pick = others[below(&mut r, others.len() as u64) as usize];
-            producer(pick, rand_core::Rng::next_u64(&mut r))
+            producer(pick, Class::Only, rand_core::Rng::next_u64(&mut r), cut)
         }
+        // Random bytes; presets never reach here (their content is read from their source),
+        // and get random bytes if they did, so that content is always defined.
+        _ => Box::new(RandomBytes {
+            rng: r,
+            compress: cut.compress,
+        }),
     }
 }
 
 /// Size of the internal block: the unit of generation and of copying out.
-const BLOCK: usize = 64 * 1024;
+pub(crate) const BLOCK: usize = 256 * 1024;
 
 struct Stream {
-    producer: Box<dyn Producer>,
+    synth: Synth,
     pending: Vec<u8>,
     pos: usize,
-    remaining: u64,
 }
 
 impl Read for Stream {
@@ -149,13 +327,7 @@ impl Read for Stream {
         if self.pos == self.pending.len() {
             self.pending.clear();
             self.pos = 0;
-            while self.remaining > 0 && self.pending.len() < BLOCK {
-                let before = self.pending.len();
-                self.producer.produce(self.remaining, &mut self.pending);
-                let added = (self.pending.len() - before) as u64;
-                debug_assert!(added > 0 && added <= self.remaining);
-                self.remaining -= added;
-            }
+            self.synth.fill(&mut self.pending, BLOCK);
         }
         let n = buf.len().min(self.pending.len() - self.pos);
         buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
@@ -164,98 +336,134 @@ impl Read for Stream {
     }
 }
 
-struct RandomBytes(Rng);
+struct RandomBytes {
+    rng: Rng,
+    compress: u8,
+}
 
 impl Producer for RandomBytes {
     fn produce(&mut self, remaining: u64, out: &mut Vec<u8>) {
-        let n = remaining.min(BLOCK as u64) as usize;
+        let (content, total) = segment(remaining, self.compress);
         let start = out.len();
-        out.resize(start + n, 0);
-        let dst = &mut out[start..];
-        let mut words = dst.chunks_exact_mut(8);
-        for w in &mut words {
-            w.copy_from_slice(&self.0.next_u64().to_le_bytes());
-        }
-        let tail = words.into_remainder();
-        if !tail.is_empty() {
-            let w = self.0.next_u64().to_le_bytes();
-            let len = tail.len();
-            tail.copy_from_slice(&w[..len]);
-        }
+        out.resize(start + total, 0);
+        fill_random(&mut self.rng, &mut out[start..start + content]);
     }
 }
 
-/// Text made of units (records, sentences, lines) between a prefix and a suffix, padded with a
-/// filler byte before the suffix to the exact size. JSON types stay valid JSON: the filler is
-/// white space. Sizes too small for prefix and suffix get the smallest valid JSON, `0`.
+/// Fills `dst` with random bytes, 64 bits at a time; a partial last word uses its first bytes.
+pub(crate) fn fill_random(rng: &mut Rng, dst: &mut [u8]) {
+    let mut words = dst.chunks_exact_mut(8);
+    for w in &mut words {
+        w.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    let tail = words.into_remainder();
+    if !tail.is_empty() {
+        let w = rng.next_u64().to_le_bytes();
+        let len = tail.len();
+        tail.copy_from_slice(&w[..len]);
+    }
+}
+
+/// The framing of a text piece.
+struct Frame {
+    /// Opens the piece (`[` of a JSON file's first piece).
+    prefix: Vec<u8>,
+    /// Between two units.
+    separator: &'static [u8],
+    /// Ends the piece: the document's end, or a separator for pieces that others follow.
+    close: &'static [u8],
+    /// JSON between two separators needs a value: a piece that fits no unit holds `0`.
+    needs_element: bool,
+}
+
+/// Text made of units (records, sentences, lines) between a prefix and a close, padded with a
+/// filler byte before the close to the exact size, then the reserve of filler. JSON types stay
+/// valid JSON: the filler is white space. Sizes too small for the framing get the smallest
+/// valid JSON, `0`. With compression, each unit is followed by filler in the ratio asked.
 struct Framed {
     rng: Rng,
-    prefix: Vec<u8>,
-    separator: &'static [u8],
-    suffix: &'static [u8],
+    frame: Frame,
     filler: u8,
     unit: fn(&mut Rng, &mut String),
+    cut: Cut,
     started: bool,
     first_unit: bool,
+    pending_filler: u64,
     scratch: String,
 }
 
 impl Framed {
-    fn new(
-        rng: Rng,
-        prefix: Vec<u8>,
-        separator: &'static [u8],
-        suffix: &'static [u8],
-        filler: u8,
-        unit: fn(&mut Rng, &mut String),
-    ) -> Self {
+    fn new(rng: Rng, frame: Frame, filler: u8, unit: fn(&mut Rng, &mut String), cut: Cut) -> Self {
         Framed {
             rng,
-            prefix,
-            separator,
-            suffix,
+            frame,
             filler,
             unit,
+            cut,
             started: false,
             first_unit: true,
+            pending_filler: 0,
             scratch: String::new(),
         }
     }
 
-    fn framing(&self) -> u64 {
-        (self.prefix.len() + self.suffix.len()) as u64
+    /// Bytes every piece ends with: the close and the reserve.
+    fn tail(&self) -> u64 {
+        self.frame.close.len() as u64 + self.cut.reserve
+    }
+
+    fn pad(&self, out: &mut Vec<u8>, n: u64) {
+        out.resize(out.len() + n as usize, self.filler);
     }
 }
 
 impl Producer for Framed {
     fn produce(&mut self, remaining: u64, out: &mut Vec<u8>) {
+        let tail = self.tail();
         if !self.started {
             self.started = true;
-            if self.framing() > 0 && remaining < self.framing() {
+            let framing = (self.frame.prefix.len() + self.frame.close.len()) as u64;
+            let least = framing + self.cut.reserve + u64::from(self.frame.needs_element);
+            if framing > 0 && remaining < least {
                 out.push(b'0');
-                out.resize(out.len() + remaining as usize - 1, b' ');
+                self.pad(out, remaining - 1);
                 return;
             }
-            if !self.prefix.is_empty() {
-                out.extend_from_slice(&self.prefix);
+            if !self.frame.prefix.is_empty() {
+                out.extend_from_slice(&self.frame.prefix);
                 return;
             }
         }
+        if remaining == tail {
+            out.extend_from_slice(self.frame.close);
+            self.pad(out, self.cut.reserve);
+            return;
+        }
+        if self.pending_filler > 0 {
+            let n = self.pending_filler.min(remaining - tail);
+            self.pending_filler -= n;
+            self.pad(out, n);
+            return;
+        }
         self.scratch.clear();
         (self.unit)(&mut self.rng, &mut self.scratch);
-        let sep: &[u8] = if self.first_unit { b"" } else { self.separator };
-        let need = (sep.len() + self.scratch.len() + self.suffix.len()) as u64;
-        if need <= remaining {
+        let sep: &[u8] = if self.first_unit {
+            b""
+        } else {
+            self.frame.separator
+        };
+        let part = (sep.len() + self.scratch.len()) as u64;
+        if part + tail <= remaining {
             self.first_unit = false;
             out.extend_from_slice(sep);
             out.extend_from_slice(self.scratch.as_bytes());
-            if need == remaining {
-                out.extend_from_slice(self.suffix);
-            }
+            let c = u64::from(self.cut.compress);
+            self.pending_filler = part * c / (100 - c);
+        } else if self.first_unit && self.frame.needs_element {
+            self.first_unit = false;
+            out.push(b'0');
         } else {
-            let pad = remaining as usize - self.suffix.len();
-            out.resize(out.len() + pad, self.filler);
-            out.extend_from_slice(self.suffix);
+            self.pad(out, remaining - tail);
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::probe::Probes;
 use crate::systems::toolkit::ownership::Claim;
 use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
-pub use metadata::Metadata;
+pub use metadata::{Metadata, peak_rss_bytes};
 
 /// The config the experiment was started with, inside its directory.
 pub const CONFIG: &str = "config.json";
@@ -58,13 +58,8 @@ pub fn run_seed(config: &Resolved, run: u32) -> u64 {
 
 /// The data set spec of one (run, payload, grade).
 pub fn dataset_spec(config: &Resolved, run: u32, payload: PayloadType, grade: u8) -> DataSetSpec {
-    DataSetSpec {
-        payload,
-        grade,
-        files: config.config.dataset.files,
-        sizes: config.config.dataset.file_size,
-        seed: derive_seed(run_seed(config, run), payload.name(), u64::from(grade)),
-    }
+    let seed = derive_seed(run_seed(config, run), payload.name(), u64::from(grade));
+    config.dataset_spec(payload, grade, seed)
 }
 
 /// Where a data set lives inside an experiment directory (or a `generate` output directory).
