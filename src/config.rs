@@ -13,6 +13,7 @@ use crate::dataset::{
     PayloadType, SizeSpec, SourceSpec,
 };
 use crate::error::usage;
+use crate::scan::{CdcParams, ScanConfig};
 use crate::systems::{self, Instance};
 
 /// The whole config.
@@ -25,8 +26,84 @@ pub struct Config {
     pub dataset: DatasetConfig,
     /// How failures are retried.
     pub retry: RetryConfig,
+    /// The out-of-band dedup of the storage layer after insert stages.
+    #[serde(skip_serializing_if = "is_default")]
+    pub storage: StorageConfig,
+    /// The dedup-potential scans of data sets and data directories.
+    #[serde(skip_serializing_if = "is_default")]
+    pub potential: PotentialConfig,
     /// One `[systems.<name>]` table per configured system instance, parsed by its adapter.
     pub systems: BTreeMap<String, toml::Table>,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// After each insert stage, run out-of-band block dedup (duperemove) over the storage
+    /// layer of every system whose `storage_probe` reads btrfs, and read it again.
+    pub dedupe: bool,
+    /// Its block size, e.g. "128KiB".
+    pub dedupe_block: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dedupe: true,
+            dedupe_block: "128KiB".into(),
+        }
+    }
+}
+
+/// `[potential]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PotentialConfig {
+    /// Scan each data set, and each system's data directories before and after each insert
+    /// stage, for what block-level and content-defined dedup could remove.
+    pub scan: bool,
+    /// Fixed block sizes, e.g. ["4KiB", "16KiB", "128KiB"].
+    pub blocks: Vec<String>,
+    /// Average chunk size of content-defined chunking, "MIN:AVG:MAX", or "none".
+    pub cdc: String,
+}
+
+impl Default for PotentialConfig {
+    fn default() -> Self {
+        PotentialConfig {
+            scan: true,
+            blocks: vec!["4KiB".into(), "16KiB".into(), "128KiB".into()],
+            cdc: "8KiB".into(),
+        }
+    }
+}
+
+impl PotentialConfig {
+    /// The scanner's settings, or `None` when scanning is off; bad sizes are usage errors.
+    fn scan_config(&self) -> anyhow::Result<Option<ScanConfig>> {
+        if !self.scan {
+            return Ok(None);
+        }
+        let bad = |what: &str, e: String| {
+            usage(format!(
+                "[potential] {what}: {e}; write sizes such as \"4KiB\" (cdc: \"8KiB\", \
+                 \"MIN:AVG:MAX\" or \"none\")"
+            ))
+        };
+        let block_sizes = self
+            .blocks
+            .iter()
+            .map(|b| crate::dataset::parse_size(b).map_err(|e| bad("blocks", e)))
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        let cdc = match self.cdc.as_str() {
+            "none" => None,
+            text => Some(text.parse::<CdcParams>().map_err(|e| bad("cdc", e))?),
+        };
+        let config = ScanConfig { block_sizes, cdc };
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 /// `[experiment]`
@@ -340,6 +417,10 @@ pub struct Resolved {
     pub grades: Vec<u8>,
     /// Duplication, compression and sources of every data set.
     pub shape: DataShape,
+    /// The dedup-potential scans' settings, when scanning is on.
+    pub scan: Option<ScanConfig>,
+    /// The block size of the storage layer's out-of-band dedup, when it is on.
+    pub dedupe_block: Option<u64>,
 }
 
 impl Resolved {
@@ -475,6 +556,20 @@ impl Config {
         let payloads = resolve_payloads(&e.payloads)?;
         let grades = resolve_grades(&e.grades)?;
         let shape = self.dataset.shape(&payloads)?;
+        let scan = self.potential.scan_config()?;
+        let dedupe_block = match self.storage.dedupe {
+            false => None,
+            true => {
+                let block = crate::dataset::parse_size(&self.storage.dedupe_block).map_err(|e| {
+                    usage(format!(
+                        "[storage] dedupe_block = \"{}\": {e}; write a size such as \"128KiB\"",
+                        self.storage.dedupe_block
+                    ))
+                })?;
+                crate::lab::dedupe::check_block(block)?;
+                Some(block)
+            }
+        };
         let id = match &e.id {
             Some(id) => {
                 check_id(id)?;
@@ -489,6 +584,8 @@ impl Config {
             payloads,
             grades,
             shape,
+            scan,
+            dedupe_block,
         })
     }
 

@@ -226,6 +226,20 @@ const CASES: &[Case] = &[
         words: &["[systems.PG-1]", "only a-z, 0-9 and _"],
     },
     Case {
+        name: "dedupe block size out of range",
+        config: Some("[storage]\ndedupe_block = \"3KiB\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["dedupe block size 3072 bytes is out of range", "128KiB"],
+    },
+    Case {
+        name: "potential block size not a size",
+        config: Some("[potential]\nblocks = [\"4KiB\", \"lots\"]\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[potential] blocks", "lots"],
+    },
+    Case {
         name: "system not configured",
         config: None,
         args: &["run", "--systems", "postgres"],

@@ -5,9 +5,13 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use super::layers::Layers;
 use crate::dataset::DataSet;
 use crate::journal::Journal;
-use crate::model::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord, SysError};
+use crate::model::{
+    CellKey, Latency, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE, Stage, StageRecord,
+    SysError,
+};
 use crate::probe::Probes;
 use crate::systems::toolkit::ownership::{self, Claim};
 use crate::systems::{Keys, System};
@@ -34,6 +38,8 @@ pub struct Attempt<'a> {
     pub probes: &'a Probes,
     /// This run's claim on its namespace.
     pub claim: &'a mut Claim,
+    /// What the cell does at the storage layer.
+    pub layers: &'a Layers,
     /// The data set of the cell.
     pub ds: &'a DataSet,
     /// The cell.
@@ -105,6 +111,15 @@ impl Attempt<'_> {
         let files = self.ds.manifest.files.len() as u64;
         let stored = self.stored_entries();
         let before = self.probes.read_all(self.sys).await.map_err(at)?;
+        // The storage layer is looked at around the stages that write the data set.
+        let scan_paths = match stage.inserts() {
+            true => self.layers.scan_paths(self.probes, self.sys),
+            false => Vec::new(),
+        };
+        let potential_before = match scan_paths.is_empty() {
+            true => None,
+            false => self.layers.scan_paths_now(&scan_paths).await,
+        };
         let retried = self.sys.retried_requests();
         let started_at = Utc::now();
         let clock = Instant::now();
@@ -145,7 +160,20 @@ impl Attempt<'_> {
         if let Some(why) = self.sys.interrupted_since(begun) {
             return Err(at(SysError::connection(why)));
         }
-        let probes = before
+        let mut potential = None;
+        if let Some(before) = potential_before {
+            let after = self.layers.scan_paths_now(&scan_paths).await;
+            potential = after.map(|after| PotentialRecord { before, after });
+        }
+        let mut storage_dedupe = None;
+        let mut deduped = None;
+        if stage.inserts()
+            && let Some((record, reading)) = self.layers.dedupe(self.probes, self.sys).await
+        {
+            storage_dedupe = Some(record);
+            deduped = Some(reading);
+        }
+        let mut probes: std::collections::BTreeMap<String, ProbeRecord> = before
             .into_iter()
             .filter_map(|(name, before)| {
                 let record = ProbeRecord {
@@ -156,6 +184,17 @@ impl Attempt<'_> {
                 Some((name, record))
             })
             .collect();
+        // The storage probe's reading before the stage and after the dedup that followed it:
+        // the same formulas then give what the deduplicating storage layer kept.
+        if let (Some(after), Some(storage)) = (deduped, probes.get(crate::probe::storage::DEF.name))
+        {
+            let record = ProbeRecord {
+                before: storage.before.clone(),
+                after,
+                copies: storage.copies,
+            };
+            probes.insert(STORAGE_DEDUPE.to_string(), record);
+        }
         let record = StageRecord {
             cell: self.key.clone(),
             attempt: self.attempt,
@@ -172,9 +211,11 @@ impl Attempt<'_> {
             probes,
             note,
             retried_requests,
+            potential,
+            storage_dedupe,
         };
         self.journal
-            .append(&Record::Stage(record))
+            .append(&Record::Stage(Box::new(record)))
             .map_err(CellError::Journal)
     }
 

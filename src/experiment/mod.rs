@@ -2,6 +2,7 @@
 //! retries and reconnects; the journal records everything.
 
 mod cell;
+mod layers;
 mod metadata;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use crate::probe::Probes;
 use crate::systems::toolkit::ownership::Claim;
 use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
+use layers::Layers;
 pub use metadata::{Metadata, peak_rss_bytes};
 
 /// The config the experiment was started with, inside its directory.
@@ -271,6 +273,7 @@ pub async fn run_subjects(
     let mut meta = Metadata::new(config, servers);
     meta.write(&dir)?;
 
+    let layers = Layers::of(config);
     let total = c.experiment.runs as u64
         * (config.payloads.len() * config.grades.len() * live.len()) as u64;
     let bar = progress_bar(opts.progress, total);
@@ -304,6 +307,17 @@ pub async fn run_subjects(
                     let (spec, ds_dir) = (spec.clone(), ds_dir.clone());
                     tokio::task::spawn_blocking(move || DataSet::ensure(&spec, &ds_dir)).await??
                 };
+                if !state.scanned.contains(&(run, payload, grade))
+                    && let Some(potential) = layers.scan_data_set(&ds).await
+                {
+                    journal.append(&Record::DataSetScan {
+                        run,
+                        payload,
+                        grade,
+                        potential,
+                    })?;
+                    state.scanned.insert((run, payload, grade));
+                }
                 for (l, key) in live.iter_mut().zip(&keys) {
                     if state.complete(key) {
                         outcome.skipped += 1;
@@ -311,7 +325,8 @@ pub async fn run_subjects(
                         continue;
                     }
                     bar.set_message(key.to_string());
-                    let result = run_cell(l, &ds, key, &mut state, &mut journal, &c.retry).await?;
+                    let result =
+                        run_cell(l, &ds, key, &mut state, &mut journal, &c.retry, &layers).await?;
                     match result {
                         Ok(()) => {
                             outcome.completed += 1;
@@ -362,6 +377,7 @@ async fn run_cell(
     state: &mut JournalState,
     journal: &mut Journal,
     retry: &config::RetryConfig,
+    layers: &Layers,
 ) -> anyhow::Result<Result<(), String>> {
     let mut last = String::new();
     for _ in 0..retry.max_attempts {
@@ -382,6 +398,7 @@ async fn run_cell(
             sys: l.sys.as_mut(),
             probes: &l.probes,
             claim: &mut l.claim,
+            layers,
             ds,
             key,
             attempt,
@@ -462,16 +479,19 @@ async fn reconnect(sys: &mut dyn System, retry: &config::RetryConfig) -> Result<
     Err(last)
 }
 
-/// What the journal says about cells: which are complete, how many attempts each had.
+/// What the journal says about cells (which are complete, how many attempts each had) and
+/// which data sets it holds a scan of.
 struct JournalState {
     done: HashSet<CellKey>,
     attempts: HashMap<CellKey, u32>,
+    scanned: HashSet<(u32, PayloadType, u8)>,
 }
 
 impl JournalState {
     fn new(records: &[Record]) -> Self {
         let mut done = HashSet::new();
         let mut attempts: HashMap<CellKey, u32> = HashMap::new();
+        let mut scanned = HashSet::new();
         for r in records {
             let (cell, attempt) = match r {
                 Record::Stage(s) => (&s.cell, s.attempt),
@@ -480,12 +500,25 @@ impl JournalState {
                     (cell, *attempt)
                 }
                 Record::AttemptFailed { cell, attempt, .. } => (cell, *attempt),
+                Record::DataSetScan {
+                    run,
+                    payload,
+                    grade,
+                    ..
+                } => {
+                    scanned.insert((*run, *payload, *grade));
+                    continue;
+                }
                 Record::Session { .. } | Record::LeaseTaken { .. } => continue,
             };
             let a = attempts.entry(cell.clone()).or_default();
             *a = (*a).max(attempt);
         }
-        JournalState { done, attempts }
+        JournalState {
+            done,
+            attempts,
+            scanned,
+        }
     }
 
     fn complete(&self, key: &CellKey) -> bool {

@@ -41,17 +41,23 @@ pub struct DedupeRun {
     pub shared_change_bytes: Option<i64>,
 }
 
-/// Deduplicates the files under `dir` at `block_size` (4 KiB to 1 MiB, a multiple of 4 KiB).
-/// `dir` must be on btrfs. The file system is flushed first, so that every block has its
-/// extent. Usage errors: duperemove missing (names the package), `dir` not on btrfs, a bad
-/// block size.
-pub fn dedupe(dir: &Path, block_size: u64) -> anyhow::Result<DedupeRun> {
+/// Refuses a block size duperemove does not take (usage error).
+pub fn check_block(block_size: u64) -> anyhow::Result<()> {
     if !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) || !block_size.is_multiple_of(MIN_BLOCK) {
         bail_usage!(
             "dedupe block size {block_size} bytes is out of range: duperemove takes 4 KiB to \
              1 MiB in multiples of 4 KiB, e.g. 128KiB"
         );
     }
+    Ok(())
+}
+
+/// Deduplicates the files under `dir` at `block_size` (4 KiB to 1 MiB, a multiple of 4 KiB).
+/// `dir` must be on btrfs. The file system is flushed first, so that every block has its
+/// extent. Usage errors: duperemove missing (names the package), `dir` not on btrfs, a bad
+/// block size.
+pub fn dedupe(dir: &Path, block_size: u64) -> anyhow::Result<DedupeRun> {
+    check_block(block_size)?;
     if !super::process::on_path(DUPEREMOVE) {
         bail_usage!(
             "duperemove is not installed (not found on PATH): install the Debian package \

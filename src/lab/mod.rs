@@ -271,6 +271,15 @@ impl Lab {
             if name != s.kind {
                 section.insert("kind".into(), s.kind.into());
             }
+            if kind != storage::Kind::Plain {
+                // The storage probe reads what the fs probe reads (the data directories), or
+                // the whole instance directory, which is its own file system.
+                let data = section
+                    .get(crate::probe::fs::KEY)
+                    .cloned()
+                    .unwrap_or_else(|| vec![path_value(&self.server_dir(name))].into());
+                section.insert(crate::probe::storage::KEY.into(), data);
+            }
             systems.insert(name.into(), toml::Value::Table(section));
         }
         doc.insert("systems".into(), toml::Value::Table(systems));

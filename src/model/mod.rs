@@ -13,4 +13,7 @@ pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
 pub use lease::{Lease, this_host};
 pub use measured::Measured;
 pub use reading::{Reading, ServerInfo};
-pub use record::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord};
+pub use record::{
+    CellKey, DedupeRecord, Latency, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE, Scanned,
+    Stage, StageRecord,
+};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ErrorKind, Lease, Reading};
 use crate::dataset::PayloadType;
+use crate::scan::ScanResult;
 
 /// The four stages of a cell, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -145,7 +146,72 @@ pub struct StageRecord {
     /// retried per-file request is inside its timed latency, so the record says so.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retried_requests: u64,
+    /// Dedup potential of the system's data directories before and after the stage (insert
+    /// stages, when scanning is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub potential: Option<PotentialRecord>,
+    /// The out-of-band block dedup of the storage layer run after the stage (insert stages,
+    /// on btrfs lab storage); its readings are the `storage_dedupe` probe's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dedupe: Option<DedupeRecord>,
 }
+
+/// A dedup-potential scan: what it found, or why there is nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scanned {
+    /// The scan read everything.
+    Scan(ScanResult),
+    /// The scan failed; the message says why.
+    Error {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl Scanned {
+    /// Duplicate bytes the scan found with `method`, if it succeeded.
+    pub fn duplicate_bytes(&self, method: &str) -> Option<u64> {
+        match self {
+            Scanned::Scan(r) => r.method(method).map(|m| m.duplicate_bytes),
+            Scanned::Error { .. } => None,
+        }
+    }
+
+    /// The methods of a successful scan, in order.
+    pub fn methods(&self) -> Vec<String> {
+        match self {
+            Scanned::Scan(r) => r.methods.iter().map(|m| m.method.clone()).collect(),
+            Scanned::Error { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Dedup potential around a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PotentialRecord {
+    /// Before the stage.
+    pub before: Scanned,
+    /// After the stage and the settle step.
+    pub after: Scanned,
+}
+
+/// An out-of-band block dedup pass over the storage layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DedupeRecord {
+    /// Its block size, bytes.
+    pub block_size: u64,
+    /// How long it took, seconds.
+    pub duration_s: f64,
+    /// Why it did not run or what failed, if so (the `storage_dedupe` readings then hold
+    /// the error too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Name of the pseudo-probe whose readings are the storage probe's before a stage and after
+/// the out-of-band dedup that follows it.
+pub const STORAGE_DEDUPE: &str = "storage_dedupe";
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -164,8 +230,8 @@ pub enum Record {
         /// Process id.
         pid: u32,
     },
-    /// A stage finished and was measured.
-    Stage(StageRecord),
+    /// A stage finished and was measured (boxed: it is by far the largest record).
+    Stage(Box<StageRecord>),
     /// All stages of a cell attempt succeeded; only such attempts count in reports.
     CellDone {
         /// The cell.
@@ -174,6 +240,17 @@ pub enum Record {
         attempt: u32,
         /// When.
         at: DateTime<Utc>,
+    },
+    /// The dedup potential of one data set's files: the upper bound of every system's.
+    DataSetScan {
+        /// Run number.
+        run: u32,
+        /// Payload type.
+        payload: PayloadType,
+        /// Grade.
+        grade: u8,
+        /// What the scan found.
+        potential: Scanned,
     },
     /// This run took over a namespace whose lease's holder no longer runs.
     LeaseTaken {

@@ -60,6 +60,10 @@ impl Probe for Fs {
         &self.paths
     }
 
+    fn data_paths(&self, sys: &dyn Measured) -> Vec<PathBuf> {
+        self.paths(sys)
+    }
+
     async fn read(&self, sys: &mut dyn Measured) -> Result<Reading, SysError> {
         let paths = self.paths(sys);
         Ok(super::blocking(move || allocated_bytes(&paths)).await)

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod native;
 pub mod prometheus;
 pub mod sqlite;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,7 +23,13 @@ use crate::error::usage;
 use crate::model::{Measured, Reading, SysError};
 
 /// Every probe kind, in the order records and reports show them.
-pub static REGISTRY: &[ProbeDef] = &[native::DEF, fs::DEF, sqlite::DEF, prometheus::DEF];
+pub static REGISTRY: &[ProbeDef] = &[
+    native::DEF,
+    fs::DEF,
+    storage::DEF,
+    sqlite::DEF,
+    prometheus::DEF,
+];
 
 /// Where probe `name` stands in the registry, for ordering reports (unknown names last).
 pub fn rank(name: &str) -> usize {
@@ -101,6 +108,12 @@ pub trait Probe: Send + Sync {
         &[]
     }
 
+    /// The directories of the system's data it reads, if it reads files: where the engine
+    /// looks for dedup potential and runs out-of-band dedupe.
+    fn data_paths(&self, _sys: &dyn Measured) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// Reads the size. `Err` only when the system's connection was lost.
     async fn read(&self, sys: &mut dyn Measured) -> Result<Reading, SysError>;
 }
@@ -170,6 +183,14 @@ impl Probes {
             .filter(move |p| p.applies(sys))
     }
 
+    /// The data paths of probe `name` for this system (empty when it has none).
+    pub fn data_paths(&self, name: &str, sys: &dyn Measured) -> Vec<PathBuf> {
+        self.applicable(sys)
+            .find(|p| p.name() == name)
+            .map(|p| p.data_paths(sys))
+            .unwrap_or_default()
+    }
+
     /// Names of the probes that measure this system.
     pub fn names(&self, sys: &dyn Measured) -> Vec<&'static str> {
         self.applicable(sys).map(|p| p.name()).collect()
@@ -201,6 +222,16 @@ impl Probes {
 }
 
 impl Probes {
+    /// Reads probe `name` if it applies, a lost connection included as an error reading.
+    pub async fn read_one(&self, name: &str, sys: &mut dyn Measured) -> Option<Reading> {
+        let p = self.0.iter().find(|p| p.name() == name && p.applies(sys))?;
+        Some(
+            p.read(sys)
+                .await
+                .unwrap_or_else(|e| Reading::Error { error: e.message }),
+        )
+    }
+
     /// Reads every applicable probe, a lost connection included as an error reading: for
     /// looking, not for recording a stage.
     pub async fn read_each(&self, sys: &mut dyn Measured) -> BTreeMap<String, Reading> {

@@ -21,7 +21,7 @@ pub fn completed(records: &[Record]) -> Vec<&StageRecord> {
     let mut out: Vec<&StageRecord> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Stage(s) if done.get(&s.cell) == Some(&s.attempt) => Some(s),
+            Record::Stage(s) if done.get(&s.cell) == Some(&s.attempt) => Some(s.as_ref()),
             _ => None,
         })
         .collect();
@@ -251,7 +251,7 @@ mod tests {
                 copies: 2,
             },
         );
-        Record::Stage(StageRecord {
+        Record::Stage(Box::new(StageRecord {
             cell: CellKey {
                 system: "x".into(),
                 payload: PayloadType::RandomBinary,
@@ -272,7 +272,9 @@ mod tests {
             probes,
             note: None,
             retried_requests: 0,
-        })
+            potential: None,
+            storage_dedupe: None,
+        }))
     }
 
     fn done(grade: u8) -> Record {

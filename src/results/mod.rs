@@ -2,6 +2,7 @@
 
 pub mod derive;
 pub mod export;
+pub mod layers;
 pub mod stats;
 pub mod summary;
 
@@ -31,8 +32,13 @@ pub fn report(dir: &Path) -> anyhow::Result<Report> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let rows = derive::rows(&records);
-    let summary = summary::summarize(&id, &records, &rows);
-    let report = Report { rows, summary };
+    let layers = layers::layer_rows(&records, &rows);
+    let summary = summary::summarize(&id, &records, &rows, &layers);
+    let report = Report {
+        rows,
+        layers,
+        summary,
+    };
     export::write_all(dir, &report)
         .with_context(|| format!("writing exports into {}", dir.display()))?;
     Ok(report)

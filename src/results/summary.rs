@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::derive::{self, Row};
+use super::layers::{LayerRow, Verdict, verdicts};
 use super::stats::Stats;
 use crate::model::{CellKey, ErrorKind, Record, Stage};
 
@@ -13,6 +14,9 @@ use crate::model::{CellKey, ErrorKind, Record, Stage};
 pub struct Summary {
     /// Experiment id.
     pub experiment: String,
+    /// The answer first: per system × payload × grade, the layer that removed the
+    /// duplicates.
+    pub verdicts: Vec<Verdict>,
     /// One group per system × payload × grade × stage.
     pub groups: Vec<Group>,
     /// Cells that have no completed attempt but at least one failed one.
@@ -96,7 +100,12 @@ fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<Stats> {
 }
 
 /// Builds the summary of a journal.
-pub fn summarize(experiment: &str, records: &[Record], rows: &[Row]) -> Summary {
+pub fn summarize(
+    experiment: &str,
+    records: &[Record],
+    rows: &[Row],
+    layers: &[LayerRow],
+) -> Summary {
     let mut groups: BTreeMap<(String, String, u8, Stage), Group> = BTreeMap::new();
     for ((system, payload, grade, stage, probe), rs) in derive::group(rows) {
         let g = groups
@@ -131,6 +140,7 @@ pub fn summarize(experiment: &str, records: &[Record], rows: &[Row]) -> Summary 
     let (failures, cells_done, failed_attempts) = failures(records);
     Summary {
         experiment: experiment.to_string(),
+        verdicts: verdicts(layers),
         groups: groups.into_values().collect(),
         failures,
         cells_done,

@@ -121,7 +121,7 @@ pub fn stage_records(records: &[Record]) -> Vec<StageRecord> {
     records
         .iter()
         .filter_map(|r| match r {
-            Record::Stage(s) => Some(s.clone()),
+            Record::Stage(s) => Some(s.as_ref().clone()),
             _ => None,
         })
         .collect()

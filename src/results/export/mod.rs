@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::derive::Row;
+use super::layers::LayerRow;
 use super::summary::Summary;
 
 /// What every exporter renders.
 pub struct Report {
     /// Per run, stage and probe.
     pub rows: Vec<Row>,
+    /// Per run and insert stage, layer by layer.
+    pub layers: Vec<LayerRow>,
     /// Statistics over runs.
     pub summary: Summary,
 }
@@ -33,6 +36,7 @@ pub trait Exporter {
 pub fn all() -> Vec<Box<dyn Exporter>> {
     vec![
         Box::new(csv::Csv),
+        Box::new(csv::Layers),
         Box::new(json::Json),
         Box::new(markdown::Markdown),
         Box::new(html::Html),

@@ -77,24 +77,77 @@ pub fn outcome(s: &Summary) -> Vec<String> {
     out
 }
 
-/// Renders the table, the legend, and the outcome as text.
-pub fn render(s: &Summary, style: Style) -> String {
+/// Column titles of the verdict table.
+pub const VERDICT_HEADER: [&str; 8] = [
+    "system",
+    "payload",
+    "grade",
+    "dedup happens",
+    "capture: system",
+    "storage",
+    "storage+dedupe",
+    "potential",
+];
+
+/// The verdict table's cells: one row per system × payload × grade above 0.
+pub fn verdict_rows(s: &Summary) -> Vec<Vec<String>> {
+    s.verdicts
+        .iter()
+        .map(|v| {
+            vec![
+                v.system.clone(),
+                v.payload.clone(),
+                format!("U{}", v.grade),
+                v.layer.name().to_string(),
+                num(mean(&v.system_capture), 2),
+                num(mean(&v.storage_capture), 2),
+                num(mean(&v.storage_dedupe_capture), 2),
+                v.potential
+                    .as_ref()
+                    .map_or("–".into(), |(m, p)| format!("{p:.2} {m}")),
+            ]
+        })
+        .collect()
+}
+
+/// A table in `style` with `header`, its numeric columns from `first_number` on right-aligned.
+fn table(style: Style, header: &[&str], rows: Vec<Vec<String>>, first_number: usize) -> Table {
     let mut t = Table::new();
     t.load_style(match style {
         Style::Terminal => UTF8_FULL_CONDENSED,
         Style::Markdown => ASCII_MARKDOWN,
     });
     t.set_content_arrangement(ContentArrangement::Disabled);
-    t.set_header(HEADER.to_vec());
-    for row in rows(s) {
+    t.set_header(header.to_vec());
+    for row in rows {
         t.add_row(row);
     }
-    for i in (4..HEADER.len()).filter(|&i| HEADER[i] != "probes") {
+    for i in (first_number..header.len()).filter(|&i| header[i] != "probes") {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
-    format!("{t}\n{LEGEND}\n{}\n", outcome(s).join("\n"))
+    t
+}
+
+/// What the verdict table's values mean.
+pub const VERDICT_LEGEND: &str = "The lowest layer whose dedup capture (of the bulk insert, mean \
+     over runs) reaches 0.5 removed the duplicates: the system's own accounting, the storage \
+     layer as mounted, the storage layer after out-of-band block dedup; else a block-level or \
+     CDC store could (potential ≥ 0.5: the share of the data set's duplicate bytes found in \
+     what the stage added on disk), or nowhere.";
+
+/// Renders the verdicts (when any layer was measured), the table, the legend, and the
+/// outcome as text.
+pub fn render(s: &Summary, style: Style) -> String {
+    let mut out = String::new();
+    if !s.verdicts.is_empty() {
+        let t = table(style, &VERDICT_HEADER, verdict_rows(s), 4);
+        out.push_str(&format!("{t}\n{VERDICT_LEGEND}\n\n"));
+    }
+    let t = table(style, &HEADER, rows(s), 4);
+    out.push_str(&format!("{t}\n{LEGEND}\n{}\n", outcome(s).join("\n")));
+    out
 }
 
 fn mean(s: &Option<Stats>) -> Option<f64> {
