@@ -11,7 +11,8 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, LabAction};
 use dedup_lab::config::{Config, Resolved};
 use dedup_lab::error::exit_code;
-use dedup_lab::experiment::{self, RunOptions};
+use dedup_lab::experiment::{self, ReportRequest, RunOptions};
+use dedup_lab::model::{INDEX_ENV, Shard};
 use dedup_lab::results::export::table::{Style, render};
 use dedup_lab::secret::redact;
 use dedup_lab::{dataset, lab, preflight, results, scan};
@@ -39,7 +40,13 @@ fn load(args: &cli::ConfigArgs) -> anyhow::Result<Resolved> {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let config = load(&args.config)?;
+            let mut config = load(&args.config)?;
+            config.shard = Shard::choose(
+                args.shard.as_deref(),
+                args.shard_by,
+                config.config.experiment.shards,
+                std::env::var(INDEX_ENV).ok().as_deref(),
+            )?;
             if args.dry_run {
                 print!("{}", experiment::plan(&config)?);
                 return Ok(ExitCode::SUCCESS);
@@ -114,13 +121,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report(args) => {
-            let dir = match args.dir {
-                Some(d) => d,
-                None => load(&args.config)?.experiment_dir(),
+            let mut request = ReportRequest {
+                dirs: args.dirs,
+                out: args.out,
+                shards: args.shards,
+                wait: args.wait.map(std::time::Duration::from_secs),
             };
-            let report = results::report(&dir)?;
-            println!("{}", render(&report.summary, Style::Terminal));
-            Ok(ExitCode::SUCCESS)
+            if request.dirs.is_empty() || args.config.config.is_some() {
+                let config = load(&args.config)?;
+                request.shards = request.shards.or(config.config.experiment.shards);
+                if request.dirs.is_empty() {
+                    request.dirs.push(config.experiment_root());
+                }
+            }
+            let outcome = experiment::report(&request)?;
+            println!("{}", render(&outcome.report.summary, Style::Terminal));
+            if outcome.merged > 0 {
+                println!(
+                    "merged {} shards into {}",
+                    outcome.merged,
+                    outcome.dir.display()
+                );
+            }
+            if outcome.problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("the report is incomplete:");
+                for p in &outcome.problems {
+                    eprintln!("  {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Systems(mut args) => {
             args.systems = Some(vec!["all".into()]);
