@@ -45,6 +45,9 @@ pub enum Command {
     /// Count the duplicate bytes a block-level or content-defined dedup could remove from
     /// files or directory trees.
     Scan(ScanArgs),
+    /// Render the Kubernetes objects that run a config's experiment as shards in a cluster
+    /// and merge them (docs/kubernetes.md).
+    K8s(K8sArgs),
 }
 
 /// Config file and overrides shared by the commands.
@@ -191,6 +194,45 @@ pub struct ReportArgs {
     /// Config and overrides (to find the experiment directory).
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+/// `k8s`
+#[derive(Debug, Args)]
+pub struct K8sArgs {
+    /// The config to run; the ConfigMap holds it as it is.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Namespace of every object.
+    #[arg(long, default_value = "dedup-lab")]
+    pub namespace: String,
+    /// Container image built from the Containerfile.
+    #[arg(long, default_value = concat!("dedup-lab:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Shards (completions of the Indexed Job); default: the config's `shards`, else one per
+    /// system instance.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+    /// What a shard's slice is made of.
+    #[arg(long, value_enum, default_value_t = ShardBy::System)]
+    pub shard_by: ShardBy,
+    /// Storage class of the results volume (ReadWriteMany); default: the cluster's.
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Size of the results volume.
+    #[arg(long, value_name = "SIZE", default_value = "20Gi")]
+    pub results_size: String,
+    /// CPU each shard requests.
+    #[arg(long, default_value = "1")]
+    pub cpu: String,
+    /// Memory each shard requests and is limited to.
+    #[arg(long, default_value = "2Gi")]
+    pub memory: String,
+    /// Seconds the report Job waits for every shard to finish.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
+    pub wait: u64,
+    /// Write the manifests to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `lab`

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LabAction};
 use dedup_lab::config::{Config, Resolved};
+use dedup_lab::deploy::k8s;
 use dedup_lab::error::exit_code;
 use dedup_lab::experiment::{self, ReportRequest, RunOptions};
 use dedup_lab::model::{INDEX_ENV, Shard};
@@ -187,6 +188,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::K8s(args) => {
+            let text = std::fs::read_to_string(&args.config).map_err(|e| {
+                dedup_lab::error::usage(format!(
+                    "cannot read config file {}: {e}; check the path given to --config",
+                    args.config.display()
+                ))
+            })?;
+            let config = Config::load(Some(&args.config), &Default::default())?;
+            let rendered = k8s::render(
+                &text,
+                &config,
+                &k8s::Options {
+                    namespace: args.namespace,
+                    image: args.image,
+                    shards: args.shards,
+                    shard_by: args.shard_by,
+                    storage_class: args.storage_class,
+                    results_size: args.results_size,
+                    cpu: args.cpu,
+                    memory: args.memory,
+                    wait_s: args.wait,
+                },
+            )?;
+            let yaml = rendered.yaml()?;
+            match args.out {
+                Some(path) => {
+                    std::fs::write(&path, yaml)?;
+                    eprintln!(
+                        "wrote {} objects ({} shards) to {}",
+                        rendered.objects.len(),
+                        rendered.shards,
+                        path.display()
+                    );
+                }
+                None => print!("{yaml}"),
             }
             Ok(ExitCode::SUCCESS)
         }
