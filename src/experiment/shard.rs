@@ -118,7 +118,13 @@ pub struct ReportOutcome {
 /// Builds the report of one experiment directory, or merges shards into one.
 pub fn report(req: &ReportRequest) -> anyhow::Result<ReportOutcome> {
     let start = Instant::now();
+    let waiting = |start: Instant| req.wait.is_some_and(|limit| start.elapsed() < limit);
     loop {
+        // A report that waits may start before any shard has created the directory.
+        if waiting(start) && req.dirs.iter().any(|d| !d.exists()) {
+            std::thread::sleep(POLL);
+            continue;
+        }
         let (parent, shards) = match Found::collect(&req.dirs)? {
             Found::Experiment(dir) => {
                 return Ok(ReportOutcome {
@@ -130,12 +136,15 @@ pub fn report(req: &ReportRequest) -> anyhow::Result<ReportOutcome> {
             }
             Found::Shards { parent, shards } => (parent, shards),
         };
+        if waiting(start) && shards.is_empty() {
+            std::thread::sleep(POLL);
+            continue;
+        }
         let set = ShardSet::check(shards, req.shards)?;
-        match req.wait {
-            Some(limit) if !set.finished() && start.elapsed() < limit => {
-                std::thread::sleep(POLL.min(limit.saturating_sub(start.elapsed())));
-            }
-            _ => return set.merge(req.out.as_deref().or(parent.as_deref())),
+        if waiting(start) && !set.finished() {
+            std::thread::sleep(POLL);
+        } else {
+            return set.merge(req.out.as_deref().or(parent.as_deref()));
         }
     }
 }
