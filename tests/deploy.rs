@@ -173,6 +173,12 @@ fn manifests_parse_back_to_what_the_config_asks() {
     assert_eq!(shards["spec"]["completionMode"], "Indexed");
     assert_eq!(shards["spec"]["completions"], 3);
     assert_eq!(shards["spec"]["parallelism"], 3);
+    // Bad input fails the Job, failed cells their index; neither is retried.
+    let rules = &shards["spec"]["podFailurePolicy"]["rules"];
+    assert_eq!(rules[0]["action"], "FailJob");
+    assert_eq!(rules[0]["onExitCodes"]["values"], serde_json::json!([2]));
+    assert_eq!(rules[1]["action"], "FailIndex");
+    assert_eq!(rules[1]["onExitCodes"]["values"], serde_json::json!([1]));
     let container = &shards["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_array()

@@ -9,9 +9,9 @@
 //! - a PersistentVolumeClaim for the results, ReadWriteMany so shards on several nodes write
 //!   their own directories in it;
 //! - an Indexed Job with one completion per shard: pod `i` runs `run --shard /N` and takes
-//!   shard i + 1 from `JOB_COMPLETION_INDEX`. A failed index is not retried when dedup-lab
-//!   itself failed (exit 1 or 2: retrying would repeat it), and is retried after a crash or an
-//!   eviction, resuming from its journal;
+//!   shard i + 1 from `JOB_COMPLETION_INDEX`. Bad input (exit 2) fails the Job, failed cells
+//!   (exit 1) fail their index only, neither is retried (it would repeat); a crash or an
+//!   eviction is retried and resumes from the shard's journal;
 //! - a report Job that waits for every shard to finish, then merges them (`report --wait`).
 //!
 //! A config that names paths on this machine (probe paths, data directories, sources) is
@@ -179,7 +179,10 @@ pub fn render(text: &str, config: &Resolved, opts: &Options) -> anyhow::Result<R
             },
         })
     };
-    let own_failure = |action: &str| json!({"action": action, "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [1, 2]}});
+    let exit = |action: &str, codes: &[u8]| {
+        let on = json!({"containerName": CONTAINER, "operator": "In", "values": codes});
+        json!({"action": action, "onExitCodes": on})
+    };
     let evicted = json!({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]});
     let run_args = [
         "run",
@@ -239,7 +242,12 @@ pub fn render(text: &str, config: &Resolved, opts: &Options) -> anyhow::Result<R
                 "parallelism": shards,
                 "backoffLimitPerIndex": 2,
                 "maxFailedIndexes": shards,
-                "podFailurePolicy": {"rules": [own_failure("FailIndex"), evicted.clone()]},
+                // Bad input is the same for every shard; failed cells are this shard's.
+                "podFailurePolicy": {"rules": [
+                    exit("FailJob", &[2]),
+                    exit("FailIndex", &[1]),
+                    evicted.clone(),
+                ]},
                 "template": pod(
                     "shard",
                     run_args.map(String::from).to_vec(),
@@ -256,7 +264,7 @@ pub fn render(text: &str, config: &Resolved, opts: &Options) -> anyhow::Result<R
             "metadata": meta(&format!("{name}-report"), "report"),
             "spec": {
                 "backoffLimit": 2,
-                "podFailurePolicy": {"rules": [own_failure("FailJob"), evicted]},
+                "podFailurePolicy": {"rules": [exit("FailJob", &[1, 2]), evicted]},
                 "template": pod(
                     "report",
                     report_args.map(String::from).to_vec(),

@@ -118,10 +118,10 @@ pub struct ReportOutcome {
 /// Builds the report of one experiment directory, or merges shards into one.
 pub fn report(req: &ReportRequest) -> anyhow::Result<ReportOutcome> {
     let start = Instant::now();
-    let waiting = |start: Instant| req.wait.is_some_and(|limit| start.elapsed() < limit);
+    let waiting = || req.wait.is_some_and(|limit| start.elapsed() < limit);
     loop {
         // A report that waits may start before any shard has created the directory.
-        if waiting(start) && req.dirs.iter().any(|d| !d.exists()) {
+        if waiting() && req.dirs.iter().any(|d| !d.exists()) {
             std::thread::sleep(POLL);
             continue;
         }
@@ -136,12 +136,12 @@ pub fn report(req: &ReportRequest) -> anyhow::Result<ReportOutcome> {
             }
             Found::Shards { parent, shards } => (parent, shards),
         };
-        if waiting(start) && shards.is_empty() {
+        if waiting() && shards.is_empty() {
             std::thread::sleep(POLL);
             continue;
         }
         let set = ShardSet::check(shards, req.shards)?;
-        if waiting(start) && !set.finished() {
+        if waiting() && !set.finished() {
             std::thread::sleep(POLL);
         } else {
             return set.merge(req.out.as_deref().or(parent.as_deref()));
@@ -184,7 +184,11 @@ impl Found {
                 for entry in std::fs::read_dir(&nested)
                     .with_context(|| format!("reading {}", nested.display()))?
                 {
-                    shards.push(ShardDir::open(&entry?.path())?);
+                    // Only directories can be shards; a stray file is not one.
+                    let path = entry?.path();
+                    if path.is_dir() {
+                        shards.push(ShardDir::open(&path)?);
+                    }
                 }
             } else if let Some(shard) = ShardDir::recognize(dir)? {
                 if let Some(p) = shard.experiment_dir() {
