@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use dedup_lab::config::Overrides;
 use dedup_lab::dataset::{DedupUnit, SizeSpec, parse_size};
 use dedup_lab::lab::storage::Kind as StorageKind;
+use dedup_lab::model::ShardBy;
 use dedup_lab::scan::{CdcParams, ScanConfig};
 
 /// Where does deduplication happen — inside a data system, in the storage under it, or
@@ -44,6 +45,9 @@ pub enum Command {
     /// Count the duplicate bytes a block-level or content-defined dedup could remove from
     /// files or directory trees.
     Scan(ScanArgs),
+    /// Render the Kubernetes objects that run a config's experiment as shards in a cluster
+    /// and merge them (docs/kubernetes.md).
+    K8s(K8sArgs),
 }
 
 /// Config file and overrides shared by the commands.
@@ -148,6 +152,15 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run one shard of the cells: I/N (I from 1), or /N with I taken from
+    /// JOB_COMPLETION_INDEX (from 0, as a Kubernetes Indexed Job sets it). Without it, a
+    /// config with `[experiment] shards = N` takes I from JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// What a shard's slice is made of: whole systems (one shard talks to its own servers),
+    /// or cells (each shard needs namespaces of its own).
+    #[arg(long, value_enum, default_value_t = ShardBy::System)]
+    pub shard_by: ShardBy,
 }
 
 /// `generate`
@@ -164,11 +177,62 @@ pub struct GenerateArgs {
 /// `report`
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Experiment directory; default: the one the config selects.
-    pub dir: Option<PathBuf>,
+    /// Experiment directory (one holding `shards/` is merged), or shard directories of one
+    /// experiment; default: the experiment directory the config selects.
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Where the merged report of shards goes; default: their experiment directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Shards the experiment was split into (default: the config's `shards`, else what the
+    /// directories say), so that shards that never started are named.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+    /// Wait up to this many seconds for every shard to finish before merging.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
     /// Config and overrides (to find the experiment directory).
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+/// `k8s`
+#[derive(Debug, Args)]
+pub struct K8sArgs {
+    /// The config to run; the ConfigMap holds it as it is.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Namespace of every object.
+    #[arg(long, default_value = "dedup-lab")]
+    pub namespace: String,
+    /// Container image built from the Containerfile.
+    #[arg(long, default_value = concat!("dedup-lab:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Shards (completions of the Indexed Job); default: the config's `shards`, else one per
+    /// system instance.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+    /// What a shard's slice is made of.
+    #[arg(long, value_enum, default_value_t = ShardBy::System)]
+    pub shard_by: ShardBy,
+    /// Storage class of the results volume (ReadWriteMany); default: the cluster's.
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Size of the results volume.
+    #[arg(long, value_name = "SIZE", default_value = "20Gi")]
+    pub results_size: String,
+    /// CPU each shard requests.
+    #[arg(long, default_value = "1")]
+    pub cpu: String,
+    /// Memory each shard requests and is limited to.
+    #[arg(long, default_value = "2Gi")]
+    pub memory: String,
+    /// Seconds the report Job waits for every shard to finish.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
+    pub wait: u64,
+    /// Write the manifests to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `lab`

@@ -13,8 +13,12 @@ use crate::dataset::{
     PayloadType, SizeSpec, SourceSpec,
 };
 use crate::error::usage;
+use crate::model::Shard;
 use crate::scan::{CdcParams, ScanConfig};
 use crate::systems::{self, Instance};
+
+/// The directory inside an experiment's directory that holds its shards' directories.
+pub const SHARDS: &str = "shards";
 
 /// The whole config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -129,6 +133,10 @@ pub struct ExperimentConfig {
     /// Seconds after which a namespace lease of a run on another host that stopped renewing
     /// it counts as abandoned (a run on this host is checked by its process instead).
     pub lease_ttl_s: u64,
+    /// Shards the cells are split into, one process or pod each (`run --shard`); absent: one
+    /// process runs them all. How the work is split, not what is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 impl Default for ExperimentConfig {
@@ -147,6 +155,7 @@ impl Default for ExperimentConfig {
             payloads: vec!["all".into()],
             grades: vec![0, 50, 90],
             lease_ttl_s: 600,
+            shards: None,
         }
     }
 }
@@ -421,11 +430,21 @@ pub struct Resolved {
     pub scan: Option<ScanConfig>,
     /// The block size of the storage layer's out-of-band dedup, when it is on.
     pub dedupe_block: Option<u64>,
+    /// The shard this process runs, when the run is split (set by `run`, not by the file).
+    pub shard: Option<Shard>,
 }
 
 impl Resolved {
-    /// The experiment directory.
+    /// The directory this process writes: the experiment's, or its shard's inside it.
     pub fn experiment_dir(&self) -> PathBuf {
+        match &self.shard {
+            None => self.experiment_root(),
+            Some(s) => self.experiment_root().join(SHARDS).join(s.dir_name()),
+        }
+    }
+
+    /// The experiment's directory (the merged report of shards goes here).
+    pub fn experiment_root(&self) -> PathBuf {
         self.config.experiment.results_dir.join(&self.id)
     }
 
@@ -552,6 +571,12 @@ impl Config {
                 "[experiment] lease_ttl_s = 0: a lease must live at least a second; use e.g. 600",
             ));
         }
+        if e.shards == Some(0) {
+            return Err(usage(
+                "[experiment] shards = 0: a run is split into at least 1 shard; remove the key \
+                 to run every cell in one process",
+            ));
+        }
         let systems = self.resolve_systems()?;
         let payloads = resolve_payloads(&e.payloads)?;
         let grades = resolve_grades(&e.grades)?;
@@ -560,12 +585,13 @@ impl Config {
         let dedupe_block = match self.storage.dedupe {
             false => None,
             true => {
-                let block = crate::dataset::parse_size(&self.storage.dedupe_block).map_err(|e| {
-                    usage(format!(
-                        "[storage] dedupe_block = \"{}\": {e}; write a size such as \"128KiB\"",
-                        self.storage.dedupe_block
-                    ))
-                })?;
+                let block =
+                    crate::dataset::parse_size(&self.storage.dedupe_block).map_err(|e| {
+                        usage(format!(
+                            "[storage] dedupe_block = \"{}\": {e}; write a size such as \"128KiB\"",
+                            self.storage.dedupe_block
+                        ))
+                    })?;
                 crate::lab::dedupe::check_block(block)?;
                 Some(block)
             }
@@ -586,6 +612,7 @@ impl Config {
             shape,
             scan,
             dedupe_block,
+            shard: None,
         })
     }
 
@@ -667,6 +694,7 @@ impl Config {
                 e.remove("results_dir");
                 e.remove("id");
                 e.remove("lease_ttl_s");
+                e.remove("shards");
             }
             if let Some(d) = obj.get_mut("dataset").and_then(|d| d.as_object_mut()) {
                 d.remove("keep");

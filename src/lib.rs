@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod deploy;
 pub mod error;
 pub mod experiment;
 pub mod journal;

@@ -10,8 +10,10 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LabAction};
 use dedup_lab::config::{Config, Resolved};
+use dedup_lab::deploy::k8s;
 use dedup_lab::error::exit_code;
-use dedup_lab::experiment::{self, RunOptions};
+use dedup_lab::experiment::{self, ReportRequest, RunOptions};
+use dedup_lab::model::{INDEX_ENV, Shard};
 use dedup_lab::results::export::table::{Style, render};
 use dedup_lab::secret::redact;
 use dedup_lab::{dataset, lab, preflight, results, scan};
@@ -39,7 +41,13 @@ fn load(args: &cli::ConfigArgs) -> anyhow::Result<Resolved> {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let config = load(&args.config)?;
+            let mut config = load(&args.config)?;
+            config.shard = Shard::choose(
+                args.shard.as_deref(),
+                args.shard_by,
+                config.config.experiment.shards,
+                std::env::var(INDEX_ENV).ok().as_deref(),
+            )?;
             if args.dry_run {
                 print!("{}", experiment::plan(&config)?);
                 return Ok(ExitCode::SUCCESS);
@@ -114,13 +122,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report(args) => {
-            let dir = match args.dir {
-                Some(d) => d,
-                None => load(&args.config)?.experiment_dir(),
+            let mut request = ReportRequest {
+                dirs: args.dirs,
+                out: args.out,
+                shards: args.shards,
+                wait: args.wait.map(std::time::Duration::from_secs),
             };
-            let report = results::report(&dir)?;
-            println!("{}", render(&report.summary, Style::Terminal));
-            Ok(ExitCode::SUCCESS)
+            if request.dirs.is_empty() || args.config.config.is_some() {
+                let config = load(&args.config)?;
+                request.shards = request.shards.or(config.config.experiment.shards);
+                if request.dirs.is_empty() {
+                    request.dirs.push(config.experiment_root());
+                }
+            }
+            let outcome = experiment::report(&request)?;
+            println!("{}", render(&outcome.report.summary, Style::Terminal));
+            if outcome.merged > 0 {
+                println!(
+                    "merged {} shards into {}",
+                    outcome.merged,
+                    outcome.dir.display()
+                );
+            }
+            if outcome.problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("the report is incomplete:");
+                for p in &outcome.problems {
+                    eprintln!("  {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Systems(mut args) => {
             args.systems = Some(vec!["all".into()]);
@@ -156,6 +188,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::K8s(args) => {
+            let text = std::fs::read_to_string(&args.config).map_err(|e| {
+                dedup_lab::error::usage(format!(
+                    "cannot read config file {}: {e}; check the path given to --config",
+                    args.config.display()
+                ))
+            })?;
+            let config = Config::load(Some(&args.config), &Default::default())?;
+            let rendered = k8s::render(
+                &text,
+                &config,
+                &k8s::Options {
+                    namespace: args.namespace,
+                    image: args.image,
+                    shards: args.shards,
+                    shard_by: args.shard_by,
+                    storage_class: args.storage_class,
+                    results_size: args.results_size,
+                    cpu: args.cpu,
+                    memory: args.memory,
+                    wait_s: args.wait,
+                },
+            )?;
+            let yaml = rendered.yaml()?;
+            match args.out {
+                Some(path) => {
+                    std::fs::write(&path, yaml)?;
+                    eprintln!(
+                        "wrote {} objects ({} shards) to {}",
+                        rendered.objects.len(),
+                        rendered.shards,
+                        path.display()
+                    );
+                }
+                None => print!("{yaml}"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -412,6 +412,84 @@ const CASES: &[Case] = &[
         code: 2,
         words: &["nothing to compute", "give a block size or CDC"],
     },
+    Case {
+        name: "shard index above the count",
+        config: None,
+        args: &["run", "--shard", "3/2", "--results-dir", "{results}"],
+        code: 2,
+        words: &["shard 3/2 does not exist", "use 1/2 to 2/2"],
+    },
+    Case {
+        name: "zero shards",
+        config: None,
+        args: &["run", "--shard", "0/0", "--results-dir", "{results}"],
+        code: 2,
+        words: &["shard count 0", "at least 1 shard"],
+    },
+    Case {
+        name: "shard without its index",
+        config: None,
+        args: &["run", "--shard", "/3", "--results-dir", "{results}"],
+        code: 2,
+        words: &["give --shard I/3", "set JOB_COMPLETION_INDEX (from 0"],
+    },
+    Case {
+        name: "zero shards in the config",
+        config: Some("[experiment]\nshards = 0\n"),
+        args: &["run", "--config", "{config}", "--results-dir", "{results}"],
+        code: 2,
+        words: &["shards = 0", "remove the key"],
+    },
+    Case {
+        name: "promql query whose sample times are unknown",
+        config: Some(
+            "[systems.sqlite.promql_probe]\nurl = \"http://127.0.0.1:9090\"\n\
+             query = \"sum(redis_memory_used_bytes)\"\n",
+        ),
+        args: &["run", "--config", "{config}", "--results-dir", "{results}"],
+        code: 2,
+        words: &["not a plain selector", "add timestamp_query"],
+    },
+    Case {
+        name: "promql variable without a value",
+        config: Some(
+            "[systems.sqlite.promql_probe]\nurl = \"http://127.0.0.1:9090\"\n\
+             query = 'm{persistentvolumeclaim=\"${pvc}\"}'\n",
+        ),
+        args: &["run", "--config", "{config}", "--results-dir", "{results}"],
+        code: 2,
+        words: &["${pvc} has no value", "set it in vars"],
+    },
+    Case {
+        name: "k8s of a config naming paths of this machine",
+        config: Some("[systems.fs]\nfs_probe = [\"/srv/store\"]\n"),
+        args: &["k8s", "--config", "{config}"],
+        code: 2,
+        words: &[
+            "fs_probe names /srv/store",
+            "a pod does not have: remove it",
+        ],
+    },
+    Case {
+        name: "k8s secret file at a relative path",
+        config: Some(
+            "[experiment]\nsystems = [\"postgres\"]\n[systems.postgres]\n\
+             password_file = \"secrets/pg\"\n",
+        ),
+        args: &["k8s", "--config", "{config}"],
+        code: 2,
+        words: &[
+            "must be an absolute path",
+            "/run/secrets/dedup-lab/postgres/password",
+        ],
+    },
+    Case {
+        name: "k8s with more shards than systems",
+        config: Some("[experiment]\nruns = 1\n"),
+        args: &["k8s", "--config", "{config}", "--shards", "5"],
+        code: 2,
+        words: &["5 shards of 2 system instances", "--shard-by cell"],
+    },
 ];
 
 fn expand(arg: &str, config: &Path, results: &Path) -> String {
@@ -503,4 +581,52 @@ fn wrong_password_is_named_and_exits_1() {
         "the secret leaked: {}",
         text(&out)
     );
+}
+
+/// Shards that are not of one experiment and one split are refused by `report`, naming the
+/// difference; nothing is merged.
+#[test]
+fn shards_of_another_experiment_or_split_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let shard = |spec: &str, seed: &str| {
+        let out = bin()
+            .args(["run", "--shard", spec, "--seed", seed, "--runs", "1"])
+            .args(["--payloads", "uuid_keys", "--grades", "0", "--files", "2"])
+            .args(["--no-progress", "--results-dir"])
+            .arg(&results)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let line = text(&out);
+        let dir = line
+            .rsplit("results in ")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        std::path::PathBuf::from(dir)
+    };
+    let mine = shard("1/2", "1");
+    let theirs = shard("2/2", "2");
+    let out = bin()
+        .arg("report")
+        .arg(&mine)
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    common::assert_fails_with(
+        &out,
+        2,
+        &[
+            "was run with another config than shard 1/2",
+            "experiment.seed: 1 -> 2",
+        ],
+    );
+    let other_split = shard("2/3", "1");
+    let experiment = mine.parent().unwrap().parent().unwrap();
+    assert_eq!(other_split.parent(), mine.parent());
+    let out = bin().arg("report").arg(experiment).output().unwrap();
+    common::assert_fails_with(&out, 2, &["different splits (1-of-2, 2-of-3)"]);
+    assert!(!experiment.join("results.csv").exists(), "nothing merged");
 }

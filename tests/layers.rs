@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "systems",
     "results",
     "config",
+    "deploy",
     "experiment",
     "preflight",
 ];

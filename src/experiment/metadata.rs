@@ -7,9 +7,13 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::shard::ShardMeta;
 use crate::config::{Config, Resolved};
 use crate::model::ServerInfo;
 use crate::secret::redact;
+
+/// Its file name inside the experiment (or shard) directory.
+pub const FILE: &str = "metadata.json";
 
 /// Run metadata, rewritten at the start and end of every `run` invocation.
 #[derive(Debug, Serialize)]
@@ -34,6 +38,9 @@ pub struct Metadata {
     pub servers: BTreeMap<String, SystemMeta>,
     /// Peak resident memory of this invocation, bytes (at the end).
     pub peak_rss_bytes: Option<u64>,
+    /// The shard this directory holds, with its cells, when the run was split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardMeta>,
 }
 
 /// The machine that ran the experiment.
@@ -118,12 +125,13 @@ impl Metadata {
                 })
                 .collect(),
             peak_rss_bytes: None,
+            shard: ShardMeta::of(config),
         }
     }
 
     /// Writes `metadata.json` into the experiment directory.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        write_json(&dir.join("metadata.json"), self)
+        write_json(&dir.join(FILE), self)
     }
 
     /// Records the end time and peak memory and writes again.

@@ -4,6 +4,7 @@
 mod cell;
 mod layers;
 mod metadata;
+mod shard;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
 use layers::Layers;
 pub use metadata::{Metadata, peak_rss_bytes};
+pub use shard::{ReportOutcome, ReportRequest, ShardMeta, report};
 
 /// The config the experiment was started with, inside its directory.
 pub const CONFIG: &str = "config.json";
@@ -81,10 +83,18 @@ pub struct Subject {
 }
 
 /// Builds every selected instance from its config section (no connection yet).
+/// A sharded run builds only the systems its shard has cells of: a pod talks to its own
+/// servers and needs no other's secrets.
 pub fn build_systems(config: &Resolved, experiment_dir: &Path) -> anyhow::Result<Vec<Subject>> {
+    let owned = shard::owned(config);
     config
         .systems
         .iter()
+        .filter(|i| {
+            owned
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|k| k.system == i.name))
+        })
         .map(|instance| {
             let (sys, probes) = instance.build(experiment_dir)?;
             Ok(Subject {
@@ -125,6 +135,9 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
         c.dataset.files,
         c.dataset.file_size,
     );
+    if let Some(slice) = shard::describe(config) {
+        out.insert_str(out.find("data sets:").unwrap_or(0), &slice);
+    }
     for s in &systems {
         let kind = if s.instance.name == s.instance.def.kind {
             String::new()
@@ -274,8 +287,15 @@ pub async fn run_subjects(
     meta.write(&dir)?;
 
     let layers = Layers::of(config);
-    let total = c.experiment.runs as u64
-        * (config.payloads.len() * config.grades.len() * live.len()) as u64;
+    let owned = shard::owned(config);
+    let mine = |k: &CellKey| owned.as_ref().is_none_or(|o| o.contains(k));
+    let total = match &owned {
+        Some(o) => o.len() as u64,
+        None => {
+            c.experiment.runs as u64
+                * (config.payloads.len() * config.grades.len() * live.len()) as u64
+        }
+    };
     let bar = progress_bar(opts.progress, total);
     let mut outcome = Outcome {
         dir: dir.clone(),
@@ -294,6 +314,7 @@ pub async fn run_subjects(
                         grade,
                         run,
                     })
+                    .filter(|k| mine(k))
                     .collect();
                 if keys.iter().all(|k| state.complete(k)) {
                     outcome.skipped += keys.len();
@@ -318,7 +339,11 @@ pub async fn run_subjects(
                     })?;
                     state.scanned.insert((run, payload, grade));
                 }
-                for (l, key) in live.iter_mut().zip(&keys) {
+                for l in live.iter_mut() {
+                    // A shard split by cell runs some systems' cells of this data set only.
+                    let Some(key) = keys.iter().find(|k| k.system == l.sys.name()) else {
+                        continue;
+                    };
                     if state.complete(key) {
                         outcome.skipped += 1;
                         bar.inc(1);

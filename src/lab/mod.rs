@@ -15,6 +15,7 @@
 
 pub mod dedupe;
 pub mod process;
+pub mod prometheus;
 pub mod storage;
 
 use std::io::{Read as _, Write as _};

@@ -8,6 +8,7 @@ mod lease;
 mod measured;
 mod reading;
 mod record;
+mod shard;
 
 pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
 pub use lease::{Lease, this_host};
@@ -17,3 +18,4 @@ pub use record::{
     CellKey, DedupeRecord, Latency, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE, Scanned,
     Stage, StageRecord,
 };
+pub use shard::{INDEX_ENV, Shard, ShardBy};

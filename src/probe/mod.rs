@@ -9,8 +9,10 @@
 
 pub mod extents;
 pub mod fs;
+pub mod http;
 pub mod native;
 pub mod prometheus;
+pub mod promql;
 pub mod sqlite;
 pub mod storage;
 
@@ -29,6 +31,7 @@ pub static REGISTRY: &[ProbeDef] = &[
     storage::DEF,
     sqlite::DEF,
     prometheus::DEF,
+    promql::DEF,
 ];
 
 /// Where probe `name` stands in the registry, for ordering reports (unknown names last).

@@ -7,16 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::http::{Access, Endpoint};
 use super::{Built, Probe, ProbeContext, ProbeDef};
 use crate::error::usage;
 use crate::model::{Measured, Reading, SysError};
-use crate::secret::{Secret, SecretSource, redact};
 
 /// Registry entry.
 pub const DEF: ProbeDef = ProbeDef {
@@ -88,12 +87,10 @@ fn ten() -> u64 {
 /// A checked `prometheus_probe`, its token read.
 #[derive(Clone, Debug)]
 pub struct Prometheus {
-    url: reqwest::Url,
+    endpoint: Endpoint,
     metric: String,
     labels: BTreeMap<String, String>,
     copies: u32,
-    token: Option<Secret>,
-    client: reqwest::Client,
 }
 
 impl Prometheus {
@@ -102,22 +99,12 @@ impl Prometheus {
     pub fn new(system: &str, c: &PrometheusConfig) -> anyhow::Result<Prometheus> {
         let what = format!("config [systems.{system}] prometheus_probe");
         let bad = |why: String| usage(format!("{what}: {why}"));
-        let url = reqwest::Url::parse(&c.url).map_err(|e| {
-            bad(format!(
-                "url \"{}\" is not a URL ({e}); write it as http://host:port/metrics",
-                redact(&c.url)
-            ))
-        })?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad(
-                "the url carries credentials; remove them and set token_env or token_file".into(),
-            ));
-        }
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(bad(format!(
-                "url \"{url}\" needs an http or https scheme and a host"
-            )));
-        }
+        let access = Access {
+            token_env: c.token_env.clone(),
+            token_file: c.token_file.clone(),
+            timeout_s: c.timeout_s,
+        };
+        let endpoint = Endpoint::new(&what, &c.url, &access, "http://host:port/metrics")?;
         if !valid_metric_name(&c.metric) {
             return Err(bad(format!(
                 "metric \"{}\" is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
@@ -129,36 +116,25 @@ impl Prometheus {
                 "copies must be at least 1 (the full copies of the data the metric counts)".into(),
             ));
         }
-        let token = SecretSource::from_keys(c.token_env.clone(), c.token_file.clone())
-            .resolve(&format!("{what} token"))?;
-        crate::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(c.timeout_s))
-            .build()
-            .context("building the HTTP client of the prometheus probe")?;
         Ok(Prometheus {
-            url,
+            endpoint,
             metric: c.metric.clone(),
             labels: c.labels.clone(),
             copies: c.copies,
-            token,
-            client,
         })
     }
 
     /// Scrapes the endpoint and sums the matching samples.
     pub async fn scrape(&self) -> anyhow::Result<u64> {
-        let what = || format!("prometheus probe: {}", self.url);
-        let mut request = self.client.get(self.url.clone());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
-        }
-        let response = request.send().await.with_context(what)?;
-        let status = response.status();
+        let what = || format!("prometheus probe: {}", self.endpoint.url);
+        let (status, text) = self
+            .endpoint
+            .get(self.endpoint.url.clone())
+            .await
+            .with_context(what)?;
         if !status.is_success() {
             bail!("{}: HTTP {status}", what());
         }
-        let text = response.text().await.with_context(what)?;
         sum(&text, &self.metric, &self.labels).with_context(what)
     }
 }

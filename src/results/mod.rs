@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::error::usage;
 use crate::journal::{self, Journal};
+use crate::model::Record;
 use export::Report;
 
 /// Builds the report of an experiment directory from its journal and writes every export
@@ -31,9 +32,15 @@ pub fn report(dir: &Path) -> anyhow::Result<Report> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let rows = derive::rows(&records);
-    let layers = layers::layer_rows(&records, &rows);
-    let summary = summary::summarize(&id, &records, &rows, &layers);
+    write_report(dir, &id, &records)
+}
+
+/// Builds the report of experiment `id` from its records (one journal's, or the merged
+/// journals of its shards) and writes every export into `dir`.
+pub fn write_report(dir: &Path, id: &str, records: &[Record]) -> anyhow::Result<Report> {
+    let rows = derive::rows(records);
+    let layers = layers::layer_rows(records, &rows);
+    let summary = summary::summarize(id, records, &rows, &layers);
     let report = Report {
         rows,
         layers,

@@ -1,7 +1,9 @@
 //! Lab Redis: a private instance on 127.0.0.1:16379 with an append-only file; the password
 //! is in its config file (mode 0600), never on the command line. Next to it runs Debian's
 //! redis_exporter on 127.0.0.1:19121 (password from its environment), the endpoint of the
-//! lab's `prometheus` probe: the server's used memory as a Prometheus metric.
+//! lab's `prometheus` probe: the server's used memory as a Prometheus metric. A private
+//! Prometheus server on 127.0.0.1:19090 scrapes the exporter, and the lab's `promql` probe
+//! asks it for the same metric, as a probe asks a cluster's Prometheus.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -10,10 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Settings;
-use crate::probe::{self, prometheus::PrometheusConfig};
+use crate::probe::{self, prometheus::PrometheusConfig, promql::PromqlConfig};
 use crate::systems::toolkit::{ServerKeys, lab_section};
 
 use crate::lab::process::Daemon;
+use crate::lab::prometheus::{self as server, Prometheus};
 use crate::lab::{Lab, Recipe};
 
 /// Loopback port of the lab server.
@@ -22,6 +25,8 @@ pub const PORT: u16 = 16379;
 pub const EXPORTER_PORT: u16 = 19121;
 /// The exporter's program (Debian package prometheus-redis-exporter).
 const EXPORTER: &str = "prometheus-redis-exporter";
+/// Loopback port of the Prometheus server that scrapes the exporter.
+pub const PROMETHEUS_PORT: u16 = 19090;
 
 /// The Redis lab server.
 pub struct Redis;
@@ -40,17 +45,31 @@ fn exporter(lab: &Lab) -> Daemon {
     }
 }
 
+/// The Prometheus server scraping the exporter as job `redis`.
+fn prometheus(lab: &Lab) -> Prometheus {
+    Prometheus {
+        dir: lab.server_dir("redis").join("prometheus"),
+        port: PROMETHEUS_PORT,
+        targets: vec![("redis".into(), format!("127.0.0.1:{EXPORTER_PORT}"))],
+    }
+}
+
 impl Recipe for Redis {
     fn name(&self) -> &'static str {
         "redis"
     }
 
     fn packages(&self) -> &'static [&'static str] {
-        &["redis-server", "redis-tools", "prometheus-redis-exporter"]
+        &[
+            "redis-server",
+            "redis-tools",
+            "prometheus-redis-exporter",
+            server::PROGRAM,
+        ]
     }
 
     fn installed(&self) -> bool {
-        ["redis-server", "redis-cli", EXPORTER]
+        ["redis-server", "redis-cli", EXPORTER, server::PROGRAM]
             .into_iter()
             .all(crate::lab::process::on_path)
     }
@@ -103,20 +122,40 @@ impl Recipe for Redis {
             token_file: None,
             timeout_s: 10,
         };
-        section.extend([probe::setting(probe::prometheus::KEY, &metric)]);
+        let p = prometheus(lab);
+        p.start()?;
+        // The same metric through PromQL; the job is named after the instance.
+        let query = PromqlConfig {
+            url: p.url(),
+            query: "redis_memory_used_bytes{job=\"${instance}\"}".into(),
+            timestamp_query: None,
+            vars: Default::default(),
+            max_series: 1,
+            copies: 1,
+            token_env: None,
+            token_file: None,
+            timeout_s: 10,
+            fresh_timeout_s: 10,
+        };
+        section.extend([
+            probe::setting(probe::prometheus::KEY, &metric),
+            probe::setting(probe::promql::KEY, &query),
+        ]);
         Ok(section)
     }
 
     fn down(&self, lab: &Lab) -> anyhow::Result<()> {
+        prometheus(lab).stop()?;
         exporter(lab).stop(Duration::from_secs(10))?;
         daemon(lab).stop(Duration::from_secs(30))
     }
 
     fn status(&self, lab: &Lab) -> anyhow::Result<String> {
         Ok(format!(
-            "{} on 127.0.0.1:{PORT}; exporter {} on 127.0.0.1:{EXPORTER_PORT}",
+            "{} on 127.0.0.1:{PORT}; exporter {} on 127.0.0.1:{EXPORTER_PORT}; prometheus {}",
             daemon(lab).status(),
-            exporter(lab).status()
+            exporter(lab).status(),
+            prometheus(lab).status()
         ))
     }
 }
