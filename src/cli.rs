@@ -29,7 +29,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run (or resume) an experiment and print the summary table.
+    /// Run (or resume) an experiment and print where deduplication happens.
     Run(RunArgs),
     /// Write data sets and their manifests without running anything.
     Generate(GenerateArgs),
@@ -148,6 +148,9 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Print the per-stage table too (it is always in summary.md).
+    #[arg(long)]
+    pub details: bool,
 }
 
 /// `generate`
@@ -166,6 +169,9 @@ pub struct GenerateArgs {
 pub struct ReportArgs {
     /// Experiment directory; default: the one the config selects.
     pub dir: Option<PathBuf>,
+    /// Print the per-stage table too (it is always in summary.md).
+    #[arg(long)]
+    pub details: bool,
     /// Config and overrides (to find the experiment directory).
     #[command(flatten)]
     pub config: ConfigArgs,

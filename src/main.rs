@@ -12,7 +12,7 @@ use cli::{Cli, Command, LabAction};
 use dedup_lab::config::{Config, Resolved};
 use dedup_lab::error::exit_code;
 use dedup_lab::experiment::{self, RunOptions};
-use dedup_lab::results::export::table::{Style, render};
+use dedup_lab::results::export::table::terminal;
 use dedup_lab::secret::redact;
 use dedup_lab::{dataset, lab, preflight, results, scan};
 
@@ -53,7 +53,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let report = results::report(&outcome.dir)?;
-            println!("{}", render(&report.summary, Style::Terminal));
+            print!("{}", terminal(&report.summary, &outcome.dir, args.details));
             println!(
                 "{} cells measured, {} already complete; results in {}",
                 outcome.completed,
@@ -119,7 +119,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => load(&args.config)?.experiment_dir(),
             };
             let report = results::report(&dir)?;
-            println!("{}", render(&report.summary, Style::Terminal));
+            print!("{}", terminal(&report.summary, &dir, args.details));
             Ok(ExitCode::SUCCESS)
         }
         Command::Systems(mut args) => {

@@ -1,10 +1,12 @@
 //! Results: journal records, derived metrics, statistics and exporters.
 
+pub mod answer;
 pub mod derive;
 pub mod export;
 pub mod layers;
 pub mod stats;
 pub mod summary;
+pub mod trace;
 
 use std::path::Path;
 
@@ -38,6 +40,7 @@ pub fn report(dir: &Path) -> anyhow::Result<Report> {
         rows,
         layers,
         summary,
+        trace: trace::read(dir)?,
     };
     export::write_all(dir, &report)
         .with_context(|| format!("writing exports into {}", dir.display()))?;
