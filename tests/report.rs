@@ -33,14 +33,36 @@ fn verdicts(summary: &Value) -> Vec<(String, Vec<String>)> {
 fn the_default_run_answers_first_in_at_most_40_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
-    let out = run(&[
-        "run",
-        "--results-dir",
-        results.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = run(&["run", "--results-dir", results.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // stderr is not a terminal: progress comes as plain lines, the first at once, then at
+    // most one every 5 s (by their own clock), with no bar drawing.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let progress: Vec<u64> = stderr
+        .lines()
+        .map(|l| {
+            let stamp = l
+                .strip_prefix('[')
+                .and_then(|l| l.split_once(']'))
+                .map(|s| s.0);
+            let hms: Vec<u64> = stamp
+                .unwrap_or_else(|| panic!("not a progress line: {l:?}"))
+                .split(':')
+                .map(|n| n.parse().unwrap())
+                .collect();
+            hms[0] * 3600 + hms[1] * 60 + hms[2]
+        })
+        .collect();
+    assert!(
+        stderr.starts_with("[0:00:00] starting: 0/108 cells (0 %)"),
+        "{stderr}"
+    );
+    assert!(progress.windows(2).all(|w| w[1] >= w[0] + 5), "{stderr}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines.len() <= 40, "{} lines:\n{stdout}", lines.len());
     assert!(
@@ -435,5 +457,31 @@ fn report_html_renders_in_headless_chromium_without_errors() {
     assert_eq!(
         (found["hidden"].as_u64(), found["shown"].as_u64()),
         (Some(1), Some(0))
+    );
+}
+
+#[test]
+fn on_a_terminal_progress_is_bars_with_rate_and_eta() {
+    // `script` runs the binary on a pseudo-terminal and copies what it draws.
+    let tmp = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} run --results-dir {} --runs 1 --payloads random_binary --files 200",
+        env!("CARGO_BIN_EXE_dedup-lab"),
+        tmp.path().join("results").display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("\x1b["), "no terminal drawing: {shown:?}");
+    // The cells bar and the per-file bars, each with its rate and ETA.
+    assert!(shown.contains("/6 cells ·"), "{shown:?}");
+    assert!(shown.contains("/200 files ·"), "{shown:?}");
+    assert!(shown.contains("· ETA "), "{shown:?}");
+    assert!(
+        shown.contains("Where does deduplication happen?"),
+        "{shown:?}"
     );
 }

@@ -178,11 +178,11 @@ pub const QUESTION: &str = "Where does deduplication happen?";
 
 /// What the answer's values are.
 pub fn answer_basis(a: &Answer) -> String {
-    let runs = match a.runs() {
-        (x, y) if x == y => format!("mean of {x} runs"),
-        (x, y) => format!("mean of {x} to {y} runs"),
-    };
-    format!("Bulk insert, {runs}, ± its 95 % interval.")
+    match a.runs() {
+        (_, 0..=1) => "Bulk insert, 1 run: no intervals.".to_string(),
+        (x, y) if x == y => format!("Bulk insert, mean of {x} runs, ± its 95 % interval."),
+        (x, y) => format!("Bulk insert, mean of {x} to {y} runs, ± its 95 % interval."),
+    }
 }
 
 /// What the answer's columns mean.
