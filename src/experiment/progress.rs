@@ -96,7 +96,8 @@ impl Progress {
 
     /// Plain lines into `out`, written only when a task begins or [`Progress::tick`] is
     /// called: for tests, which call it with the times they choose.
-    pub fn lines_to(out: Box<dyn Write + Send>) -> Progress {
+    #[cfg(test)]
+    fn lines_to(out: Box<dyn Write + Send>) -> Progress {
         Progress::with(Mode::Lines, out)
     }
 
@@ -167,7 +168,7 @@ impl Progress {
 
     /// Writes a line of the running tasks if there are any and the last line is at least
     /// [`LINE_EVERY`] old.
-    pub fn tick(&self, now: Instant) {
+    fn tick(&self, now: Instant) {
         let mut last = self.inner.last_line.lock().expect("not poisoned");
         if last.is_some_and(|l| now.saturating_duration_since(l) < LINE_EVERY) {
             return;

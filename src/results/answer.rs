@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::layers::{Layer, Verdict, system_layer};
 use super::stats::Stats;
 use super::summary::{Group, ProbeStats, Summary};
@@ -22,7 +20,7 @@ pub const EDR_TOLERANCE: f64 = 0.02;
 pub const LAYERS: [Layer; 3] = [Layer::System, Layer::Storage, Layer::StorageDedupe];
 
 /// A mean over runs and the half-width of its 95 % confidence interval.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Est {
     /// Mean.
     pub mean: f64,
@@ -67,7 +65,7 @@ pub fn show(e: Option<&Est>) -> String {
 }
 
 /// One system × payloads × grade: a line of the answer.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Line {
     /// System instance.
     pub system: String,
@@ -149,7 +147,7 @@ impl Line {
 }
 
 /// The answer of an experiment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Answer {
     /// Per system, per group of agreeing payloads, per grade.
     pub lines: Vec<Line>,

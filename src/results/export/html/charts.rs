@@ -446,3 +446,178 @@ fn band(stage: Stage, settle: bool, from: f64, to: f64) -> Band {
         settle,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::PayloadType;
+    use crate::model::CellKey;
+
+    fn probe(capture: Option<f64>, edr: f64) -> ProbeStats {
+        ProbeStats {
+            delta_bytes: None,
+            edr: Stats::of(&[edr]),
+            edr_replica: None,
+            dedup_capture: capture.and_then(|c| Stats::of(&[c, c])),
+            reclaim: None,
+            errors: 0,
+            flagged: 0,
+            noisy: false,
+        }
+    }
+
+    fn group(system: &str, grade: u8, probes: Vec<(&str, ProbeStats)>) -> Group {
+        Group {
+            system: system.into(),
+            payload: "random_binary".into(),
+            grade,
+            stage: Stage::BulkInsert,
+            runs: 2,
+            logical_bytes: None,
+            throughput_bps: None,
+            p50_us: None,
+            p99_us: None,
+            probes: probes
+                .into_iter()
+                .map(|(n, p)| (n.to_string(), p))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_measured_layer_is_a_line_in_the_systems_colour() {
+        let summary = Summary {
+            experiment: "t".into(),
+            verdicts: Vec::new(),
+            groups: vec![
+                group(
+                    "fs",
+                    0,
+                    vec![("fs", probe(None, 1.0)), ("storage", probe(None, 1.0))],
+                ),
+                group(
+                    "fs",
+                    90,
+                    vec![
+                        ("fs", probe(Some(0.0), 1.0)),
+                        ("storage", probe(Some(0.9), 5.0)),
+                    ],
+                ),
+                group("sqlite", 90, vec![("native", probe(Some(0.01), 1.0))]),
+            ],
+            failures: Vec::new(),
+            cells_done: 0,
+            failed_attempts: 0,
+        };
+        let charts = capture_and_edr(&summary);
+        assert_eq!(charts.len(), 1);
+        let (payload, capture, edr) = &charts[0];
+        assert_eq!(
+            (payload.as_str(), capture.id.as_str()),
+            ("random_binary", "capture:random_binary")
+        );
+        let lines: Vec<(&str, usize, usize, usize)> = capture
+            .series
+            .iter()
+            .map(|s| (s.name.as_str(), s.color, s.dash, s.points.len()))
+            .collect();
+        // sqlite has no storage probe: no line for it there.
+        assert_eq!(
+            lines,
+            vec![
+                ("fs · system", 0, 0, 1),
+                ("fs · storage", 0, 1, 1),
+                ("sqlite · system", 1, 0, 1)
+            ]
+        );
+        assert_eq!(capture.series[1].points[0].y, 0.9);
+        // EDR has grade 0 too.
+        assert_eq!(edr.series[0].points.len(), 2);
+        assert_eq!(edr.id, "edr:random_binary");
+    }
+
+    fn line(grade: u8, attempt: u32, stage: Stage, secs: f64, item: Item) -> TraceLine {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap()
+            + chrono::Duration::milliseconds((secs * 1000.0) as i64);
+        TraceLine {
+            cell: CellKey {
+                system: "sqlite".into(),
+                payload: PayloadType::RandomBinary,
+                grade,
+                run: 1,
+            },
+            attempt,
+            stage,
+            t_s: secs,
+            at,
+            item,
+        }
+    }
+
+    fn bytes(probe: &str, b: u64) -> Item {
+        Item::Sample {
+            probe: probe.into(),
+            reading: Reading::Bytes { bytes: b },
+        }
+    }
+
+    #[test]
+    fn the_trace_shows_the_last_attempt_of_the_highest_grade_with_its_events() {
+        let ev = |event| Item::Event { event };
+        let (bulk, perfile) = (Stage::BulkInsert, Stage::PerfileInsert);
+        let lines = vec![
+            line(0, 1, bulk, 0.0, bytes("fs", 1)),
+            line(90, 1, bulk, 0.0, bytes("fs", 1)),
+            line(90, 2, bulk, 10.0, ev(Event::StageStart)),
+            line(90, 2, bulk, 10.0, bytes("fs", 1 << 20)),
+            line(90, 2, bulk, 11.0, bytes("fs", 2 << 20)),
+            line(90, 2, bulk, 12.0, ev(Event::StageEnd)),
+            line(90, 2, bulk, 12.0, ev(Event::SettleStart)),
+            line(90, 2, bulk, 13.0, ev(Event::SettleEnd)),
+            line(90, 2, perfile, 20.0, ev(Event::StageStart)),
+            line(90, 2, perfile, 20.0, bytes("fs", 0)),
+            line(
+                90,
+                2,
+                perfile,
+                21.0,
+                Item::Sample {
+                    probe: "fs".into(),
+                    reading: Reading::Error {
+                        error: "gone".into(),
+                    },
+                },
+            ),
+            line(90, 2, perfile, 22.0, ev(Event::StorageDedupe)),
+        ];
+        let charts = trace(&lines);
+        assert_eq!(charts.len(), 1);
+        let c = &charts[0];
+        assert_eq!(
+            c.title,
+            "sqlite/random_binary/U90/run1 attempt 2: size over time"
+        );
+        let fs = &c.series[0];
+        let xs: Vec<f64> = fs.points.iter().map(|p| p.x).collect();
+        let ys: Vec<String> = fs.points.iter().map(|p| format!("{}", p.y)).collect();
+        // Seconds from the attempt's first line; a gap between the stages and at the failure.
+        assert_eq!(xs, vec![0.0, 1.0, 10.0, 10.0, 11.0]);
+        assert_eq!(ys, vec!["1", "2", "NaN", "0", "NaN"]);
+        assert_eq!(fs.failures, vec![(11.0, "gone".to_string())]);
+        let bands: Vec<(f64, f64, &str)> = c
+            .bands
+            .iter()
+            .map(|b| (b.from, b.to, b.label.as_str()))
+            .collect();
+        // The perfile stage has no end in this trace: its band runs to the last line.
+        assert_eq!(
+            bands,
+            vec![
+                (0.0, 2.0, "bulk_insert"),
+                (2.0, 3.0, "settle bulk_insert"),
+                (10.0, 12.0, "perfile_insert")
+            ]
+        );
+        assert_eq!(c.marks, vec![(12.0, "storage dedupe".to_string())]);
+    }
+}

@@ -17,7 +17,7 @@ use super::table::{
     ANSWER_LEGEND, Col, HEADER, LEGEND, QUESTION, answer_basis, columns, outcome, rows, unmeasured,
 };
 use super::{Exporter, Report};
-use crate::results::answer::{Answer, explain};
+use crate::results::answer::{Answer, Line, explain};
 use crate::results::layers::Layer;
 
 /// HTML with charts of a [`Report`].
@@ -251,14 +251,11 @@ fn answer_section(out: &mut String, a: &Answer) {
     }
     out.push_str("</tr>\n");
     for (i, l) in a.lines.iter().enumerate() {
-        let first_of =
-            |same: &dyn Fn(&crate::results::answer::Line) -> bool| i == 0 || !same(&a.lines[i - 1]);
-        let span = |same: &dyn Fn(&crate::results::answer::Line) -> bool| {
-            a.lines[i..].iter().take_while(|m| same(m)).count()
-        };
-        let same_system = |m: &crate::results::answer::Line| m.system == l.system;
-        let same_group =
-            |m: &crate::results::answer::Line| m.system == l.system && m.payloads == l.payloads;
+        let first_of = |same: &dyn Fn(&Line) -> bool| i == 0 || !same(&a.lines[i - 1]);
+        let span =
+            |same: &dyn Fn(&Line) -> bool| a.lines[i..].iter().take_while(|m| same(m)).count();
+        let same_system = |m: &Line| m.system == l.system;
+        let same_group = |m: &Line| m.system == l.system && m.payloads == l.payloads;
         let _ = write!(out, "<tr data-system=\"{}\">", escape(&l.system));
         for c in &cols {
             let text = escape(&c.cell(a, l));
