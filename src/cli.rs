@@ -30,7 +30,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run (or resume) an experiment and print the summary table.
+    /// Run (or resume) an experiment and print where deduplication happens.
     Run(RunArgs),
     /// Write data sets and their manifests without running anything.
     Generate(GenerateArgs),
@@ -161,6 +161,9 @@ pub struct RunArgs {
     /// or cells (each shard needs namespaces of its own).
     #[arg(long, value_enum, default_value_t = ShardBy::System)]
     pub shard_by: ShardBy,
+    /// Print the per-stage table too (it is always in summary.md).
+    #[arg(long)]
+    pub details: bool,
 }
 
 /// `generate`
@@ -191,6 +194,9 @@ pub struct ReportArgs {
     /// Wait up to this many seconds for every shard to finish before merging.
     #[arg(long, value_name = "SECONDS")]
     pub wait: Option<u64>,
+    /// Print the per-stage table too (it is always in summary.md).
+    #[arg(long)]
+    pub details: bool,
     /// Config and overrides (to find the experiment directory).
     #[command(flatten)]
     pub config: ConfigArgs,

@@ -12,9 +12,10 @@ use cli::{Cli, Command, LabAction};
 use dedup_lab::config::{Config, Resolved};
 use dedup_lab::deploy::k8s;
 use dedup_lab::error::exit_code;
+use dedup_lab::experiment::progress::{Progress, Unit};
 use dedup_lab::experiment::{self, ReportRequest, RunOptions};
 use dedup_lab::model::{INDEX_ENV, Shard};
-use dedup_lab::results::export::table::{Style, render};
+use dedup_lab::results::export::table::terminal;
 use dedup_lab::secret::redact;
 use dedup_lab::{dataset, lab, preflight, results, scan};
 
@@ -61,7 +62,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let report = results::report(&outcome.dir)?;
-            println!("{}", render(&report.summary, Style::Terminal));
+            print!("{}", terminal(&report.summary, &outcome.dir, args.details));
             println!(
                 "{} cells measured, {} already complete; results in {}",
                 outcome.completed,
@@ -83,13 +84,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = args
                 .out
                 .unwrap_or_else(|| config.experiment_dir().join("datasets"));
+            let progress = Progress::new(!cli.quiet);
             for run in 1..=config.config.experiment.runs {
                 for &payload in &config.payloads {
                     for &grade in &config.grades {
                         let spec = experiment::dataset_spec(&config, run, payload, grade);
                         let dir = experiment::dataset_dir(&out, run, payload, grade);
                         let clock = std::time::Instant::now();
-                        let ds = dataset::DataSet::generate(&spec, &dir)?;
+                        let task = progress.task(
+                            format!("generating {}", dir.display()),
+                            Unit::Bytes,
+                            Some(spec.byte_counts().0),
+                        );
+                        let ds = dataset::DataSet::generate_with(&spec, &dir, &task.counter())?;
+                        drop(task);
                         let m = &ds.manifest;
                         println!(
                             "{}: {} files, {} unique, {} duplicates ({}), achieved grade {:.1} %, L {} B, U {} B, {:.0} MB/s",
@@ -136,7 +144,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let outcome = experiment::report(&request)?;
-            println!("{}", render(&outcome.report.summary, Style::Terminal));
+            print!(
+                "{}",
+                terminal(&outcome.report.summary, &outcome.dir, args.details)
+            );
             if outcome.merged > 0 {
                 println!(
                     "merged {} shards into {}",

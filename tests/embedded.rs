@@ -21,6 +21,7 @@ fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
         "--files",
         "24",
         "--no-progress",
+        "--details",
     ];
     let out = run(&args);
     assert!(out.status.success(), "{}", text(&out));

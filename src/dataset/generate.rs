@@ -558,7 +558,11 @@ fn key(h: &blake3::Hasher) -> u128 {
 }
 
 /// Writes every file and the manifest into `partial`; returns the verified manifest.
-pub(crate) fn write_partial(spec: &DataSetSpec, partial: &Path) -> anyhow::Result<Manifest> {
+pub(crate) fn write_partial(
+    spec: &DataSetSpec,
+    partial: &Path,
+    on_file: &dyn Fn(u64),
+) -> anyhow::Result<Manifest> {
     std::fs::create_dir_all(partial)
         .with_context(|| format!("creating data set directory {}", partial.display()))?;
     let mut g = Generator::new(spec, Some(partial))?;
@@ -646,6 +650,7 @@ pub(crate) fn write_partial(spec: &DataSetSpec, partial: &Path) -> anyhow::Resul
             blake3,
             copy_of,
         });
+        on_file(written);
     }
     let layout = g.layout();
     let pieces = layout.pieces();

@@ -242,12 +242,22 @@ impl DataSet {
     /// Returns the data set in `dir` if it is complete and was generated from `spec`,
     /// otherwise generates it there.
     pub fn ensure(spec: &DataSetSpec, dir: &Path) -> anyhow::Result<DataSet> {
+        DataSet::ensure_with(spec, dir, &|_| ())
+    }
+
+    /// [`DataSet::ensure`], calling `written` with each file's size as it is generated (for
+    /// progress).
+    pub fn ensure_with(
+        spec: &DataSetSpec,
+        dir: &Path,
+        written: &dyn Fn(u64),
+    ) -> anyhow::Result<DataSet> {
         if let Ok(ds) = DataSet::open(dir)
             && ds.matches(spec)
         {
             return Ok(ds);
         }
-        DataSet::generate(spec, dir)
+        DataSet::generate_with(spec, dir, written)
     }
 
     /// Opens a complete data set: its manifest parses and every file has its size.
@@ -297,6 +307,15 @@ impl DataSet {
     /// hashing what was written. Memory stays bounded by a few blocks plus 16 bytes of hash
     /// per unique piece (file or chunk).
     pub fn generate(spec: &DataSetSpec, dir: &Path) -> anyhow::Result<DataSet> {
+        DataSet::generate_with(spec, dir, &|_| ())
+    }
+
+    /// [`DataSet::generate`], calling `written` with each file's size once it is written.
+    pub fn generate_with(
+        spec: &DataSetSpec,
+        dir: &Path,
+        written: &dyn Fn(u64),
+    ) -> anyhow::Result<DataSet> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         let name = dir
             .file_name()
@@ -304,7 +323,7 @@ impl DataSet {
             .to_string_lossy();
         let partial = parent.join(format!(".{name}.partial"));
         remove_dir_if_exists(&partial)?;
-        let result = generate::write_partial(spec, &partial).and_then(|manifest| {
+        let result = generate::write_partial(spec, &partial, written).and_then(|manifest| {
             remove_dir_if_exists(dir)?;
             std::fs::rename(&partial, dir)
                 .with_context(|| format!("moving data set into {}", dir.display()))?;

@@ -6,6 +6,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::layers::Layers;
+use super::progress::{Progress, Task, Unit};
 use crate::dataset::DataSet;
 use crate::journal::Journal;
 use crate::model::{
@@ -40,6 +41,8 @@ pub struct Attempt<'a> {
     pub claim: &'a mut Claim,
     /// What the cell does at the storage layer.
     pub layers: &'a Layers,
+    /// Where progress goes.
+    pub progress: &'a Progress,
     /// The data set of the cell.
     pub ds: &'a DataSet,
     /// The cell.
@@ -89,6 +92,12 @@ impl Attempt<'_> {
         self.sys.settle().await.map_err(at)
     }
 
+    /// A task for work whose amount is unknown: `what` the cell is doing.
+    fn waiting(&self, what: impl std::fmt::Display) -> Task {
+        self.progress
+            .task(format!("{} {what}", self.key), Unit::Wait, None)
+    }
+
     /// Entries the system holds after storing every file: one per file, or one per
     /// distinct content where duplicates land on the same entry.
     fn stored_entries(&self) -> u64 {
@@ -118,7 +127,10 @@ impl Attempt<'_> {
         };
         let potential_before = match scan_paths.is_empty() {
             true => None,
-            false => self.layers.scan_paths_now(&scan_paths).await,
+            false => {
+                let _task = self.waiting(format_args!("{stage}: scanning data directories"));
+                self.layers.scan_paths_now(&scan_paths).await
+            }
         };
         let retried = self.sys.retried_requests();
         let started_at = Utc::now();
@@ -127,12 +139,19 @@ impl Attempt<'_> {
         let mut note = None;
         let (count, logical, expect_after) = match stage {
             Stage::BulkInsert => {
+                let _task = self.waiting(format_args!(
+                    "bulk_insert of {:.1} MiB",
+                    self.ds.manifest.logical_bytes as f64 / (1024.0 * 1024.0)
+                ));
                 self.sys.bulk_insert(self.ds).await.map_err(at)?;
                 (files, self.ds.manifest.logical_bytes, stored)
             }
             Stage::PerfileInsert | Stage::PerfileDelete => {
                 let insert = stage == Stage::PerfileInsert;
-                latency = Some(self.per_file(insert).await.map_err(at)?);
+                let task =
+                    self.progress
+                        .task(format!("{} {stage}", self.key), Unit::Files, Some(files));
+                latency = Some(self.per_file(insert, &task).await.map_err(at)?);
                 (
                     files,
                     self.ds.manifest.logical_bytes,
@@ -140,6 +159,7 @@ impl Attempt<'_> {
                 )
             }
             Stage::Maintenance => {
+                let _task = self.waiting(stage);
                 note = Some(self.sys.maintenance().await.map_err(at)?);
                 (0, 0, 0)
             }
@@ -147,7 +167,9 @@ impl Attempt<'_> {
         let retried_requests = self.sys.retried_requests() - retried;
         let duration = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
+        let task = self.waiting(format_args!("{stage}: settling"));
         self.sys.settle().await.map_err(at)?;
+        drop(task);
         let settle = clock.elapsed().as_secs_f64();
         let after = self.probes.read_all(self.sys).await.map_err(at)?;
         let rows_after = self.sys.count().await.map_err(at)?;
@@ -162,17 +184,21 @@ impl Attempt<'_> {
         }
         let mut potential = None;
         if let Some(before) = potential_before {
+            let _task = self.waiting(format_args!("{stage}: scanning data directories"));
             let after = self.layers.scan_paths_now(&scan_paths).await;
             potential = after.map(|after| PotentialRecord { before, after });
         }
         let mut storage_dedupe = None;
         let mut deduped = None;
+        let task = (stage.inserts() && self.layers.dedupe_block.is_some())
+            .then(|| self.waiting(format_args!("{stage}: out-of-band dedup")));
         if stage.inserts()
             && let Some((record, reading)) = self.layers.dedupe(self.probes, self.sys).await
         {
             storage_dedupe = Some(record);
             deduped = Some(reading);
         }
+        drop(task);
         let mut probes: std::collections::BTreeMap<String, ProbeRecord> = before
             .into_iter()
             .filter_map(|(name, before)| {
@@ -224,7 +250,7 @@ impl Attempt<'_> {
     /// file is deleted only with the last file that shares its content (as an application
     /// that keeps content by its hash does): deleting an earlier one would delete the
     /// survivors' data, so it sends no request.
-    async fn per_file(&mut self, insert: bool) -> Result<Latency, SysError> {
+    async fn per_file(&mut self, insert: bool, task: &Task) -> Result<Latency, SysError> {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid histogram bounds");
         let mut sharing: std::collections::HashMap<&str, u32> = Default::default();
@@ -237,6 +263,7 @@ impl Attempt<'_> {
             if !insert && let Some(left) = sharing.get_mut(f.blake3.as_str()) {
                 *left -= 1;
                 if *left > 0 {
+                    task.inc(1);
                     continue;
                 }
             }
@@ -255,6 +282,7 @@ impl Attempt<'_> {
                 None => self.sys.delete_one(f).await?,
             }
             hist.saturating_record(clock.elapsed().as_micros().max(1) as u64);
+            task.inc(1);
         }
         let q = |p: f64| hist.value_at_quantile(p) as f64;
         Ok(Latency {

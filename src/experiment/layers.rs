@@ -50,8 +50,13 @@ impl Layers {
         Some(blocking(move || crate::scan::scan(&paths, &config)).await)
     }
 
-    /// Scans a data set's files (not its manifest), in manifest order.
-    pub async fn scan_data_set(&self, ds: &DataSet) -> Option<Scanned> {
+    /// Scans a data set's files (not its manifest), in manifest order, calling `scanned`
+    /// with each file's size (for progress).
+    pub async fn scan_data_set(
+        &self,
+        ds: &DataSet,
+        scanned: impl Fn(u64) + Send + 'static,
+    ) -> Option<Scanned> {
         let config = self.scan.clone()?;
         let ds = ds.clone();
         Some(
@@ -59,6 +64,7 @@ impl Layers {
                 let mut scanner = Scanner::new(&config)?;
                 for f in &ds.manifest.files {
                     scanner.add_file(&ds.path(f))?;
+                    scanned(f.size);
                 }
                 scanner.finish()
             })

@@ -4,6 +4,7 @@
 mod cell;
 mod layers;
 mod metadata;
+pub mod progress;
 mod shard;
 #[cfg(test)]
 mod tests;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use chrono::Utc;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, Resolved};
 use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
@@ -28,6 +28,7 @@ use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
 use layers::Layers;
 pub use metadata::{Metadata, peak_rss_bytes};
+use progress::{Progress, Unit};
 pub use shard::{ReportOutcome, ReportRequest, ShardMeta, report};
 
 /// The config the experiment was started with, inside its directory.
@@ -38,7 +39,7 @@ pub const CONFIG: &str = "config.json";
 pub struct RunOptions {
     /// Systems whose cells are redone even if complete.
     pub repeat: Vec<String>,
-    /// Show a progress bar on a terminal.
+    /// Show progress: bars on a terminal, plain lines elsewhere.
     pub progress: bool,
 }
 
@@ -296,7 +297,8 @@ pub async fn run_subjects(
                 * (config.payloads.len() * config.grades.len() * live.len()) as u64
         }
     };
-    let bar = progress_bar(opts.progress, total);
+    let progress = Progress::new(opts.progress);
+    let cells = progress.task("starting", Unit::Cells, Some(total));
     let mut outcome = Outcome {
         dir: dir.clone(),
         completed: 0,
@@ -318,18 +320,24 @@ pub async fn run_subjects(
                     .collect();
                 if keys.iter().all(|k| state.complete(k)) {
                     outcome.skipped += keys.len();
-                    bar.inc(keys.len() as u64);
+                    cells.inc(keys.len() as u64);
                     continue;
                 }
                 let spec = dataset_spec(config, run, payload, grade);
                 let ds_dir = dataset_dir(&dir.join("datasets"), run, payload, grade);
-                bar.set_message(format!("generating {payload} U{grade} run {run}"));
                 let ds = {
-                    let (spec, ds_dir) = (spec.clone(), ds_dir.clone());
-                    tokio::task::spawn_blocking(move || DataSet::ensure(&spec, &ds_dir)).await??
+                    let what = format!("generating {payload} U{grade} run {run}");
+                    let task = progress.task(what, Unit::Bytes, Some(spec.byte_counts().0));
+                    let (spec, ds_dir, written) = (spec.clone(), ds_dir.clone(), task.counter());
+                    tokio::task::spawn_blocking(move || {
+                        DataSet::ensure_with(&spec, &ds_dir, &written)
+                    })
+                    .await??
                 };
+                let what = format!("scanning {payload} U{grade} run {run}");
+                let scan = progress.task(what, Unit::Bytes, Some(ds.manifest.logical_bytes));
                 if !state.scanned.contains(&(run, payload, grade))
-                    && let Some(potential) = layers.scan_data_set(&ds).await
+                    && let Some(potential) = layers.scan_data_set(&ds, scan.counter()).await
                 {
                     journal.append(&Record::DataSetScan {
                         run,
@@ -339,6 +347,7 @@ pub async fn run_subjects(
                     })?;
                     state.scanned.insert((run, payload, grade));
                 }
+                drop(scan);
                 for l in live.iter_mut() {
                     // A shard split by cell runs some systems' cells of this data set only.
                     let Some(key) = keys.iter().find(|k| k.system == l.sys.name()) else {
@@ -346,22 +355,33 @@ pub async fn run_subjects(
                     };
                     if state.complete(key) {
                         outcome.skipped += 1;
-                        bar.inc(1);
+                        cells.inc(1);
                         continue;
                     }
-                    bar.set_message(key.to_string());
-                    let result =
-                        run_cell(l, &ds, key, &mut state, &mut journal, &c.retry, &layers).await?;
+                    cells.describe(key.to_string());
+                    let result = run_cell(
+                        l,
+                        &ds,
+                        key,
+                        &mut state,
+                        &mut journal,
+                        &Steps {
+                            retry: &c.retry,
+                            layers: &layers,
+                            progress: &progress,
+                        },
+                    )
+                    .await?;
                     match result {
                         Ok(()) => {
                             outcome.completed += 1;
-                            if bar.is_hidden() {
+                            if !progress.is_bars() {
                                 tracing::info!("{key} complete");
                             }
                         }
                         Err(e) => outcome.failed.push((key.clone(), e)),
                     }
-                    bar.inc(1);
+                    cells.inc(1);
                 }
                 if !c.dataset.keep {
                     dataset::remove_files(&ds)?;
@@ -369,28 +389,17 @@ pub async fn run_subjects(
             }
         }
     }
-    bar.finish_and_clear();
+    drop(cells);
     meta.finish(&dir)?;
     Ok(outcome)
 }
 
-fn progress_bar(show: bool, total: u64) -> ProgressBar {
-    if !show || !console_is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} cells  {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-fn console_is_terminal() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal()
+/// How cells are run: retries, the storage layer's steps, progress.
+#[derive(Clone, Copy)]
+struct Steps<'a> {
+    retry: &'a config::RetryConfig,
+    layers: &'a Layers,
+    progress: &'a Progress,
 }
 
 /// Runs one cell with bounded attempts; returns `Err(last error)` when it failed for good.
@@ -401,9 +410,13 @@ async fn run_cell(
     key: &CellKey,
     state: &mut JournalState,
     journal: &mut Journal,
-    retry: &config::RetryConfig,
-    layers: &Layers,
+    steps: &Steps<'_>,
 ) -> anyhow::Result<Result<(), String>> {
+    let Steps {
+        retry,
+        layers,
+        progress,
+    } = *steps;
     let mut last = String::new();
     for _ in 0..retry.max_attempts {
         let attempt = state.next_attempt(key);
@@ -424,6 +437,7 @@ async fn run_cell(
             probes: &l.probes,
             claim: &mut l.claim,
             layers,
+            progress,
             ds,
             key,
             attempt,

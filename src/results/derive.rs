@@ -78,10 +78,18 @@ pub struct Row {
     pub settle_s: f64,
     /// L / duration.
     pub throughput_bps: Option<f64>,
+    /// Fastest per-file request, µs.
+    pub min_us: Option<f64>,
     /// Median per-file latency, µs.
     pub p50_us: Option<f64>,
+    /// 90th percentile per-file latency, µs.
+    pub p90_us: Option<f64>,
+    /// 95th percentile per-file latency, µs.
+    pub p95_us: Option<f64>,
     /// 99th percentile per-file latency, µs.
     pub p99_us: Option<f64>,
+    /// Slowest per-file request, µs.
+    pub max_us: Option<f64>,
 }
 
 /// Derives one row per (completed stage record, probe).
@@ -128,8 +136,12 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 duration_s: s.duration_s,
                 settle_s: s.settle_s,
                 throughput_bps: s.throughput_bps,
+                min_us: s.latency_us.as_ref().map(|l| l.min),
                 p50_us: s.latency_us.as_ref().map(|l| l.p50),
+                p90_us: s.latency_us.as_ref().map(|l| l.p90),
+                p95_us: s.latency_us.as_ref().map(|l| l.p95),
                 p99_us: s.latency_us.as_ref().map(|l| l.p99),
+                max_us: s.latency_us.as_ref().map(|l| l.max),
             });
         }
     }

@@ -14,6 +14,12 @@ use crate::model::{Record, STORAGE_DEDUPE, Scanned, Stage, StageRecord};
 /// A layer removes the duplicates when its capture (or potential) reaches this share.
 pub const VERDICT_THRESHOLD: f64 = 0.5;
 
+/// A value at the system layer: the native probe's, else that of the files the system wrote
+/// (`fs`) for systems without one. `at` gives a probe's value by probe name.
+pub fn system_layer<T>(at: impl Fn(&str) -> Option<T>) -> Option<T> {
+    at("native").or_else(|| at("fs"))
+}
+
 /// One insert stage of one cell, layer by layer: a line of `layers.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerRow {
@@ -119,7 +125,7 @@ pub fn layer_rows(records: &[Record], rows: &[Row]) -> Vec<LayerRow> {
                 stage: s.stage,
                 logical_bytes: s.logical_bytes,
                 unique_bytes: s.unique_bytes,
-                capture_system: at("native").or_else(|| at("fs")),
+                capture_system: system_layer(at),
                 capture_storage: at("storage"),
                 capture_storage_dedupe: at(STORAGE_DEDUPE),
                 potential: s
@@ -151,7 +157,7 @@ fn none_like<'a>(set: &Scanned, none: &'a Scanned) -> std::borrow::Cow<'a, Scann
 }
 
 /// Which layer removed a system's duplicates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layer {
     /// The system itself: its own accounting shows the duplicates gone.
@@ -200,8 +206,8 @@ pub struct Verdict {
     pub storage_capture: Option<Stats>,
     /// Capture at the storage layer after out-of-band dedup.
     pub storage_dedupe_capture: Option<Stats>,
-    /// The highest potential over the methods (mean over runs), and its method.
-    pub potential: Option<(String, f64)>,
+    /// The method with the highest potential (mean over runs), and its potential.
+    pub potential: Option<(String, Stats)>,
     /// The layer that removed the duplicates.
     pub layer: Layer,
 }
@@ -236,8 +242,8 @@ pub fn verdicts(rows: &[LayerRow]) -> Vec<Verdict> {
             }
             let potential = methods
                 .into_iter()
-                .filter_map(|(m, v)| Some((m.to_string(), Stats::of(&v)?.mean)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
+                .filter_map(|(m, v)| Some((m.to_string(), Stats::of(&v)?)))
+                .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
             let reaches =
                 |s: &Option<Stats>| s.as_ref().is_some_and(|s| s.mean >= VERDICT_THRESHOLD);
             let measured = system_capture.is_some()
@@ -252,7 +258,7 @@ pub fn verdicts(rows: &[LayerRow]) -> Vec<Verdict> {
                 Layer::StorageDedupe
             } else if potential
                 .as_ref()
-                .is_some_and(|(_, p)| *p >= VERDICT_THRESHOLD)
+                .is_some_and(|(_, p)| p.mean >= VERDICT_THRESHOLD)
             {
                 Layer::PotentialOnly
             } else if measured {

@@ -1,10 +1,12 @@
 //! Results: journal records, derived metrics, statistics and exporters.
 
+pub mod answer;
 pub mod derive;
 pub mod export;
 pub mod layers;
 pub mod stats;
 pub mod summary;
+pub mod trace;
 
 use std::path::Path;
 
@@ -45,6 +47,7 @@ pub fn write_report(dir: &Path, id: &str, records: &[Record]) -> anyhow::Result<
         rows,
         layers,
         summary,
+        trace: trace::read(dir)?,
     };
     export::write_all(dir, &report)
         .with_context(|| format!("writing exports into {}", dir.display()))?;

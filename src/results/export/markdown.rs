@@ -1,7 +1,8 @@
-//! `summary.md`: the summary table and failures as Markdown.
+//! `summary.md`: the answer, the outcome and the per-stage table as Markdown.
 
-use super::table::{Style, render};
+use super::table::{Style, outcome, render_answer, render_details};
 use super::{Exporter, Report};
+use crate::results::answer::Answer;
 
 /// Markdown of [`Report::summary`].
 pub struct Markdown;
@@ -14,9 +15,11 @@ impl Exporter for Markdown {
     fn render(&self, report: &Report) -> anyhow::Result<Vec<u8>> {
         let s = &report.summary;
         Ok(format!(
-            "# Experiment {}\n\n{}\n",
+            "# Experiment {}\n\n{}\n{}\n\n## Per stage\n\n{}",
             s.experiment,
-            render(s, Style::Markdown)
+            render_answer(&Answer::of(s), Style::Markdown),
+            outcome(s).join("\n\n"),
+            render_details(s, Style::Markdown)
         )
         .into_bytes())
     }

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use super::derive::Row;
 use super::layers::LayerRow;
 use super::summary::Summary;
+use super::trace::TraceLine;
 
 /// What every exporter renders.
 pub struct Report {
@@ -22,6 +23,8 @@ pub struct Report {
     pub layers: Vec<LayerRow>,
     /// Statistics over runs.
     pub summary: Summary,
+    /// Size samples over time and event markers, when the experiment has a trace.
+    pub trace: Vec<TraceLine>,
 }
 
 /// One output format.

@@ -1,10 +1,11 @@
-//! The summary table, for the terminal and for Markdown: means over runs, one row per
-//! system × payload × grade × stage; a value per probe, in the order the `probes` column
-//! names them (`native/fs/sqlite`).
+//! Tables for the terminal and for Markdown: the answer first (see [`Answer`]), then the
+//! per-stage table — means over runs, one row per system × payload × grade × stage; a value
+//! per probe, in the order the `probes` column names them (`native/fs/sqlite`).
 
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 
+use crate::results::answer::{self, Answer, Line};
 use crate::results::stats::Stats;
 use crate::results::summary::{Group, ProbeStats, Summary};
 
@@ -77,37 +78,225 @@ pub fn outcome(s: &Summary) -> Vec<String> {
     out
 }
 
-/// Column titles of the verdict table.
-pub const VERDICT_HEADER: [&str; 8] = [
-    "system",
-    "payload",
-    "grade",
-    "dedup happens",
-    "capture: system",
-    "storage",
-    "storage+dedupe",
-    "potential",
-];
+/// A column of the answer table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Col {
+    /// System instance.
+    System,
+    /// The payloads a line stands for.
+    Payloads,
+    /// Grade.
+    Grade,
+    /// The verdict.
+    Verdict,
+    /// Capture at `LAYERS[i]`.
+    Capture(usize),
+    /// The best scan method's potential.
+    Potential,
+    /// EDR at the system layer.
+    Edr,
+    /// Reclaim after the per-file delete.
+    ReclaimDelete,
+    /// Reclaim after maintenance.
+    ReclaimMaintenance,
+    /// Runs, where lines differ in them.
+    Runs,
+}
 
-/// The verdict table's cells: one row per system × payload × grade above 0.
-pub fn verdict_rows(s: &Summary) -> Vec<Vec<String>> {
-    s.verdicts
-        .iter()
-        .map(|v| {
-            vec![
-                v.system.clone(),
-                v.payload.clone(),
-                format!("U{}", v.grade),
-                v.layer.name().to_string(),
-                num(mean(&v.system_capture), 2),
-                num(mean(&v.storage_capture), 2),
-                num(mean(&v.storage_dedupe_capture), 2),
-                v.potential
-                    .as_ref()
-                    .map_or("–".into(), |(m, p)| format!("{p:.2} {m}")),
-            ]
-        })
-        .collect()
+impl Col {
+    /// Its title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Col::System => "system",
+            Col::Payloads => "payloads",
+            Col::Grade => "grade",
+            Col::Verdict => "dedup happens",
+            Col::Capture(0) => "capture: system",
+            Col::Capture(1) => "storage",
+            Col::Capture(_) => "+dedupe",
+            Col::Potential => "potential",
+            Col::Edr => "EDR",
+            Col::ReclaimDelete => "reclaim: delete",
+            Col::ReclaimMaintenance => "maintenance",
+            Col::Runs => "runs",
+        }
+    }
+
+    /// Its cell on line `l`.
+    pub fn cell(self, a: &Answer, l: &Line) -> String {
+        match self {
+            Col::System => l.system.clone(),
+            Col::Payloads => a.payload_label(&l.payloads),
+            Col::Grade => format!("U{}", l.grade),
+            Col::Verdict => l.verdict.map_or("–", |v| v.name()).to_string(),
+            Col::Capture(i) => answer::show(l.capture[i].as_ref()),
+            Col::Potential => l
+                .potential
+                .as_ref()
+                .map_or("–".into(), |(m, p)| format!("{} {m}", p.show())),
+            Col::Edr => answer::show(l.edr.as_ref()),
+            Col::ReclaimDelete => answer::show(l.reclaim_delete.as_ref()),
+            Col::ReclaimMaintenance => answer::show(l.reclaim_maintenance.as_ref()),
+            Col::Runs => l.runs.to_string(),
+        }
+    }
+
+    /// The share (0 to 1) the cell shows, for colouring it.
+    pub fn share(self, l: &Line) -> Option<f64> {
+        match self {
+            Col::Capture(i) => l.capture[i].as_ref().map(|e| e.mean),
+            Col::Potential => l.potential.as_ref().map(|p| p.1.mean),
+            Col::ReclaimDelete => l.reclaim_delete.as_ref().map(|e| e.mean),
+            Col::ReclaimMaintenance => l.reclaim_maintenance.as_ref().map(|e| e.mean),
+            _ => None,
+        }
+    }
+}
+
+/// The answer table's columns: a layer's capture and the potential only where measured,
+/// the runs only where lines differ in them.
+pub fn columns(a: &Answer) -> Vec<Col> {
+    let mut cols = vec![Col::System, Col::Payloads, Col::Grade, Col::Verdict];
+    cols.extend(
+        (0..answer::LAYERS.len())
+            .filter(|&i| a.measured(i))
+            .map(Col::Capture),
+    );
+    if a.potential_measured() {
+        cols.push(Col::Potential);
+    }
+    cols.extend([Col::Edr, Col::ReclaimDelete, Col::ReclaimMaintenance]);
+    let (fewest, most) = a.runs();
+    if fewest != most {
+        cols.push(Col::Runs);
+    }
+    cols
+}
+
+/// The question the answer answers.
+pub const QUESTION: &str = "Where does deduplication happen?";
+
+/// What the answer's values are.
+pub fn answer_basis(a: &Answer) -> String {
+    match a.runs() {
+        (_, 0..=1) => "Bulk insert, 1 run: no intervals.".to_string(),
+        (x, y) if x == y => format!("Bulk insert, mean of {x} runs, ± its 95 % interval."),
+        (x, y) => format!("Bulk insert, mean of {x} to {y} runs, ± its 95 % interval."),
+    }
+}
+
+/// What the answer's columns mean.
+pub const ANSWER_LEGEND: &str = "dedup happens: the lowest layer whose capture reaches 0.50 — \
+     system (its own size: the native probe, else its files), storage (the storage probe, as \
+     mounted), +dedupe (after out-of-band block dedup) — else potential only (a scan finds \
+     ≥ 0.50), else nowhere. capture: share of the duplicate bytes not stored, compression \
+     separated out; potential: share a block-level or CDC store could remove from what the \
+     insert wrote. EDR = L / ΔP; reclaim: share of the per-file insert's growth given back \
+     after delete and after maintenance; both at the system layer. Payloads share a line \
+     where all values agree within 0.02 (EDR within 2 %).";
+
+/// Which layers the answer lacks, and how to measure them.
+pub fn unmeasured(a: &Answer) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !a.measured(1) {
+        out.push(
+            "Storage layer not measured: no storage probe (run on the lab's btrfs storage, \
+             `lab up --storage btrfs`, or set storage_probe).",
+        );
+    } else if !a.measured(2) {
+        out.push("Out-of-band dedup not measured: set [storage] dedupe_block.");
+    }
+    if !a.potential_measured() {
+        out.push("Potential not measured: turn on the [potential] scans.");
+    }
+    out
+}
+
+/// The answer as text: title, one line per system, the table, the legend.
+pub fn render_answer(a: &Answer, style: Style) -> String {
+    let systems = a.systems();
+    let width = systems.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = format!("{QUESTION} {}\n", answer_basis(a));
+    if style == Style::Markdown {
+        out.push('\n');
+    }
+    for system in systems {
+        let text = a.headline(system).text();
+        out.push_str(&match style {
+            Style::Terminal => format!("  {system:<width$}  {text}\n"),
+            Style::Markdown => format!("- **{system}**: {text}\n"),
+        });
+    }
+    let cols = columns(a);
+    let mut rows = Vec::new();
+    let mut previous: Option<(&str, &[String])> = None;
+    for l in &a.lines {
+        // A system's and its payloads' names only on their first line.
+        let same = previous == Some((l.system.as_str(), l.payloads.as_slice()));
+        previous = Some((l.system.as_str(), l.payloads.as_slice()));
+        rows.push(
+            cols.iter()
+                .map(|c| match c {
+                    Col::System | Col::Payloads if same => String::new(),
+                    _ => c.cell(a, l),
+                })
+                .collect(),
+        );
+    }
+    let header: Vec<&str> = cols.iter().map(|c| c.title()).collect();
+    let t = table(style, &header, rows, 4);
+    out.push_str(&format!(
+        "{}{t}\n",
+        if style == Style::Markdown { "\n" } else { "" }
+    ));
+    let mut legend = ANSWER_LEGEND.to_string();
+    for note in unmeasured(a) {
+        legend.push(' ');
+        legend.push_str(note);
+    }
+    match style {
+        Style::Terminal => out.push_str(&format!("{}\n", wrap(&legend, 100))),
+        Style::Markdown => out.push_str(&format!("\n{legend}\n")),
+    }
+    out
+}
+
+/// What `run` and `report` print: the answer, the outcome, then the per-stage table when
+/// `details`, else where to find it.
+pub fn terminal(s: &Summary, dir: &std::path::Path, details: bool) -> String {
+    let mut out = render_answer(&Answer::of(s), Style::Terminal);
+    out.push_str(&format!("{}\n", outcome(s).join("\n")));
+    if details {
+        out.push_str(&format!("\n{}", render_details(s, Style::Terminal)));
+    } else {
+        out.push_str(&format!(
+            "Per-stage table: {}, or add --details.\n",
+            dir.join("summary.md").display()
+        ));
+    }
+    out
+}
+
+/// Words of `text` in lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// A table in `style` with `header`, its numeric columns from `first_number` on right-aligned.
@@ -130,24 +319,13 @@ fn table(style: Style, header: &[&str], rows: Vec<Vec<String>>, first_number: us
     t
 }
 
-/// What the verdict table's values mean.
-pub const VERDICT_LEGEND: &str = "The lowest layer whose dedup capture (of the bulk insert, mean \
-     over runs) reaches 0.5 removed the duplicates: the system's own accounting, the storage \
-     layer as mounted, the storage layer after out-of-band block dedup; else a block-level or \
-     CDC store could (potential ≥ 0.5: the share of the data set's duplicate bytes found in \
-     what the stage added on disk), or nowhere.";
-
-/// Renders the verdicts (when any layer was measured), the table, the legend, and the
-/// outcome as text.
-pub fn render(s: &Summary, style: Style) -> String {
-    let mut out = String::new();
-    if !s.verdicts.is_empty() {
-        let t = table(style, &VERDICT_HEADER, verdict_rows(s), 4);
-        out.push_str(&format!("{t}\n{VERDICT_LEGEND}\n\n"));
-    }
+/// The per-stage table and its legend as text.
+pub fn render_details(s: &Summary, style: Style) -> String {
     let t = table(style, &HEADER, rows(s), 4);
-    out.push_str(&format!("{t}\n{LEGEND}\n{}\n", outcome(s).join("\n")));
-    out
+    match style {
+        Style::Terminal => format!("{t}\n{}", wrap(LEGEND, 100)),
+        Style::Markdown => format!("{t}\n\n{LEGEND}\n"),
+    }
 }
 
 fn mean(s: &Option<Stats>) -> Option<f64> {
