@@ -8,9 +8,11 @@ mod lease;
 mod measured;
 mod reading;
 mod record;
+mod trace;
 
 pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
 pub use lease::{Lease, this_host};
 pub use measured::Measured;
 pub use reading::{Reading, ServerInfo};
 pub use record::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord};
+pub use trace::TraceSample;

@@ -102,22 +102,7 @@ impl Prometheus {
     pub fn new(system: &str, c: &PrometheusConfig) -> anyhow::Result<Prometheus> {
         let what = format!("config [systems.{system}] prometheus_probe");
         let bad = |why: String| usage(format!("{what}: {why}"));
-        let url = reqwest::Url::parse(&c.url).map_err(|e| {
-            bad(format!(
-                "url \"{}\" is not a URL ({e}); write it as http://host:port/metrics",
-                redact(&c.url)
-            ))
-        })?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad(
-                "the url carries credentials; remove them and set token_env or token_file".into(),
-            ));
-        }
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(bad(format!(
-                "url \"{url}\" needs an http or https scheme and a host"
-            )));
-        }
+        let url = http_url(&what, &c.url, "http://host:port/metrics")?;
         if !valid_metric_name(&c.metric) {
             return Err(bad(format!(
                 "metric \"{}\" is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
@@ -161,6 +146,30 @@ impl Prometheus {
         let text = response.text().await.with_context(what)?;
         sum(&text, &self.metric, &self.labels).with_context(what)
     }
+}
+
+/// Checks an http(s) URL of config section `what` that a bearer token goes with: it must
+/// parse, have a host and carry no credentials (they belong in `token_env` or `token_file`,
+/// never in a URL that may be logged). `example` shows the expected form.
+pub fn http_url(what: &str, raw: &str, example: &str) -> anyhow::Result<reqwest::Url> {
+    let bad = |why: String| usage(format!("{what}: {why}"));
+    let url = reqwest::Url::parse(raw).map_err(|e| {
+        bad(format!(
+            "url \"{}\" is not a URL ({e}); write it as {example}",
+            redact(raw)
+        ))
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "the url carries credentials; remove them and set token_env or token_file".into(),
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(format!(
+            "url \"{url}\" needs an http or https scheme and a host"
+        )));
+    }
+    Ok(url)
 }
 
 fn valid_metric_name(name: &str) -> bool {
