@@ -9,6 +9,7 @@ use crate::dataset::DataSet;
 use crate::journal::Journal;
 use crate::model::{CellKey, Latency, ProbeRecord, Record, Stage, StageRecord, SysError};
 use crate::probe::Probes;
+use crate::sinks::Sinks;
 use crate::systems::toolkit::ownership::{self, Claim};
 use crate::systems::{Keys, System};
 
@@ -42,6 +43,8 @@ pub struct Attempt<'a> {
     pub attempt: u32,
     /// Where stage records go.
     pub journal: &'a mut Journal,
+    /// Where stage records go next, once the journal holds them.
+    pub sinks: &'a Sinks,
 }
 
 impl Attempt<'_> {
@@ -174,8 +177,10 @@ impl Attempt<'_> {
             retried_requests,
         };
         self.journal
-            .append(&Record::Stage(record))
-            .map_err(CellError::Journal)
+            .append(&Record::Stage(record.clone()))
+            .map_err(CellError::Journal)?;
+        self.sinks.stage(&record);
+        Ok(())
     }
 
     /// Inserts or deletes every file with one request each, timing each request. File

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::{Config, Resolved};
 use crate::model::ServerInfo;
 use crate::secret::redact;
+use crate::sinks::SinkStats;
 
 /// Run metadata, rewritten at the start and end of every `run` invocation.
 #[derive(Debug, Serialize)]
@@ -34,6 +35,10 @@ pub struct Metadata {
     pub servers: BTreeMap<String, SystemMeta>,
     /// Peak resident memory of this invocation, bytes (at the end).
     pub peak_rss_bytes: Option<u64>,
+    /// What each configured sink did with this invocation's items: delivered, dropped, its
+    /// last error (at the end).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub exports: BTreeMap<String, SinkStats>,
 }
 
 /// The machine that ran the experiment.
@@ -118,6 +123,7 @@ impl Metadata {
                 })
                 .collect(),
             peak_rss_bytes: None,
+            exports: BTreeMap::new(),
         }
     }
 

@@ -21,6 +21,7 @@ use crate::error::usage;
 use crate::journal::{self, Journal};
 use crate::model::{CellKey, ErrorKind, Record, ServerInfo, Stage, SysError};
 use crate::probe::Probes;
+use crate::sinks::{SinkContext, SinkStats, Sinks};
 use crate::systems::toolkit::ownership::Claim;
 use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
@@ -49,6 +50,8 @@ pub struct Outcome {
     pub skipped: usize,
     /// Cells that failed in this invocation, with the last error.
     pub failed: Vec<(CellKey, String)>,
+    /// What each configured sink delivered and dropped.
+    pub exports: BTreeMap<String, SinkStats>,
 }
 
 /// The seed of run `run` (from 1).
@@ -233,6 +236,17 @@ pub async fn run_subjects(
     systems: Vec<Subject>,
     opts: &RunOptions,
 ) -> anyhow::Result<Outcome> {
+    let sinks = Sinks::from_config(
+        &config.config.export,
+        &SinkContext {
+            experiment: config.id.clone(),
+            kinds: config
+                .systems
+                .iter()
+                .map(|i| (i.name.clone(), i.def.kind.to_string()))
+                .collect(),
+        },
+    )?;
     let dir = prepare_dir(config)?;
     let (mut journal, records) = Journal::open(&dir.join(journal::FILE))?;
     let mut state = JournalState::new(&records);
@@ -284,6 +298,7 @@ pub async fn run_subjects(
         completed: 0,
         skipped: 0,
         failed: Vec::new(),
+        exports: BTreeMap::new(),
     };
     for run in 1..=c.experiment.runs {
         for &payload in &config.payloads {
@@ -316,7 +331,8 @@ pub async fn run_subjects(
                         continue;
                     }
                     bar.set_message(key.to_string());
-                    let result = run_cell(l, &ds, key, &mut state, &mut journal, &c.retry).await?;
+                    let result =
+                        run_cell(l, &ds, key, &mut state, &mut journal, &sinks, &c.retry).await?;
                     match result {
                         Ok(()) => {
                             outcome.completed += 1;
@@ -335,7 +351,21 @@ pub async fn run_subjects(
         }
     }
     bar.finish_and_clear();
-    meta.finish(&dir)?;
+    // The directory's final files (metadata with the sinks' counts, exports, report) are
+    // written before the sinks that take the directory (git) get it.
+    let exports = sinks
+        .finish(&dir, |streamed| {
+            meta.exports = streamed.clone();
+            meta.finish(&dir)?;
+            crate::results::report(&dir).map(drop)
+        })
+        .await?;
+    // The sinks that took the directory (git) have counts now too.
+    if exports != meta.exports {
+        meta.exports = exports.clone();
+        meta.write(&dir)?;
+    }
+    outcome.exports = exports;
     Ok(outcome)
 }
 
@@ -366,6 +396,7 @@ async fn run_cell(
     key: &CellKey,
     state: &mut JournalState,
     journal: &mut Journal,
+    sinks: &Sinks,
     retry: &config::RetryConfig,
 ) -> anyhow::Result<Result<(), String>> {
     let mut last = String::new();
@@ -391,6 +422,7 @@ async fn run_cell(
             key,
             attempt,
             journal,
+            sinks,
         }
         .run()
         .await;
