@@ -38,6 +38,11 @@ pub struct Config {
     pub potential: PotentialConfig,
     /// One `[systems.<name>]` table per configured system instance, parsed by its adapter.
     pub systems: BTreeMap<String, toml::Table>,
+    /// One `[export.<sink>]` table per configured sink, parsed by the sink
+    /// ([`crate::sinks`]). Not part of the experiment's identity: where results also go does
+    /// not change what is measured.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub export: BTreeMap<String, toml::Table>,
 }
 
 /// `[storage]`
@@ -578,6 +583,7 @@ impl Config {
             ));
         }
         let systems = self.resolve_systems()?;
+        crate::sinks::check_names(&self.export)?;
         let payloads = resolve_payloads(&e.payloads)?;
         let grades = resolve_grades(&e.grades)?;
         let shape = self.dataset.shape(&payloads)?;
@@ -690,6 +696,7 @@ impl Config {
         let mut v = serde_json::to_value(self).expect("config serializes");
         if let Some(obj) = v.as_object_mut() {
             obj.remove("retry");
+            obj.remove("export");
             if let Some(e) = obj.get_mut("experiment").and_then(|e| e.as_object_mut()) {
                 e.remove("results_dir");
                 e.remove("id");

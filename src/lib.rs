@@ -3,8 +3,9 @@
 //!
 //! The library behind the `dedup-lab` binary: seeded data sets with an exact share of
 //! duplicate files ([`dataset`]), data systems behind one trait ([`systems`]), size probes
-//! ([`probe`]), the stage-by-stage experiment with its journal ([`experiment`]), and
-//! statistics and exports ([`results`]). See DESIGN.md for the vocabulary and formulas.
+//! ([`probe`]), the stage-by-stage experiment with its journal ([`experiment`]), statistics
+//! and exports ([`results`]), and optional destinations for results ([`sinks`]). See
+//! DESIGN.md for the vocabulary and formulas.
 
 pub mod config;
 pub mod dataset;
@@ -19,5 +20,6 @@ pub mod probe;
 pub mod results;
 pub mod scan;
 pub mod secret;
+pub mod sinks;
 pub mod systems;
 pub mod tls;

@@ -69,6 +69,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 outcome.skipped,
                 outcome.dir.display()
             );
+            for (sink, s) in outcome.exports.iter().filter(|(_, s)| s.dropped > 0) {
+                println!(
+                    "export {sink}: {} of {} items not delivered (last error: {}); counts in \
+                     metadata.json",
+                    s.dropped,
+                    s.items,
+                    s.last_error
+                        .as_deref()
+                        .unwrap_or("none: newer items pushed them out of its queue")
+                );
+            }
             if outcome.failed.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {

@@ -365,6 +365,67 @@ const CASES: &[Case] = &[
         words: &["[systems.redis]", "db must be 0 or more"],
     },
     Case {
+        name: "unknown sink",
+        config: Some("[export.kafak]\nbootstrap = \"127.0.0.1:9092\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["there is no sink 'kafak'", "kafka, pushgateway, git"],
+    },
+    Case {
+        name: "unknown key in a sink section",
+        config: Some("[export.kafka]\ntopc = \"x\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[export.kafka]", "unknown field `topc`", "topic_stages"],
+    },
+    Case {
+        name: "bad sink queue",
+        config: Some("[export.kafka]\nqueue = 0\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[export.kafka]", "queue must be at least 1"],
+    },
+    Case {
+        name: "bad Kafka topic name",
+        config: Some("[export.kafka]\ntopic_stages = \"a b\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["topic_stages = \"a b\" is not a Kafka topic name"],
+    },
+    Case {
+        name: "bad pushgateway URL",
+        config: Some("[export.pushgateway]\nurl = \"not a url\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[export.pushgateway]", "is not a URL", "http://host:9091"],
+    },
+    Case {
+        name: "credentials in a pushgateway URL",
+        config: Some("[export.pushgateway]\nurl = \"http://admin:pw-in-url@127.0.0.1:9091\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["carries credentials", "token_env or token_file"],
+    },
+    Case {
+        name: "credentials in a git remote URL",
+        config: Some(
+            "[export.git]\nrepo = \"r.git\"\nremote = \"https://user:tok@example.com/r.git\"\n",
+        ),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &[
+            "remote https://example.com/r.git carries credentials",
+            "credential helper",
+        ],
+    },
+    Case {
+        name: "git export repo that is not a repository",
+        config: Some("[export.git]\nrepo = \"/proc\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["repo = \"/proc\" exists but is not a git repository"],
+    },
+    Case {
         name: "report of a non-experiment",
         config: None,
         args: &["report", "/tmp"],
@@ -529,6 +590,11 @@ fn every_documented_bad_input_gets_one_clear_message_and_its_exit_code() {
         assert!(
             t.lines().count() <= 12,
             "{}: not one clear message: {t}",
+            case.name
+        );
+        assert!(
+            !t.contains("pw-in-url") && !t.contains("tok@"),
+            "{}: a credential leaked: {t}",
             case.name
         );
         assert!(

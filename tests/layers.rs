@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "lab",
     "systems",
     "results",
+    "sinks",
     "config",
     "deploy",
     "experiment",

@@ -14,6 +14,7 @@ use crate::model::{
     SysError,
 };
 use crate::probe::Probes;
+use crate::sinks::Sinks;
 use crate::systems::toolkit::ownership::{self, Claim};
 use crate::systems::{Keys, System};
 
@@ -51,6 +52,8 @@ pub struct Attempt<'a> {
     pub attempt: u32,
     /// Where stage records go.
     pub journal: &'a mut Journal,
+    /// Where stage records go next, once the journal holds them.
+    pub sinks: &'a Sinks,
 }
 
 impl Attempt<'_> {
@@ -241,8 +244,10 @@ impl Attempt<'_> {
             storage_dedupe,
         };
         self.journal
-            .append(&Record::Stage(Box::new(record)))
-            .map_err(CellError::Journal)
+            .append(&Record::Stage(Box::new(record.clone())))
+            .map_err(CellError::Journal)?;
+        self.sinks.stage(&record);
+        Ok(())
     }
 
     /// Inserts or deletes every file with one request each, timing each request. File

@@ -11,6 +11,7 @@ use super::shard::ShardMeta;
 use crate::config::{Config, Resolved};
 use crate::model::ServerInfo;
 use crate::secret::redact;
+use crate::sinks::SinkStats;
 
 /// Its file name inside the experiment (or shard) directory.
 pub const FILE: &str = "metadata.json";
@@ -41,6 +42,10 @@ pub struct Metadata {
     /// The shard this directory holds, with its cells, when the run was split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardMeta>,
+    /// What each configured sink did with this invocation's items: delivered, dropped, its
+    /// last error (at the end).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub exports: BTreeMap<String, SinkStats>,
 }
 
 /// The machine that ran the experiment.
@@ -126,6 +131,7 @@ impl Metadata {
                 .collect(),
             peak_rss_bytes: None,
             shard: ShardMeta::of(config),
+            exports: BTreeMap::new(),
         }
     }
 

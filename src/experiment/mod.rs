@@ -23,6 +23,7 @@ use crate::error::usage;
 use crate::journal::{self, Journal};
 use crate::model::{CellKey, ErrorKind, Record, ServerInfo, Stage, SysError};
 use crate::probe::Probes;
+use crate::sinks::{SinkContext, SinkStats, Sinks};
 use crate::systems::toolkit::ownership::Claim;
 use crate::systems::{Instance, System};
 use cell::{Attempt, CellError};
@@ -54,6 +55,8 @@ pub struct Outcome {
     pub skipped: usize,
     /// Cells that failed in this invocation, with the last error.
     pub failed: Vec<(CellKey, String)>,
+    /// What each configured sink delivered and dropped.
+    pub exports: BTreeMap<String, SinkStats>,
 }
 
 /// The seed of run `run` (from 1).
@@ -244,6 +247,17 @@ pub async fn run_subjects(
     systems: Vec<Subject>,
     opts: &RunOptions,
 ) -> anyhow::Result<Outcome> {
+    let sinks = Sinks::from_config(
+        &config.config.export,
+        &SinkContext {
+            experiment: config.id.clone(),
+            kinds: config
+                .systems
+                .iter()
+                .map(|i| (i.name.clone(), i.def.kind.to_string()))
+                .collect(),
+        },
+    )?;
     let dir = prepare_dir(config)?;
     let (mut journal, records) = Journal::open(&dir.join(journal::FILE))?;
     let mut state = JournalState::new(&records);
@@ -304,6 +318,7 @@ pub async fn run_subjects(
         completed: 0,
         skipped: 0,
         failed: Vec::new(),
+        exports: BTreeMap::new(),
     };
     for run in 1..=c.experiment.runs {
         for &payload in &config.payloads {
@@ -369,6 +384,7 @@ pub async fn run_subjects(
                             retry: &c.retry,
                             layers: &layers,
                             progress: &progress,
+                            sinks: &sinks,
                         },
                     )
                     .await?;
@@ -390,7 +406,21 @@ pub async fn run_subjects(
         }
     }
     drop(cells);
-    meta.finish(&dir)?;
+    // The directory's final files (metadata with the sinks' counts, exports, report) are
+    // written before the sinks that take the directory (git) get it.
+    let exports = sinks
+        .finish(&dir, |streamed| {
+            meta.exports = streamed.clone();
+            meta.finish(&dir)?;
+            crate::results::report(&dir).map(drop)
+        })
+        .await?;
+    // The sinks that took the directory (git) have counts now too.
+    if exports != meta.exports {
+        meta.exports = exports.clone();
+        meta.write(&dir)?;
+    }
+    outcome.exports = exports;
     Ok(outcome)
 }
 
@@ -400,6 +430,7 @@ struct Steps<'a> {
     retry: &'a config::RetryConfig,
     layers: &'a Layers,
     progress: &'a Progress,
+    sinks: &'a Sinks,
 }
 
 /// Runs one cell with bounded attempts; returns `Err(last error)` when it failed for good.
@@ -416,6 +447,7 @@ async fn run_cell(
         retry,
         layers,
         progress,
+        sinks,
     } = *steps;
     let mut last = String::new();
     for _ in 0..retry.max_attempts {
@@ -442,6 +474,7 @@ async fn run_cell(
             key,
             attempt,
             journal,
+            sinks,
         }
         .run()
         .await;

@@ -9,6 +9,7 @@ mod measured;
 mod reading;
 mod record;
 mod shard;
+mod trace;
 
 pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
 pub use lease::{Lease, this_host};
@@ -19,3 +20,4 @@ pub use record::{
     Stage, StageRecord,
 };
 pub use shard::{INDEX_ENV, Shard, ShardBy};
+pub use trace::TraceSample;

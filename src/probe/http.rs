@@ -34,23 +34,7 @@ impl Endpoint {
     /// the setting in errors (`config [systems.x] prometheus_probe`), `example` shows a good
     /// URL.
     pub fn new(what: &str, url: &str, access: &Access, example: &str) -> anyhow::Result<Self> {
-        let bad = |why: String| usage(format!("{what}: {why}"));
-        let parsed = reqwest::Url::parse(url).map_err(|e| {
-            bad(format!(
-                "url \"{}\" is not a URL ({e}); write it as {example}",
-                redact(url)
-            ))
-        })?;
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(bad(
-                "the url carries credentials; remove them and set token_env or token_file".into(),
-            ));
-        }
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(bad(format!(
-                "url \"{parsed}\" needs an http or https scheme and a host"
-            )));
-        }
+        let parsed = http_url(what, url, example)?;
         let token = SecretSource::from_keys(access.token_env.clone(), access.token_file.clone())
             .resolve(&format!("{what} token"))?;
         crate::tls::install_crypto_provider();
@@ -76,4 +60,28 @@ impl Endpoint {
         let status = response.status();
         Ok((status, response.text().await?))
     }
+}
+
+/// Checks an http(s) URL of config section `what` that a bearer token goes with: it must
+/// parse, have a host and carry no credentials (they belong in `token_env` or `token_file`,
+/// never in a URL that may be logged). `example` shows the expected form.
+pub fn http_url(what: &str, raw: &str, example: &str) -> anyhow::Result<reqwest::Url> {
+    let bad = |why: String| usage(format!("{what}: {why}"));
+    let url = reqwest::Url::parse(raw).map_err(|e| {
+        bad(format!(
+            "url \"{}\" is not a URL ({e}); write it as {example}",
+            redact(raw)
+        ))
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "the url carries credentials; remove them and set token_env or token_file".into(),
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(format!(
+            "url \"{url}\" needs an http or https scheme and a host"
+        )));
+    }
+    Ok(url)
 }

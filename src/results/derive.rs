@@ -97,53 +97,63 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
     let done = completed(records);
     let index: HashMap<(&CellKey, Stage), &StageRecord> =
         done.iter().map(|s| ((&s.cell, s.stage), *s)).collect();
+    let lookup = |cell: &CellKey, stage: Stage| index.get(&(cell, stage)).copied();
+    done.iter().flat_map(|s| stage_rows(s, &lookup)).collect()
+}
+
+/// The rows of one stage record, one per probe. `lookup` finds the records the ratios refer
+/// to (the U0 cell of the same stage, the per-file insert of the same cell): a ratio whose
+/// record it does not find is absent. [`rows`] looks among completed cells; a sink that sees
+/// records as they come looks among those it has seen.
+pub fn stage_rows<'a>(
+    s: &StageRecord,
+    lookup: &dyn Fn(&CellKey, Stage) -> Option<&'a StageRecord>,
+) -> Vec<Row> {
     let mut out = Vec::new();
-    for s in &done {
-        for (probe, pr) in &s.probes {
-            let before = pr.before.bytes();
-            let after = pr.after.bytes();
-            let delta = delta_of(before, after);
-            let edr = if s.stage.inserts() {
-                ratio(s.logical_bytes as f64, delta)
-            } else {
-                None
-            };
-            let probe_error = [&pr.before, &pr.after].iter().find_map(|r| match r {
-                crate::model::Reading::Error { error } => Some(error.clone()),
-                _ => None,
-            });
-            out.push(Row {
-                system: s.cell.system.clone(),
-                payload: s.cell.payload.name().to_string(),
-                grade: s.cell.grade,
-                run: s.cell.run,
-                stage: s.stage,
-                probe: probe.clone(),
-                files: s.files,
-                logical_bytes: s.logical_bytes,
-                unique_bytes: s.unique_bytes,
-                rows_after: s.rows_after,
-                before_bytes: before,
-                after_bytes: after,
-                delta_bytes: delta,
-                probe_error,
-                copies: pr.copies,
-                edr,
-                edr_replica: edr.map(|e| e * f64::from(pr.copies)),
-                dedup_capture: capture(s, probe, delta, &index),
-                reclaim: reclaim(s, probe, after, &index),
-                flag: partial_load(s, delta),
-                duration_s: s.duration_s,
-                settle_s: s.settle_s,
-                throughput_bps: s.throughput_bps,
-                min_us: s.latency_us.as_ref().map(|l| l.min),
-                p50_us: s.latency_us.as_ref().map(|l| l.p50),
-                p90_us: s.latency_us.as_ref().map(|l| l.p90),
-                p95_us: s.latency_us.as_ref().map(|l| l.p95),
-                p99_us: s.latency_us.as_ref().map(|l| l.p99),
-                max_us: s.latency_us.as_ref().map(|l| l.max),
-            });
-        }
+    for (probe, pr) in &s.probes {
+        let before = pr.before.bytes();
+        let after = pr.after.bytes();
+        let delta = delta_of(before, after);
+        let edr = if s.stage.inserts() {
+            ratio(s.logical_bytes as f64, delta)
+        } else {
+            None
+        };
+        let probe_error = [&pr.before, &pr.after].iter().find_map(|r| match r {
+            crate::model::Reading::Error { error } => Some(error.clone()),
+            _ => None,
+        });
+        out.push(Row {
+            system: s.cell.system.clone(),
+            payload: s.cell.payload.name().to_string(),
+            grade: s.cell.grade,
+            run: s.cell.run,
+            stage: s.stage,
+            probe: probe.clone(),
+            files: s.files,
+            logical_bytes: s.logical_bytes,
+            unique_bytes: s.unique_bytes,
+            rows_after: s.rows_after,
+            before_bytes: before,
+            after_bytes: after,
+            delta_bytes: delta,
+            probe_error,
+            copies: pr.copies,
+            edr,
+            edr_replica: edr.map(|e| e * f64::from(pr.copies)),
+            dedup_capture: capture(s, probe, delta, lookup),
+            reclaim: reclaim(s, probe, after, lookup),
+            flag: partial_load(s, delta),
+            duration_s: s.duration_s,
+            settle_s: s.settle_s,
+            throughput_bps: s.throughput_bps,
+            min_us: s.latency_us.as_ref().map(|l| l.min),
+            p50_us: s.latency_us.as_ref().map(|l| l.p50),
+            p90_us: s.latency_us.as_ref().map(|l| l.p90),
+            p95_us: s.latency_us.as_ref().map(|l| l.p95),
+            p99_us: s.latency_us.as_ref().map(|l| l.p99),
+            max_us: s.latency_us.as_ref().map(|l| l.max),
+        });
     }
     out
 }
@@ -180,11 +190,11 @@ fn partial_load(s: &StageRecord, delta: Option<i64>) -> Option<String> {
 
 /// `dedup_capture = (c·L − ΔP) / (c·(L − U))` with `c = ΔP(U0) / L(U0)` of the same system,
 /// payload, run, stage and probe.
-fn capture(
+fn capture<'a>(
     s: &StageRecord,
     probe: &str,
     delta: Option<i64>,
-    index: &HashMap<(&CellKey, Stage), &StageRecord>,
+    lookup: &dyn Fn(&CellKey, Stage) -> Option<&'a StageRecord>,
 ) -> Option<f64> {
     if !s.stage.inserts() || s.cell.grade == 0 {
         return None;
@@ -193,7 +203,7 @@ fn capture(
         grade: 0,
         ..s.cell.clone()
     };
-    let u0 = index.get(&(&u0_key, s.stage))?;
+    let u0 = lookup(&u0_key, s.stage)?;
     let p0 = u0.probes.get(probe)?;
     let c = ratio(
         delta_of(p0.before.bytes(), p0.after.bytes())? as f64,
@@ -208,16 +218,16 @@ fn capture(
 
 /// `reclaim = (P_full − P_after) / (P_full − P_empty)` with P_empty and P_full read around
 /// the per-file insert of the same cell attempt.
-fn reclaim(
+fn reclaim<'a>(
     s: &StageRecord,
     probe: &str,
     after: Option<u64>,
-    index: &HashMap<(&CellKey, Stage), &StageRecord>,
+    lookup: &dyn Fn(&CellKey, Stage) -> Option<&'a StageRecord>,
 ) -> Option<f64> {
     if !matches!(s.stage, Stage::PerfileDelete | Stage::Maintenance) {
         return None;
     }
-    let ins = index.get(&(&s.cell, Stage::PerfileInsert))?;
+    let ins = lookup(&s.cell, Stage::PerfileInsert)?;
     if ins.attempt != s.attempt {
         return None;
     }

@@ -36,10 +36,12 @@ use super::toolkit::{Holding, Marker, Pacer, Window};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
 use crate::model::{Measured, ServerInfo, SysError, SysResult};
-use client::{Clients, Link, MetaClient, Quiet, blocking, classify, deliver, err};
+use client::{Clients, MetaClient, blocking, classify, deliver, err};
 use log::{LogRead, read_log};
 use settings::DeleteMode;
-pub use settings::Settings;
+// The quiet client context serves the Kafka sink too (see `crate::sinks::kafka`).
+pub use client::{Link, Quiet};
+pub use settings::{Settings, check_bootstrap};
 use topics::{Found, Topic, no_topic};
 
 /// Registry entry.

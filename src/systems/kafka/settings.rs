@@ -115,19 +115,7 @@ pub fn parse_section(ctx: &SystemContext<'_>) -> anyhow::Result<(Settings, Strin
         .clone()
         .unwrap_or_else(|| ctx.default_namespace(super::DEF.kind));
     check_namespace(ctx.instance, "prefix", &prefix)?;
-    let valid_broker = |b: &str| {
-        b.trim()
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-    };
-    if !s.bootstrap.split(',').all(valid_broker) {
-        crate::bail_usage!(
-            "config [systems.{}] bootstrap = \"{}\" is not a list of brokers: write \
-             host:port[,host:port…]",
-            ctx.instance,
-            s.bootstrap
-        );
-    }
+    check_bootstrap(&format!("systems.{}", ctx.instance), &s.bootstrap)?;
     if !(1024..=512 << 20).contains(&s.max_message_bytes)
         || s.batch_bytes == 0
         || s.batch_bytes > s.max_message_bytes
@@ -143,4 +131,20 @@ pub fn parse_section(ctx: &SystemContext<'_>) -> anyhow::Result<(Settings, Strin
         );
     }
     Ok((s, prefix))
+}
+
+/// Checks a `bootstrap` key of config section `[section]`: a list of `host:port`.
+pub fn check_bootstrap(section: &str, bootstrap: &str) -> anyhow::Result<()> {
+    let valid_broker = |b: &str| {
+        b.trim()
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    };
+    if !bootstrap.split(',').all(valid_broker) {
+        crate::bail_usage!(
+            "config [{section}] bootstrap = \"{bootstrap}\" is not a list of brokers: write \
+             host:port[,host:port…]"
+        );
+    }
+    Ok(())
 }
