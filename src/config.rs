@@ -36,6 +36,10 @@ pub struct Config {
     /// The dedup-potential scans of data sets and data directories.
     #[serde(skip_serializing_if = "is_default")]
     pub potential: PotentialConfig,
+    /// The trace of sizes while stages run. Not part of the experiment's identity: it looks,
+    /// it does not change what is measured (BENCHMARKS.md has what it costs).
+    #[serde(skip_serializing_if = "is_default")]
+    pub trace: TraceConfig,
     /// One `[systems.<name>]` table per configured system instance, parsed by its adapter.
     pub systems: BTreeMap<String, toml::Table>,
     /// One `[export.<sink>]` table per configured sink, parsed by the sink
@@ -62,6 +66,21 @@ impl Default for StorageConfig {
             dedupe: true,
             dedupe_block: "128KiB".into(),
         }
+    }
+}
+
+/// `[trace]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// How often every probe and the system's own accounting are sampled while a stage runs
+    /// and settles, in milliseconds (100 to 60000); 0 turns the trace off.
+    pub interval_ms: u64,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig { interval_ms: 1000 }
     }
 }
 
@@ -435,6 +454,8 @@ pub struct Resolved {
     pub scan: Option<ScanConfig>,
     /// The block size of the storage layer's out-of-band dedup, when it is on.
     pub dedupe_block: Option<u64>,
+    /// How often the trace samples, when it is on.
+    pub trace: Option<std::time::Duration>,
     /// The shard this process runs, when the run is split (set by `run`, not by the file).
     pub shard: Option<Shard>,
 }
@@ -602,6 +623,16 @@ impl Config {
                 Some(block)
             }
         };
+        let trace = match self.trace.interval_ms {
+            0 => None,
+            ms @ 100..=60_000 => Some(std::time::Duration::from_millis(ms)),
+            ms => {
+                return Err(usage(format!(
+                    "[trace] interval_ms = {ms}: sample every 100 to 60000 ms, or set 0 to turn \
+                     the trace off"
+                )));
+            }
+        };
         let id = match &e.id {
             Some(id) => {
                 check_id(id)?;
@@ -618,6 +649,7 @@ impl Config {
             shape,
             scan,
             dedupe_block,
+            trace,
             shard: None,
         })
     }
@@ -697,6 +729,7 @@ impl Config {
         if let Some(obj) = v.as_object_mut() {
             obj.remove("retry");
             obj.remove("export");
+            obj.remove("trace");
             if let Some(e) = obj.get_mut("experiment").and_then(|e| e.as_object_mut()) {
                 e.remove("results_dir");
                 e.remove("id");

@@ -50,7 +50,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::env::var(INDEX_ENV).ok().as_deref(),
             )?;
             if args.dry_run {
-                print!("{}", experiment::plan(&config)?);
+                print!("{}", experiment::plan(&config).await?);
                 return Ok(ExitCode::SUCCESS);
             }
             let outcome = experiment::run(

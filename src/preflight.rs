@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::config::Resolved;
-use crate::experiment::{Subject, build_systems};
-use crate::model::{Reading, ServerInfo};
+use crate::experiment::{Subject, build_systems, meter_or_offline};
+use crate::model::{Offline, Reading, ServerInfo};
 
 /// What preflight found for one system instance.
 pub struct Check {
@@ -35,7 +35,11 @@ pub async fn check(config: &Resolved) -> anyhow::Result<Vec<Check>> {
 
 async fn check_one(mut s: Subject) -> Check {
     let server = s.sys.connect().await.map_err(|e| e.message);
-    let readings = s.probes.read_each(s.sys.as_mut()).await;
+    let mut meter = match &server {
+        Ok(_) => meter_or_offline(s.sys.as_mut()).await,
+        Err(why) => Box::new(Offline { why: why.clone() }),
+    };
+    let readings = s.probes.read_each(meter.as_mut()).await;
     Check {
         system: s.instance.name.clone(),
         kind: s.instance.def.kind,

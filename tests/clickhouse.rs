@@ -194,7 +194,18 @@ async fn native_probe_and_counts_match_clickhouse_client_and_deletes_are_awaited
          WHERE active AND database = '{db}' AND table = 'files'"
     ));
     assert!(by_hand > 0);
-    assert_eq!(sys.native_size().await.unwrap(), by_hand);
+    let mut meter = sys.meter().await.unwrap();
+    assert_eq!(meter.native_size().await.unwrap(), by_hand);
+    // The snapshot's figures are system.parts' and system.columns', as typed by hand.
+    let snap = meter.snapshot().await.unwrap();
+    assert_eq!(snap["bytes_on_disk"], by_hand as f64);
+    assert_eq!(snap["rows"], 30.0);
+    let content = number(&format!(
+        "SELECT sum(data_uncompressed_bytes) FROM system.columns \
+         WHERE database = '{db}' AND table = 'files' AND name = 'content'"
+    ));
+    assert_eq!(snap["content_uncompressed_bytes"], content as f64);
+    assert!(content >= ds.manifest.logical_bytes, "{content}");
     // The stored bytes are the file's bytes.
     let f = &ds.manifest.files[7];
     let hex = cli(&format!(

@@ -55,7 +55,7 @@ async fn adapter_loads_counts_and_deletes() {
     let mut sys = systems::build_from_section("cockroachdb", &section, tmp.path()).unwrap();
     let info = sys.connect().await.unwrap();
     assert_eq!(info.product, "CockroachDB");
-    assert!(sys.native_copies().unwrap() >= 1);
+    assert!(sys.meter().await.unwrap().native_copies().unwrap() >= 1);
     let ds = DataSet::generate(
         &DataSetSpec {
             payload: PayloadType::RandomBinary,
@@ -75,7 +75,9 @@ async fn adapter_loads_counts_and_deletes() {
         sys.delete_one(f).await.unwrap();
     }
     assert_eq!(sys.count().await.unwrap(), 140);
-    sys.native_size().await.unwrap();
+    let mut meter = sys.meter().await.unwrap();
+    meter.native_size().await.unwrap();
+    assert!(meter.snapshot().await.unwrap()["ranges"] >= 1.0);
     assert!(sys.maintenance().await.unwrap().contains("gc.ttlseconds"));
     common::reset(sys.as_mut()).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), 0);

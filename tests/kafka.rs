@@ -187,7 +187,7 @@ async fn records_read_back_byte_exact_and_deletes_reach_consumers() {
         "{}",
         info.version
     );
-    assert_eq!(sys.native_copies(), None);
+    assert_eq!(sys.meter().await.unwrap().native_copies(), None);
 
     let ds = dataset(&tmp.path().join("ds"), PayloadType::TextDocument, 50, 30);
     common::reset(sys.as_mut()).await.unwrap();

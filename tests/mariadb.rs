@@ -155,7 +155,7 @@ async fn native_size_is_the_tablespace_and_every_byte_round_trips() {
     assert_eq!(count(&mut c, "dedup_lab_t_native").await, 60);
     assert_eq!(sys.count().await.unwrap(), 60);
 
-    let native = sys.native_size().await.unwrap();
+    let native = common::native_size(sys.as_mut()).await;
     let by_query: u64 = c
         .query_first(
             "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
@@ -165,6 +165,19 @@ async fn native_size_is_the_tablespace_and_every_byte_round_trips() {
         .unwrap()
         .unwrap();
     assert_eq!(native, by_query);
+    // The snapshot's figures are the tablespace's and the table's, as typed by hand.
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    let file_size: u64 = c
+        .query_first(
+            "SELECT FILE_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
+             WHERE NAME = 'dedup_lab_t_native/files'",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap["allocated_size"], native as f64);
+    assert_eq!(snap["file_size"], file_size as f64);
+    assert!(snap["innodb_data_written"] > 0.0, "{snap:?}");
     assert_eq!(
         native,
         std::fs::metadata(ibd("dedup_lab_t_native"))
@@ -233,10 +246,10 @@ async fn settle_waits_for_purge_so_deleted_space_is_reused() {
         sys.delete_one(f).await.unwrap();
     }
     sys.settle().await.unwrap();
-    let purged = sys.native_size().await.unwrap();
+    let purged = common::native_size(sys.as_mut()).await;
     // Same ids and sizes again: the rows were deleted, so the keys are free.
     sys.bulk_insert(&first).await.unwrap();
-    let refilled = sys.native_size().await.unwrap();
+    let refilled = common::native_size(sys.as_mut()).await;
     assert!(
         refilled - purged < first.manifest.logical_bytes / 4,
         "rows after a settled delete reuse its space: grew {} for L {}",
@@ -382,10 +395,10 @@ async fn page_compression_is_a_table_option_that_shrinks_compressible_data() {
             &tmp.path().join(db),
         )
         .unwrap();
-        let before = sys.native_size().await.unwrap();
+        let before = common::native_size(sys.as_mut()).await;
         sys.bulk_insert(&ds).await.unwrap();
         sys.settle().await.unwrap();
-        grown.push(sys.native_size().await.unwrap() - before);
+        grown.push(common::native_size(sys.as_mut()).await - before);
         c.query_drop(format!("DROP DATABASE {db}")).await.unwrap();
     }
     // Pages compress one by one and only whole 4 KiB blocks are punched out: prose keeps

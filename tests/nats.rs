@@ -86,7 +86,14 @@ async fn counts_and_sizes_match_stream_info_and_a_content_goes_with_its_last_fil
     let (messages, bytes) = stream_info(&c, stream).await;
     assert_eq!(messages, 10);
     assert_eq!(sys.count().await.unwrap(), messages);
-    assert_eq!(sys.native_size().await.unwrap(), bytes);
+    assert_eq!(common::native_size(sys.as_mut()).await, bytes);
+    // The snapshot's figures are STREAM.INFO's.
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    assert_eq!(
+        (snap["messages"], snap["bytes"]),
+        (messages as f64, bytes as f64)
+    );
+    assert_eq!(snap["deleted"], 0.0);
     // Each message holds one 32 KiB content, a subject and a Nats-Msg-Id header.
     assert!(
         (10 * (32 << 10)..10 * (33 << 10)).contains(&bytes),

@@ -155,11 +155,27 @@ async fn native_probe_and_counts_match_independent_queries() {
         .get(0);
     assert_eq!(n, 30);
     assert_eq!(sys.count().await.unwrap(), 30);
-    let native = sys.native_size().await.unwrap();
+    let native = common::native_size(sys.as_mut()).await;
     assert_eq!(
         native as i64,
         total_relation_size(&c, "dedup_lab_t_native").await
     );
+    // The snapshot's figures are the catalog's, as typed by hand.
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT pg_relation_size(oid), \
+                    pg_total_relation_size(reltoastrelid), pg_indexes_size(oid) \
+             FROM pg_class WHERE oid = 'dedup_lab_t_native.files'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap["heap_bytes"], row.get::<_, i64>(0) as f64);
+    assert_eq!(snap["toast_bytes"], row.get::<_, i64>(1) as f64);
+    assert_eq!(snap["index_bytes"], row.get::<_, i64>(2) as f64);
+    assert_eq!(snap["total_relation_bytes"], native as f64);
+    assert!(snap["wal_lsn_bytes"] > 0.0, "{snap:?}");
     // The bytes stored are the files' bytes.
     let row = c
         .query_one(

@@ -110,7 +110,20 @@ fn the_default_run_answers_first_in_at_most_40_lines() {
     let stages_at = d.find("perfile_insert").expect("per-stage table");
     assert!(answer_at < stages_at);
     // 2 systems × 6 payloads × 3 grades × 4 stages.
-    assert_eq!(d.matches("perfile_delete ┆").count(), 36, "{d}");
+    let stage_rows = d
+        .lines()
+        .filter(|l| l.contains("perfile_delete ┆") && l.contains("┆ U"))
+        .count();
+    assert_eq!(stage_rows, 36, "{d}");
+    // Then what the systems report: SQLite's pages and the fs store's files, per stage.
+    assert!(d.contains("What each system reports"), "{d}");
+    for metric in ["page_count", "freelist_count", "apparent_bytes", "files"] {
+        assert!(
+            d.lines()
+                .any(|l| l.contains("perfile_insert ┆") && l.contains(metric)),
+            "{metric}: {d}"
+        );
+    }
     let md = std::fs::read_to_string(exp.join("summary.md")).unwrap();
     let md_answer = md.find("Where does deduplication happen?").unwrap();
     assert!(md_answer < md.find("## Per stage").unwrap());
@@ -122,52 +135,61 @@ fn the_default_run_answers_first_in_at_most_40_lines() {
     assert_eq!(md_stages, 36, "{md}");
 }
 
-/// A trace as the engine will write it (one JSON object per line), generated from the stage
-/// records of a real run: per stage its events, each probe's reading before and after, a
-/// sample in between, and one failed sample.
-fn write_trace(exp: &Path, records: &[Record]) -> usize {
-    let mut out = String::new();
-    let mut n = 0;
+/// Checks the run's own trace (every completed stage's look before and after, with its
+/// events) and adds one failed sample to it, as a probe that could not read writes one, so
+/// that the chart's failure marks are drawn too. Returns the trace's lines.
+fn check_trace_and_add_a_failure(exp: &Path, records: &[Record]) -> usize {
+    let path = exp.join("trace.jsonl");
+    let text = std::fs::read_to_string(&path).expect("the run writes a trace");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     for s in stage_records(records) {
-        let at =
-            |t: f64| (s.started_at + chrono::Duration::microseconds((t * 1e6) as i64)).to_rfc3339();
-        let mut line = |t: f64, what: Value| {
-            let mut v = serde_json::json!({
-                "cell": s.cell, "attempt": s.attempt, "stage": s.stage, "t_s": t, "at": at(t),
-            });
-            v.as_object_mut()
-                .unwrap()
-                .extend(what.as_object().unwrap().clone());
-            out.push_str(&format!("{v}\n"));
-            n += 1;
+        let of_stage = |l: &&Value| {
+            l["cell"] == serde_json::json!(s.cell)
+                && l["attempt"] == s.attempt
+                && l["stage"] == serde_json::json!(s.stage)
         };
-        let (work, settled) = (s.duration_s, s.duration_s + s.settle_s);
-        line(0.0, serde_json::json!({"event": "stage_start"}));
+        let events: Vec<&str> = lines
+            .iter()
+            .filter(of_stage)
+            .filter_map(|l| l["event"].as_str())
+            .collect();
+        let mut want = vec!["stage_start"];
         if s.stage == Stage::Maintenance {
-            line(0.0, serde_json::json!({"event": "maintenance"}));
+            want.push("maintenance");
         }
+        want.extend(["stage_end", "settle_start", "settle_end"]);
+        assert_eq!(events, want, "{}", s.cell);
+        // The first and last samples of each probe are the stage record's readings.
         for (probe, p) in &s.probes {
-            let (before, after) = (p.before.bytes().unwrap(), p.after.bytes().unwrap());
-            line(0.0, serde_json::json!({"probe": probe, "bytes": before}));
-            if s.stage == Stage::PerfileInsert && probe == "fs" {
-                line(
-                    work / 2.0,
-                    serde_json::json!({"probe": probe, "error": "No such file or directory"}),
-                );
-            } else {
-                line(
-                    work / 2.0,
-                    serde_json::json!({"probe": probe, "bytes": (before + after) / 2}),
-                );
-            }
-            line(settled, serde_json::json!({"probe": probe, "bytes": after}));
+            let bytes: Vec<u64> = lines
+                .iter()
+                .filter(of_stage)
+                .filter(|l| l["probe"] == probe.as_str())
+                .map(|l| l["bytes"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                bytes.first(),
+                p.before.bytes().as_ref(),
+                "{} {probe}",
+                s.cell
+            );
+            assert_eq!(bytes.last(), p.after.bytes().as_ref(), "{} {probe}", s.cell);
         }
-        line(work, serde_json::json!({"event": "stage_end"}));
-        line(work, serde_json::json!({"event": "settle_start"}));
-        line(settled, serde_json::json!({"event": "settle_end"}));
     }
-    std::fs::write(exp.join("trace.jsonl"), out).unwrap();
-    n
+    let mut failed = lines
+        .iter()
+        .find(|l| l["probe"] == "fs" && l["stage"] == "perfile_insert")
+        .unwrap()
+        .clone();
+    let f = failed.as_object_mut().unwrap();
+    f.remove("bytes");
+    f.insert("error".into(), "No such file or directory".into());
+    f.insert("t_s".into(), 0.001.into());
+    std::fs::write(&path, format!("{text}{failed}\n")).unwrap();
+    lines.len()
 }
 
 /// Headless Chromium with a profile of its own, removed on drop.
@@ -336,7 +358,7 @@ fn report_html_renders_in_headless_chromium_without_errors() {
     assert!(out.status.success(), "{}", text(&out));
     let exp = experiment_dir(&results);
     let records = journal(&exp);
-    assert!(write_trace(&exp, &records) > 0);
+    assert!(check_trace_and_add_a_failure(&exp, &records) > 0);
     let rep = run(&["report", exp.to_str().unwrap()]);
     assert!(rep.status.success(), "{}", text(&rep));
     let page = exp.join("report.html");

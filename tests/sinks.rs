@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{bin, experiment_dir, journal, stage_records, text};
-use dedup_lab::model::{Reading, Stage, StageRecord, TraceSample};
+use dedup_lab::dataset::PayloadType;
+use dedup_lab::model::{CellKey, Reading, Stage, StageRecord, TraceItem, TraceLine};
 use dedup_lab::results::derive;
 use dedup_lab::sinks::{SinkContext, Sinks};
 use rdkafka::config::ClientConfig;
@@ -409,16 +410,23 @@ fn kafka_sink_survives_its_broker_stopping_mid_run() {
     );
 }
 
-fn sample(n: u32) -> TraceSample {
-    TraceSample {
-        experiment: "sinks-test".into(),
-        system: "sqlite".into(),
+fn sample(n: u32) -> TraceLine {
+    TraceLine {
+        cell: CellKey {
+            system: "sqlite".into(),
+            payload: PayloadType::RandomBinary,
+            grade: 0,
+            run: 1,
+        },
+        attempt: 1,
         stage: Stage::BulkInsert,
-        probe: "fs".into(),
         t_s: f64::from(n) / 10.0,
         at: Utc::now(),
-        reading: Reading::Bytes {
-            bytes: u64::from(n),
+        item: TraceItem::Sample {
+            probe: "fs".into(),
+            reading: Reading::Bytes {
+                bytes: u64::from(n),
+            },
         },
     }
 }
@@ -469,8 +477,13 @@ async fn kafka_sink_delivers_samples_again_after_its_broker_returns() {
         .iter()
         .map(|(key, value)| {
             assert_eq!(key, "sinks-test/sqlite/fs");
-            let s: TraceSample = serde_json::from_str(value).unwrap();
-            s.reading.bytes().unwrap()
+            let s: TraceLine = serde_json::from_str(value).unwrap();
+            let v: serde_json::Value = serde_json::from_str(value).unwrap();
+            assert_eq!(v["experiment"], "sinks-test");
+            match s.item {
+                TraceItem::Sample { reading, .. } => reading.bytes().unwrap(),
+                other => panic!("not a sample: {other:?}"),
+            }
         })
         .collect();
     assert_eq!(kafka.items, 26);

@@ -1,17 +1,19 @@
 //! One cell attempt: reset, the four stages with probes around each, reset.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 
 use super::layers::Layers;
 use super::progress::{Progress, Task, Unit};
+use super::trace::{At, Tracer, snapshot_of};
 use crate::dataset::DataSet;
 use crate::journal::Journal;
 use crate::model::{
-    CellKey, Latency, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE, Stage, StageRecord,
-    SysError,
+    CellKey, Event, Latency, Meter, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE,
+    SnapshotRecord, Stage, StageRecord, SysError, SysResult,
 };
 use crate::probe::Probes;
 use crate::sinks::Sinks;
@@ -36,8 +38,10 @@ pub enum CellError {
 pub struct Attempt<'a> {
     /// The system under test.
     pub sys: &'a mut dyn System,
+    /// Its meter, once made (made again after it was lost).
+    pub meter: &'a mut Option<Box<dyn Meter>>,
     /// Its probes.
-    pub probes: &'a Probes,
+    pub probes: &'a Arc<Probes>,
     /// This run's claim on its namespace.
     pub claim: &'a mut Claim,
     /// What the cell does at the storage layer.
@@ -54,6 +58,19 @@ pub struct Attempt<'a> {
     pub journal: &'a mut Journal,
     /// Where stage records go next, once the journal holds them.
     pub sinks: &'a Sinks,
+    /// Where samples taken during stages go.
+    pub tracer: &'a Tracer,
+}
+
+/// What a stage's own work did.
+struct Work {
+    files: u64,
+    logical: u64,
+    expect_after: u64,
+    latency: Option<Latency>,
+    note: Option<String>,
+    duration_s: f64,
+    settle_s: f64,
 }
 
 impl Attempt<'_> {
@@ -115,17 +132,26 @@ impl Attempt<'_> {
         }
     }
 
+    /// The meter, made on first use and again after it was lost.
+    async fn meter(&mut self) -> SysResult<&mut dyn Meter> {
+        if self.meter.is_none() {
+            *self.meter = Some(self.sys.meter().await?);
+        }
+        Ok(self.meter.as_deref_mut().expect("made above"))
+    }
+
     async fn stage(&mut self, stage: Stage, begun: Instant) -> Result<(), CellError> {
         let at = |error| CellError::System {
             stage: Some(stage),
             error,
         };
-        let files = self.ds.manifest.files.len() as u64;
-        let stored = self.stored_entries();
-        let before = self.probes.read_all(self.sys).await.map_err(at)?;
+        let (probes, layers) = (self.probes, self.layers);
+        let meter = self.meter().await.map_err(at)?;
+        let before = probes.read_all(meter).await.map_err(at)?;
+        let snapshot_before = snapshot_of(meter.snapshot().await);
         // The storage layer is looked at around the stages that write the data set.
         let scan_paths = match stage.inserts() {
-            true => self.layers.scan_paths(self.probes, self.sys),
+            true => layers.scan_paths(probes, meter),
             false => Vec::new(),
         };
         let potential_before = match scan_paths.is_empty() {
@@ -137,49 +163,30 @@ impl Attempt<'_> {
         };
         let retried = self.sys.retried_requests();
         let started_at = Utc::now();
-        let clock = Instant::now();
-        let mut latency = None;
-        let mut note = None;
-        let (count, logical, expect_after) = match stage {
-            Stage::BulkInsert => {
-                let _task = self.waiting(format_args!(
-                    "bulk_insert of {:.1} MiB",
-                    self.ds.manifest.logical_bytes as f64 / (1024.0 * 1024.0)
-                ));
-                self.sys.bulk_insert(self.ds).await.map_err(at)?;
-                (files, self.ds.manifest.logical_bytes, stored)
-            }
-            Stage::PerfileInsert | Stage::PerfileDelete => {
-                let insert = stage == Stage::PerfileInsert;
-                let task =
-                    self.progress
-                        .task(format!("{} {stage}", self.key), Unit::Files, Some(files));
-                latency = Some(self.per_file(insert, &task).await.map_err(at)?);
-                (
-                    files,
-                    self.ds.manifest.logical_bytes,
-                    if insert { stored } else { 0 },
-                )
-            }
-            Stage::Maintenance => {
-                let _task = self.waiting(stage);
-                note = Some(self.sys.maintenance().await.map_err(at)?);
-                (0, 0, 0)
-            }
+        let here = At {
+            cell: self.key.clone(),
+            attempt: self.attempt,
+            stage,
+            started: tokio::time::Instant::now(),
         };
+        self.tracer.event(&here, Event::StageStart);
+        self.tracer.readings(&here, &before, &snapshot_before);
+        let meter = self.meter.take().expect("made above");
+        let sampling = self.tracer.start(here.clone(), Arc::clone(probes), meter);
+        let work = self.work(stage, &here).await;
+        *self.meter = sampling.stop().await;
+        let work = work.map_err(at)?;
         let retried_requests = self.sys.retried_requests() - retried;
-        let duration = clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        let task = self.waiting(format_args!("{stage}: settling"));
-        self.sys.settle().await.map_err(at)?;
-        drop(task);
-        let settle = clock.elapsed().as_secs_f64();
-        let after = self.probes.read_all(self.sys).await.map_err(at)?;
+        let meter = self.meter().await.map_err(at)?;
+        let after = probes.read_all(meter).await.map_err(at)?;
+        let snapshot_after = snapshot_of(meter.snapshot().await);
+        self.tracer.readings(&here, &after, &snapshot_after);
         let rows_after = self.sys.count().await.map_err(at)?;
-        if rows_after != expect_after {
+        if rows_after != work.expect_after {
             return Err(at(SysError::failed(format!(
-                "{stage} left {rows_after} files in {}, expected {expect_after}",
-                self.sys.name()
+                "{stage} left {rows_after} files in {}, expected {}",
+                self.sys.name(),
+                work.expect_after
             ))));
         }
         if let Some(why) = self.sys.interrupted_since(begun) {
@@ -193,22 +200,30 @@ impl Attempt<'_> {
         }
         let mut storage_dedupe = None;
         let mut deduped = None;
-        let task = (stage.inserts() && self.layers.dedupe_block.is_some())
-            .then(|| self.waiting(format_args!("{stage}: out-of-band dedup")));
-        if stage.inserts()
-            && let Some((record, reading)) = self.layers.dedupe(self.probes, self.sys).await
-        {
-            storage_dedupe = Some(record);
-            deduped = Some(reading);
+        if stage.inserts() {
+            let (tracer, progress, key) = (self.tracer, self.progress, self.key);
+            let started = || {
+                tracer.event(&here, Event::StorageDedupe);
+                progress.task(
+                    format!("{key} {stage}: out-of-band dedup"),
+                    Unit::Wait,
+                    None,
+                )
+            };
+            let meter = self.meter.as_deref_mut().expect("made above");
+            if let Some((record, reading)) = layers.dedupe(probes, meter, started).await {
+                storage_dedupe = Some(record);
+                deduped = Some(reading);
+            }
         }
-        drop(task);
-        let mut probes: std::collections::BTreeMap<String, ProbeRecord> = before
+        let meter = self.meter().await.map_err(at)?;
+        let mut probes: BTreeMap<String, ProbeRecord> = before
             .into_iter()
             .filter_map(|(name, before)| {
                 let record = ProbeRecord {
                     before,
                     after: after.get(&name)?.clone(),
-                    copies: self.probes.copies(&name, self.sys),
+                    copies: probes.copies(&name, meter),
                 };
                 Some((name, record))
             })
@@ -224,6 +239,15 @@ impl Attempt<'_> {
             };
             probes.insert(STORAGE_DEDUPE.to_string(), record);
         }
+        let Work {
+            files: count,
+            logical,
+            latency,
+            note,
+            duration_s: duration,
+            settle_s: settle,
+            ..
+        } = work;
         let record = StageRecord {
             cell: self.key.clone(),
             attempt: self.attempt,
@@ -242,12 +266,67 @@ impl Attempt<'_> {
             retried_requests,
             potential,
             storage_dedupe,
+            snapshot: Some(SnapshotRecord {
+                before: snapshot_before,
+                after: snapshot_after,
+            }),
         };
         self.journal
             .append(&Record::Stage(Box::new(record.clone())))
             .map_err(CellError::Journal)?;
         self.sinks.stage(&record);
         Ok(())
+    }
+
+    /// The stage's own work, then the settle step, with their event markers.
+    async fn work(&mut self, stage: Stage, here: &At) -> Result<Work, SysError> {
+        let files = self.ds.manifest.files.len() as u64;
+        let logical = self.ds.manifest.logical_bytes;
+        let stored = self.stored_entries();
+        let clock = Instant::now();
+        let mut latency = None;
+        let mut note = None;
+        let (files, logical, expect_after) = match stage {
+            Stage::BulkInsert => {
+                let _task = self.waiting(format_args!(
+                    "bulk_insert of {:.1} MiB",
+                    logical as f64 / (1024.0 * 1024.0)
+                ));
+                self.sys.bulk_insert(self.ds).await?;
+                (files, logical, stored)
+            }
+            Stage::PerfileInsert | Stage::PerfileDelete => {
+                let insert = stage == Stage::PerfileInsert;
+                let task =
+                    self.progress
+                        .task(format!("{} {stage}", self.key), Unit::Files, Some(files));
+                latency = Some(self.per_file(insert, &task).await?);
+                (files, logical, if insert { stored } else { 0 })
+            }
+            Stage::Maintenance => {
+                let _task = self.waiting(stage);
+                self.tracer.event(here, Event::Maintenance);
+                note = Some(self.sys.maintenance().await?);
+                (0, 0, 0)
+            }
+        };
+        let duration_s = clock.elapsed().as_secs_f64();
+        self.tracer.event(here, Event::StageEnd);
+        let clock = Instant::now();
+        let task = self.waiting(format_args!("{stage}: settling"));
+        self.tracer.event(here, Event::SettleStart);
+        self.sys.settle().await?;
+        self.tracer.event(here, Event::SettleEnd);
+        drop(task);
+        Ok(Work {
+            files,
+            logical,
+            expect_after,
+            latency,
+            note,
+            duration_s,
+            settle_s: clock.elapsed().as_secs_f64(),
+        })
     }
 
     /// Inserts or deletes every file with one request each, timing each request. File

@@ -73,11 +73,13 @@ impl Layers {
     }
 
     /// Runs out-of-band dedup over the storage probe's paths when dedup is on and they are on
-    /// btrfs, then reads the storage probe again. `None` where it does not apply.
-    pub async fn dedupe(
+    /// btrfs, then reads the storage probe again. `None` where it does not apply. `started` is
+    /// called as the dedup starts; what it returns is held until it ends (a progress task).
+    pub async fn dedupe<T>(
         &self,
         probes: &Probes,
         sys: &mut dyn Measured,
+        started: impl FnOnce() -> T,
     ) -> Option<(DedupeRecord, Reading)> {
         let block_size = self.dedupe_block?;
         let paths = probes.data_paths(probe::storage::DEF.name, sys);
@@ -90,6 +92,7 @@ impl Layers {
         if !on_btrfs {
             return None;
         }
+        let _started = started();
         let clock = Instant::now();
         let run = tokio::task::spawn_blocking(move || {
             paths

@@ -8,9 +8,11 @@ pub mod progress;
 mod shard;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +23,7 @@ use crate::config::{self, Resolved};
 use crate::dataset::{self, DataSet, DataSetSpec, PayloadType, rng::derive_seed};
 use crate::error::usage;
 use crate::journal::{self, Journal};
-use crate::model::{CellKey, ErrorKind, Record, ServerInfo, Stage, SysError};
+use crate::model::{CellKey, ErrorKind, Meter, Offline, Record, ServerInfo, Stage, SysError};
 use crate::probe::Probes;
 use crate::sinks::{SinkContext, SinkStats, Sinks};
 use crate::systems::toolkit::ownership::Claim;
@@ -31,6 +33,7 @@ use layers::Layers;
 pub use metadata::{Metadata, peak_rss_bytes};
 use progress::{Progress, Unit};
 pub use shard::{ReportOutcome, ReportRequest, ShardMeta, report};
+use trace::Tracer;
 
 /// The config the experiment was started with, inside its directory.
 pub const CONFIG: &str = "config.json";
@@ -119,8 +122,17 @@ fn build_for_run(config: &Resolved) -> anyhow::Result<Vec<Subject>> {
     Ok(subjects)
 }
 
-/// Prints what a run would do, touching nothing.
-pub fn plan(config: &Resolved) -> anyhow::Result<String> {
+/// The system's meter, or a stand-in that says why there is none (its server is away):
+/// probes of configured paths and endpoints read through either.
+pub async fn meter_or_offline(sys: &mut dyn System) -> Box<dyn Meter> {
+    match sys.meter().await {
+        Ok(m) => m,
+        Err(e) => Box::new(Offline { why: e.message }),
+    }
+}
+
+/// Prints what a run would do, touching nothing (no server is contacted).
+pub async fn plan(config: &Resolved) -> anyhow::Result<String> {
     let dir = config.experiment_dir();
     let systems = build_for_run(config)?;
     let c = &config.config;
@@ -142,17 +154,29 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
     if let Some(slice) = shard::describe(config) {
         out.insert_str(out.find("data sets:").unwrap_or(0), &slice);
     }
-    for s in &systems {
+    let n_systems = systems.len() as u64;
+    for mut s in systems {
         let kind = if s.instance.name == s.instance.def.kind {
             String::new()
         } else {
             format!(" ({})", s.instance.def.kind)
         };
+        // An embedded system's meter needs no server; a server's native size function is
+        // known only once connected.
+        let (meter, later) = match s.instance.def.embedded {
+            true => (meter_or_offline(s.sys.as_mut()).await, ""),
+            false => (
+                Box::new(Offline {
+                    why: "dry run".into(),
+                }) as Box<dyn Meter>,
+                " (native: known once connected)",
+            ),
+        };
         out.push_str(&format!(
-            "  {:<12} {}{kind}  probes: {}\n",
+            "  {:<12} {}{kind}  probes: {}{later}\n",
             s.instance.name,
             s.sys.target(),
-            s.probes.names(s.sys.as_ref()).join(" ")
+            s.probes.names(meter.as_ref()).join(" ")
         ));
     }
     let mut total = 0u64;
@@ -161,7 +185,7 @@ pub fn plan(config: &Resolved) -> anyhow::Result<String> {
             for &grade in &config.grades {
                 let (logical, unique) = dataset_spec(config, run, payload, grade).byte_counts();
                 // Per system: bulk insert, per-file insert and per-file delete each move L.
-                total += 3 * logical * systems.len() as u64;
+                total += 3 * logical * n_systems;
                 if run == 1 {
                     out.push_str(&format!(
                         "\n  {payload:<16} U{grade:<2}  L = {logical} bytes, U = {unique} bytes"
@@ -213,7 +237,9 @@ pub fn prepare_dir(config: &Resolved) -> anyhow::Result<PathBuf> {
 /// A system with its state in this run.
 struct Live {
     sys: Box<dyn System>,
-    probes: Probes,
+    /// Its meter, made at its first stage and again after a lost connection.
+    meter: Option<Box<dyn Meter>>,
+    probes: Arc<Probes>,
     /// This run's claim on the system's namespace.
     claim: Claim,
     /// Set when the system is unusable for the rest of the run: the error that made it so
@@ -247,7 +273,7 @@ pub async fn run_subjects(
     systems: Vec<Subject>,
     opts: &RunOptions,
 ) -> anyhow::Result<Outcome> {
-    let sinks = Sinks::from_config(
+    let sinks = Arc::new(Sinks::from_config(
         &config.config.export,
         &SinkContext {
             experiment: config.id.clone(),
@@ -257,8 +283,9 @@ pub async fn run_subjects(
                 .map(|i| (i.name.clone(), i.def.kind.to_string()))
                 .collect(),
         },
-    )?;
+    )?);
     let dir = prepare_dir(config)?;
+    let tracer = Tracer::open(&dir, config.trace, Arc::clone(&sinks))?;
     let (mut journal, records) = Journal::open(&dir.join(journal::FILE))?;
     let mut state = JournalState::new(&records);
     for name in &opts.repeat {
@@ -293,8 +320,9 @@ pub async fn run_subjects(
         };
         live.push(Live {
             claim: Claim::new(&config.id, &name, ttl),
-            probes: subject.probes,
+            probes: Arc::new(subject.probes),
             sys: subject.sys,
+            meter: None,
             down,
         });
     }
@@ -385,6 +413,7 @@ pub async fn run_subjects(
                             layers: &layers,
                             progress: &progress,
                             sinks: &sinks,
+                            tracer: &tracer,
                         },
                     )
                     .await?;
@@ -408,6 +437,9 @@ pub async fn run_subjects(
     drop(cells);
     // The directory's final files (metadata with the sinks' counts, exports, report) are
     // written before the sinks that take the directory (git) get it.
+    drop(tracer);
+    let sinks = Arc::try_unwrap(sinks)
+        .map_err(|_| anyhow::anyhow!("a trace sampler outlived its stage (a bug)"))?;
     let exports = sinks
         .finish(&dir, |streamed| {
             meta.exports = streamed.clone();
@@ -431,6 +463,7 @@ struct Steps<'a> {
     layers: &'a Layers,
     progress: &'a Progress,
     sinks: &'a Sinks,
+    tracer: &'a Tracer,
 }
 
 /// Runs one cell with bounded attempts; returns `Err(last error)` when it failed for good.
@@ -448,6 +481,7 @@ async fn run_cell(
         layers,
         progress,
         sinks,
+        tracer,
     } = *steps;
     let mut last = String::new();
     for _ in 0..retry.max_attempts {
@@ -466,6 +500,7 @@ async fn run_cell(
         }
         let result = Attempt {
             sys: l.sys.as_mut(),
+            meter: &mut l.meter,
             probes: &l.probes,
             claim: &mut l.claim,
             layers,
@@ -475,6 +510,7 @@ async fn run_cell(
             attempt,
             journal,
             sinks,
+            tracer,
         }
         .run()
         .await;
@@ -511,6 +547,8 @@ async fn run_cell(
                 return Ok(Err(last));
             }
             ErrorKind::ConnectionLost => {
+                // The meter's connection went with the system's, or soon will.
+                l.meter = None;
                 if let Err(e) = reconnect(l.sys.as_mut(), retry).await {
                     l.down = Some((
                         ErrorKind::ConnectionLost,

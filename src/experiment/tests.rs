@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::config::Config;
 use crate::journal::Journal;
-use crate::model::{Lease, Record};
+use crate::model::{Event, Lease, Reading, Record, Snapshot, TraceItem, TraceLine};
 use crate::systems::Keys;
 use crate::systems::fake::{Fake, Op, Script};
 
@@ -114,6 +114,8 @@ async fn a_lost_connection_reconnects_and_redoes_the_cell() {
     let counted = crate::results::derive::completed(&records);
     assert_eq!(counted.len(), 4);
     assert!(counted.iter().all(|r| r.attempt == 2));
+    // The meter went with the lost connection and was made again once.
+    assert_eq!(s.lock().unwrap().meters, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -386,4 +388,105 @@ async fn a_lease_whose_holder_died_is_taken_over_and_journaled() {
 /// A marker text holding `lease`, as the ownership toolkit writes it.
 fn marker_with(lease: &Lease) -> String {
     serde_json::json!({"created_by": "dedup-lab", "note": "test", "lease": lease}).to_string()
+}
+
+fn traced(results: &Path, interval_ms: u64) -> Resolved {
+    let mut c = config(results, &[0], fast_retry()).config;
+    c.trace.interval_ms = interval_ms;
+    c.resolve().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_trace_samples_while_a_stage_runs_on_one_meter_and_keeps_failures_as_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Per-file inserts take 30 ms each: the per-file insert stage lasts 240 ms. The meter's
+    // looks (a native size, then a snapshot) are counted from 1: the bulk stage's look
+    // before and after take 1 to 4, the per-file insert's before 5 and 6, so the sampler's
+    // first native sample (at 100 ms) is look 7.
+    let s = script(Script {
+        insert_time: Duration::from_millis(30),
+        fail: vec![(Op::Measure, 7, ErrorKind::Failed)],
+        ..Default::default()
+    });
+    let (outcome, records) = run(&traced(tmp.path(), 100), vec![fake("a", Keys::ByName, &s)]).await;
+    assert_eq!(outcome.completed, 1);
+    assert_eq!(s.lock().unwrap().meters, 1, "one meter for the whole run");
+    let trace = crate::results::trace::read(&outcome.dir).unwrap();
+    let insert: Vec<&TraceLine> = trace
+        .iter()
+        .filter(|l| l.stage == Stage::PerfileInsert)
+        .collect();
+    let samples: Vec<(f64, &Reading)> = insert
+        .iter()
+        .filter_map(|l| match &l.item {
+            TraceItem::Sample { probe, reading } if probe == "native" => Some((l.t_s, reading)),
+            _ => None,
+        })
+        .collect();
+    // The engine's look before, the sampler's at 100 and 200 ms, the engine's look after.
+    let times: Vec<f64> = samples.iter().map(|(t, _)| (t * 1000.0).round()).collect();
+    assert_eq!(times, [0.0, 100.0, 200.0, 240.0], "{samples:?}");
+    assert_eq!(samples[0].1, &Reading::Bytes { bytes: 0 });
+    assert!(
+        matches!(samples[1].1, Reading::Error { error } if error.contains("Measure call 7")),
+        "a failed sample is recorded as failed, never as a number: {:?}",
+        samples[1]
+    );
+    // At 200 ms six 1 KiB inserts are done; after the stage all eight.
+    assert_eq!(samples[2].1, &Reading::Bytes { bytes: 6 * 1024 });
+    assert_eq!(samples[3].1, &Reading::Bytes { bytes: 8 * 1024 });
+    let metrics = insert
+        .iter()
+        .filter(|l| matches!(l.item, TraceItem::Metrics { .. }))
+        .count();
+    assert_eq!(metrics, samples.len());
+    let events: Vec<Event> = insert
+        .iter()
+        .filter_map(|l| match l.item {
+            TraceItem::Event { event } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            Event::StageStart,
+            Event::StageEnd,
+            Event::SettleStart,
+            Event::SettleEnd
+        ]
+    );
+    let maintenance: Vec<Event> = trace
+        .iter()
+        .filter_map(|l| match l.item {
+            TraceItem::Event { event } if l.stage == Stage::Maintenance => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(maintenance[1], Event::Maintenance);
+    // The stage record holds the snapshot around the stage.
+    let record = crate::results::derive::completed(&records)
+        .into_iter()
+        .find(|r| r.stage == Stage::PerfileInsert)
+        .unwrap();
+    let snap = record.snapshot.as_ref().unwrap();
+    let entries = |s: &Snapshot| match s {
+        Snapshot::Values(v) => v["entries"],
+        Snapshot::Error { error } => panic!("{error}"),
+    };
+    assert_eq!((entries(&snap.before), entries(&snap.after)), (0.0, 8.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_trace_off_nothing_is_sampled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = script(Script {
+        insert_time: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let (outcome, _) = run(&traced(tmp.path(), 0), vec![fake("a", Keys::ByName, &s)]).await;
+    assert_eq!(outcome.completed, 1);
+    assert!(!outcome.dir.join(crate::results::trace::FILE).exists());
+    // Four stages, a look before and after each: native size and snapshot.
+    assert_eq!(s.lock().unwrap().calls[&Op::Measure], 4 * 2 * 2);
 }

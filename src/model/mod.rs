@@ -13,11 +13,11 @@ mod trace;
 
 pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
 pub use lease::{Lease, this_host};
-pub use measured::Measured;
+pub use measured::{Measured, Meter, Offline};
 pub use reading::{Reading, ServerInfo};
 pub use record::{
     CellKey, DedupeRecord, Latency, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE, Scanned,
-    Stage, StageRecord,
+    Snapshot, SnapshotRecord, Stage, StageRecord,
 };
 pub use shard::{INDEX_ENV, Shard, ShardBy};
-pub use trace::TraceSample;
+pub use trace::{Event, TraceItem, TraceLine};

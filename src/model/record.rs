@@ -154,6 +154,31 @@ pub struct StageRecord {
     /// on btrfs lab storage); its readings are the `storage_dedupe` probe's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_dedupe: Option<DedupeRecord>,
+    /// The system's own storage accounting before and after the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRecord>,
+}
+
+/// A system's storage accounting at one moment, or why there is none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Snapshot {
+    /// Values by name.
+    Values(BTreeMap<String, f64>),
+    /// It could not be read; the message says why.
+    Error {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// The system's storage accounting around a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Before the stage.
+    pub before: Snapshot,
+    /// After the stage and the settle step.
+    pub after: Snapshot,
 }
 
 /// A dedup-potential scan: what it found, or why there is nothing.

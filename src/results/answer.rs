@@ -434,6 +434,7 @@ mod tests {
             experiment: "t".into(),
             verdicts,
             groups,
+            snapshots: Vec::new(),
             failures: Vec::new(),
             cells_done: 0,
             failed_attempts: 0,

@@ -296,6 +296,7 @@ mod tests {
             retried_requests: 0,
             potential: None,
             storage_dedupe: None,
+            snapshot: None,
         }))
     }
 

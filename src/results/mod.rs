@@ -4,6 +4,7 @@ pub mod answer;
 pub mod derive;
 pub mod export;
 pub mod layers;
+pub mod snapshots;
 pub mod stats;
 pub mod summary;
 pub mod trace;
@@ -42,10 +43,12 @@ pub fn report(dir: &Path) -> anyhow::Result<Report> {
 pub fn write_report(dir: &Path, id: &str, records: &[Record]) -> anyhow::Result<Report> {
     let rows = derive::rows(records);
     let layers = layers::layer_rows(records, &rows);
-    let summary = summary::summarize(id, records, &rows, &layers);
+    let snapshots = snapshots::snapshot_rows(records);
+    let summary = summary::summarize(id, records, &rows, &layers, &snapshots);
     let report = Report {
         rows,
         layers,
+        snapshots,
         summary,
         trace: trace::read(dir)?,
     };

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::derive::{self, Row};
 use super::layers::{LayerRow, Verdict, verdicts};
+use super::snapshots::{SnapshotRow, SnapshotStats, snapshot_stats};
 use super::stats::Stats;
 use crate::model::{CellKey, ErrorKind, Record, Stage};
 
@@ -19,6 +20,8 @@ pub struct Summary {
     pub verdicts: Vec<Verdict>,
     /// One group per system × payload × grade × stage.
     pub groups: Vec<Group>,
+    /// What the systems report about their own storage, per system × stage × metric.
+    pub snapshots: Vec<SnapshotStats>,
     /// Cells that have no completed attempt but at least one failed one.
     pub failures: Vec<Failure>,
     /// Cells completed.
@@ -105,6 +108,7 @@ pub fn summarize(
     records: &[Record],
     rows: &[Row],
     layers: &[LayerRow],
+    snapshots: &[SnapshotRow],
 ) -> Summary {
     let mut groups: BTreeMap<(String, String, u8, Stage), Group> = BTreeMap::new();
     for ((system, payload, grade, stage, probe), rs) in derive::group(rows) {
@@ -142,6 +146,7 @@ pub fn summarize(
         experiment: experiment.to_string(),
         verdicts: verdicts(layers),
         groups: groups.into_values().collect(),
+        snapshots: snapshot_stats(snapshots),
         failures,
         cells_done,
         failed_attempts,

@@ -6,90 +6,19 @@
 //!  "stage":"bulk_insert","t_s":0.5,"at":"2025-01-01T00:00:00.5Z","probe":"fs","bytes":123}
 //! ```
 //!
-//! with `"error": "…"` instead of `bytes` for a sample that failed, and
+//! with `"error": "…"` instead of `bytes` for a sample that failed,
 //! `"event": "stage_start" | "stage_end" | "settle_start" | "settle_end" | "maintenance" |
-//! "storage_dedupe"` instead of `probe` for a marker. `t_s` counts seconds from the stage's
-//! start, `at` is the wall time.
+//! "storage_dedupe"` instead of `probe` for a marker, and `"metrics": {…}` (the system's own
+//! storage accounting, or `{"error": "…"}`) for a snapshot. `t_s` counts seconds from the
+//! stage's start, `at` is the wall time. The types are [`crate::model::TraceLine`]'s.
 
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use crate::error::usage;
-use crate::model::{CellKey, Reading, Stage};
+pub use crate::model::{Event, TraceItem, TraceLine};
 
 /// File name of the trace inside an experiment directory.
 pub const FILE: &str = "trace.jsonl";
-
-/// An event marker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Event {
-    /// The stage's own work began.
-    StageStart,
-    /// The stage's own work ended.
-    StageEnd,
-    /// Settling began.
-    SettleStart,
-    /// Settling ended.
-    SettleEnd,
-    /// The system's maintenance operation was started.
-    Maintenance,
-    /// Out-of-band block dedup of the storage layer was started.
-    StorageDedupe,
-}
-
-impl Event {
-    /// Name in the trace.
-    pub fn name(self) -> &'static str {
-        match self {
-            Event::StageStart => "stage_start",
-            Event::StageEnd => "stage_end",
-            Event::SettleStart => "settle_start",
-            Event::SettleEnd => "settle_end",
-            Event::Maintenance => "maintenance",
-            Event::StorageDedupe => "storage_dedupe",
-        }
-    }
-}
-
-/// What a trace line holds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Item {
-    /// A probe's sample: its bytes or why there are none.
-    Sample {
-        /// Probe name.
-        probe: String,
-        /// The reading.
-        #[serde(flatten)]
-        reading: Reading,
-    },
-    /// An event marker.
-    Event {
-        /// Which.
-        event: Event,
-    },
-}
-
-/// One line of the trace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TraceLine {
-    /// The cell.
-    pub cell: CellKey,
-    /// Its attempt.
-    pub attempt: u32,
-    /// The stage.
-    pub stage: Stage,
-    /// Seconds since the stage started.
-    pub t_s: f64,
-    /// Wall time.
-    pub at: DateTime<Utc>,
-    /// Sample or event.
-    #[serde(flatten)]
-    pub item: Item,
-}
 
 /// The trace of an experiment directory; empty when it has none. A last line cut off by a
 /// crash is left out; any other unreadable line is an error naming it.
@@ -131,6 +60,7 @@ pub fn read(dir: &Path) -> anyhow::Result<Vec<TraceLine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Reading, Stage};
 
     const CELL: &str = r#""cell":{"system":"sqlite","payload":"random_binary","grade":90,"run":1}"#;
 
@@ -160,14 +90,14 @@ mod tests {
         );
         assert_eq!(
             t[0].item,
-            Item::Sample {
+            TraceItem::Sample {
                 probe: "fs".into(),
                 reading: Reading::Bytes { bytes: 123 }
             }
         );
         assert_eq!(
             t[1].item,
-            Item::Sample {
+            TraceItem::Sample {
                 probe: "native".into(),
                 reading: Reading::Error {
                     error: "locked".into()
@@ -176,7 +106,7 @@ mod tests {
         );
         assert_eq!(
             t[2].item,
-            Item::Event {
+            TraceItem::Event {
                 event: Event::SettleEnd
             }
         );

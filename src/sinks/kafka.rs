@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Item, ItemKind, Sink, SinkContext, SinkDef, parse};
 use crate::error::usage;
-use crate::model::StageRecord;
+use crate::model::{StageRecord, TraceItem, TraceLine};
 use crate::secret::redact;
 use crate::systems::kafka::{Link, Quiet, Settings as ClientSettings, check_bootstrap};
 
@@ -54,22 +54,33 @@ impl Default for Settings {
     }
 }
 
-/// The value of a stage record on the topic: the record with the experiment and the
-/// system's kind, which the record itself does not carry.
+/// The value of a stage record or trace line on its topic: the item with the experiment and
+/// the system's kind, which the item itself does not carry.
 #[derive(Serialize)]
-pub struct StageMessage<'a> {
+pub struct Message<'a, T: Serialize> {
     /// Experiment id.
     pub experiment: &'a str,
-    /// Kind of the record's system instance.
+    /// Kind of the item's system instance.
     pub kind: &'a str,
-    /// The record.
+    /// The item.
     #[serde(flatten)]
-    pub record: &'a StageRecord,
+    pub item: &'a T,
 }
 
 /// Key of a stage record: unique per experiment, cell, attempt and stage.
 pub fn stage_key(experiment: &str, r: &StageRecord) -> String {
     format!("{experiment}/{}/attempt{}/{}", r.cell, r.attempt, r.stage)
+}
+
+/// Key of a trace line: its cell's system and what it holds (a probe, `event`, `metrics`),
+/// so that a compacted topic keeps the last of each.
+pub fn sample_key(experiment: &str, t: &TraceLine) -> String {
+    let what = match &t.item {
+        TraceItem::Sample { probe, .. } => probe.as_str(),
+        TraceItem::Event { .. } => "event",
+        TraceItem::Metrics { .. } => "metrics",
+    };
+    format!("{experiment}/{}/{what}", t.cell.system)
 }
 
 /// Whether Kafka accepts `name` as a topic name.
@@ -179,10 +190,10 @@ impl Kafka {
         Ok(match item {
             Item::Stage(r) => {
                 let kind = self.kinds.get(&r.cell.system).map_or("", String::as_str);
-                let value = StageMessage {
+                let value = Message {
                     experiment: &self.experiment,
                     kind,
-                    record: r,
+                    item: &**r,
                 };
                 Some((
                     self.settings.topic_stages.as_str(),
@@ -190,11 +201,19 @@ impl Kafka {
                     json(&value)?,
                 ))
             }
-            Item::Sample(t) => Some((
-                self.settings.topic_samples.as_str(),
-                format!("{}/{}/{}", t.experiment, t.system, t.probe),
-                json(&**t)?,
-            )),
+            Item::Sample(t) => {
+                let kind = self.kinds.get(&t.cell.system).map_or("", String::as_str);
+                let value = Message {
+                    experiment: &self.experiment,
+                    kind,
+                    item: &**t,
+                };
+                Some((
+                    self.settings.topic_samples.as_str(),
+                    sample_key(&self.experiment, t),
+                    json(&value)?,
+                ))
+            }
             Item::Directory(_) => None,
         })
     }

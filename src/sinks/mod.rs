@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::usage;
-use crate::model::{StageRecord, TraceSample};
+use crate::model::{StageRecord, TraceLine};
 pub use worker::SinkStats;
 use worker::Worker;
 
@@ -38,7 +38,7 @@ pub enum Item {
     /// A stage record, after the journal holds it.
     Stage(Arc<StageRecord>),
     /// A trace sample.
-    Sample(Arc<TraceSample>),
+    Sample(Arc<TraceLine>),
     /// The experiment directory at the end of the run, its files final.
     Directory(Arc<Path>),
 }
@@ -216,7 +216,7 @@ impl Sinks {
     }
 
     /// Hands a trace sample to the sinks that take it; never waits.
-    pub fn sample(&self, sample: &TraceSample) {
+    pub fn sample(&self, sample: &TraceLine) {
         self.offer(|| Item::Sample(Arc::new(sample.clone())), ItemKind::Sample);
     }
 

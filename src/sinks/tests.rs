@@ -100,6 +100,7 @@ fn record(grade: u8, stage: Stage, attempt: u32, before: u64, after: u64) -> Sta
         retried_requests: 0,
         potential: None,
         storage_dedupe: None,
+        snapshot: None,
     }
 }
 

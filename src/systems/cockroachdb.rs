@@ -3,6 +3,8 @@
 //! the zone's `gc.ttlseconds`, which the stage reports; native size: `approximate_disk_bytes`
 //! of the table's ranges (`SHOW RANGES … WITH DETAILS`), which counts every replica.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
@@ -57,6 +59,16 @@ async fn zone_config(c: &Client, target: &str) -> SysResult<String> {
         .await
         .map_err(err::<Cockroach>("SHOW ZONE CONFIGURATION"))?;
     Ok(row.get(0))
+}
+
+/// The snapshot query of a table: ranges, approximate disk bytes and live bytes.
+fn snapshot_sql(table: &str) -> String {
+    format!(
+        "SELECT count(*)::FLOAT8, \
+                coalesce(sum((span_stats->>'approximate_disk_bytes')::INT8), 0)::FLOAT8, \
+                coalesce(sum((span_stats->>'live_bytes')::INT8), 0)::FLOAT8 \
+         FROM [SHOW RANGES FROM TABLE {table} WITH DETAILS]"
+    )
 }
 
 /// The native size query of a table (`schema.files`).
@@ -126,6 +138,19 @@ impl Dialect for Cockroach {
     async fn settle(_: &Client) -> SysResult<()> {
         // Commits are durable when acknowledged (Raft log fsynced); there is no checkpoint.
         Ok(())
+    }
+
+    /// The table's ranges and their approximate disk and live bytes (all replicas).
+    async fn snapshot(c: &Client, table: &str) -> SysResult<BTreeMap<String, f64>> {
+        let row = c
+            .query_one(&snapshot_sql(table), &[])
+            .await
+            .map_err(err::<Self>("snapshot"))?;
+        Ok(BTreeMap::from([
+            ("ranges".to_string(), row.get::<_, f64>(0)),
+            ("approximate_disk_bytes".to_string(), row.get::<_, f64>(1)),
+            ("live_bytes".to_string(), row.get::<_, f64>(2)),
+        ]))
     }
 
     async fn native_size(c: &Client, table: &str) -> SysResult<u64> {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::toolkit::{Holding, Marker};
 use super::{Instance, Keys, System, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
 use crate::probe::{ProbeKeys, Probes};
 
 /// The kind every fake instance has (it is not in the registry).
@@ -41,6 +41,8 @@ pub enum Op {
     Delete,
     /// `count`.
     Count,
+    /// A look of the meter: a native size or a snapshot.
+    Measure,
 }
 
 /// What the test scripts and what the fake records; shared between the test and the fake.
@@ -71,6 +73,33 @@ pub struct Script {
     pub stages: u32,
     /// Deletes that reached the store.
     pub deletes: u32,
+    /// How long each per-file insert takes (tokio's clock, which tests pause).
+    pub insert_time: std::time::Duration,
+    /// Meters made (one per connection the engine kept).
+    pub meters: u32,
+    /// Stored entries: key → size.
+    pub store: BTreeMap<String, u64>,
+}
+
+impl Script {
+    /// Counts a call of `op` and fails it if the script says so.
+    fn call(&mut self, op: Op) -> SysResult<()> {
+        let n = {
+            let n = self.calls.entry(op).or_default();
+            *n += 1;
+            *n
+        };
+        let Some(&(_, _, kind)) = self.fail.iter().find(|(o, at, _)| *o == op && *at == n) else {
+            return Ok(());
+        };
+        if kind == ErrorKind::ConnectionLost {
+            self.failing_connects = self.outage;
+        }
+        Err(SysError {
+            kind,
+            message: format!("fake: {op:?} call {n} failed as scripted"),
+        })
+    }
 }
 
 /// A fake instance: its script and its store.
@@ -78,8 +107,6 @@ pub struct Fake {
     name: String,
     keys: Keys,
     script: Arc<Mutex<Script>>,
-    /// Stored entries: key → size.
-    store: BTreeMap<String, u64>,
 }
 
 impl Fake {
@@ -101,33 +128,16 @@ impl Fake {
             name: name.to_string(),
             keys,
             script,
-            store: BTreeMap::new(),
         };
         (instance, Box::new(fake), probes)
     }
 
     fn script(&self) -> MutexGuard<'_, Script> {
-        self.script.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.script)
     }
 
-    /// Counts a call of `op` and fails it if the script says so.
     fn call(&self, op: Op) -> SysResult<()> {
-        let mut s = self.script();
-        let n = {
-            let n = s.calls.entry(op).or_default();
-            *n += 1;
-            *n
-        };
-        let Some(&(_, _, kind)) = s.fail.iter().find(|(o, at, _)| *o == op && *at == n) else {
-            return Ok(());
-        };
-        if kind == ErrorKind::ConnectionLost {
-            s.failing_connects = s.outage;
-        }
-        Err(SysError {
-            kind,
-            message: format!("fake: {op:?} call {n} failed as scripted"),
-        })
+        self.script().call(op)
     }
 
     fn key(&self, f: &FileEntry) -> String {
@@ -138,14 +148,37 @@ impl Fake {
     }
 }
 
+fn lock(script: &Mutex<Script>) -> MutexGuard<'_, Script> {
+    script.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fake's meter: its store's sizes, failing on cue as [`Op::Measure`].
+struct FakeMeter {
+    script: Arc<Mutex<Script>>,
+}
+
 #[async_trait]
-impl Measured for Fake {
+impl Measured for FakeMeter {
     fn native_copies(&self) -> Option<u32> {
         Some(1)
     }
 
     async fn native_size(&mut self) -> SysResult<u64> {
-        Ok(self.store.values().sum())
+        let mut s = lock(&self.script);
+        s.call(Op::Measure)?;
+        Ok(s.store.values().sum())
+    }
+}
+
+#[async_trait]
+impl Meter for FakeMeter {
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let mut s = lock(&self.script);
+        s.call(Op::Measure)?;
+        Ok(BTreeMap::from([(
+            "entries".to_string(),
+            s.store.len() as f64,
+        )]))
     }
 }
 
@@ -178,6 +211,13 @@ impl System for Fake {
         })
     }
 
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        self.script().meters += 1;
+        Ok(Box::new(FakeMeter {
+            script: Arc::clone(&self.script),
+        }))
+    }
+
     async fn inspect(&mut self) -> SysResult<Holding> {
         self.call(Op::Inspect)?;
         let s = self.script();
@@ -189,29 +229,36 @@ impl System for Fake {
     }
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
-        self.store.clear();
-        self.script().marker = Some(marker.text.clone());
+        let mut s = self.script();
+        s.store.clear();
+        s.marker = Some(marker.text.clone());
         Ok(())
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
         self.call(Op::Bulk)?;
         for f in &ds.manifest.files {
-            self.store.insert(self.key(f), f.size);
+            let key = self.key(f);
+            self.script().store.insert(key, f.size);
         }
         Ok(())
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
         self.call(Op::Insert)?;
-        self.store.insert(self.key(file), content.len() as u64);
+        let took = self.script().insert_time;
+        tokio::time::sleep(took).await;
+        let key = self.key(file);
+        self.script().store.insert(key, content.len() as u64);
         Ok(())
     }
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
         self.call(Op::Delete)?;
         self.script().deletes += 1;
-        match self.store.remove(&self.key(file)) {
+        let key = self.key(file);
+        let removed = self.script().store.remove(&key);
+        match removed {
             Some(_) => Ok(()),
             None => Err(SysError::failed(format!(
                 "fake: {} is not stored",
@@ -230,9 +277,9 @@ impl System for Fake {
 
     async fn count(&mut self) -> SysResult<u64> {
         self.call(Op::Count)?;
-        let n = self.script().calls[&Op::Count];
-        let off = u64::from(self.script().miscount == Some(n));
-        Ok(self.store.len() as u64 - off.min(self.store.len() as u64))
+        let s = self.script();
+        let off = u64::from(s.miscount == Some(s.calls[&Op::Count]));
+        Ok(s.store.len() as u64 - off.min(s.store.len() as u64))
     }
 
     fn keys(&self) -> Keys {

@@ -4,6 +4,7 @@
 //! file; reset empties it. Files are written with plain reads and writes (never
 //! `copy_file_range`, which could share extents on reflink filesystems and fake dedup).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ use super::toolkit::{Holding, Marker, check_namespace, parse, section_of};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::lab::Embedded;
-use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -125,8 +126,13 @@ fn fs_type(dir: &Path) -> String {
     }
 }
 
+/// The meter: the store directory looked at from outside.
+struct FsMeter {
+    dir: PathBuf,
+}
+
 #[async_trait]
-impl Measured for Fs {
+impl Measured for FsMeter {
     fn native_copies(&self) -> Option<u32> {
         None
     }
@@ -137,6 +143,28 @@ impl Measured for Fs {
 
     fn own_files(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+}
+
+#[async_trait]
+impl Meter for FsMeter {
+    /// Files in the store and their sizes (apparent bytes, as written).
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        tokio::task::block_in_place(|| {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
+                let e = e.map_err(io_err("fs: listing store"))?;
+                if e.file_name() == MARKER {
+                    continue;
+                }
+                files += 1;
+                bytes += e.metadata().map_err(io_err("fs: stat"))?.len();
+            }
+            Ok(BTreeMap::from([
+                ("files".to_string(), files as f64),
+                ("apparent_bytes".to_string(), bytes as f64),
+            ]))
+        })
     }
 }
 
@@ -161,6 +189,12 @@ impl System for Fs {
             product: "filesystem".into(),
             version: fs_type(existing),
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(FsMeter {
+            dir: self.dir.clone(),
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 use crate::lab::{Recipe, Server};
-use crate::model::{Measured, ServerInfo, SysResult};
+use crate::model::{Meter, ServerInfo, SysResult};
 use crate::probe::{ProbeKeys, Probes};
 pub use toolkit::{Holding, Marker};
 
@@ -278,10 +278,11 @@ pub enum Keys {
 }
 
 /// A data system under test. Methods are called in the order of a cell (see DESIGN.md §3);
-/// `connect` is called first and again after a connection was lost. Its own size function is
-/// the [`Measured`] supertrait, which the native probe reads.
+/// `connect` is called first and again after a connection was lost. What probes may ask of it
+/// (its own size function, its files) and its storage accounting are its [`Meter`]'s: the
+/// system loads, the meter looks.
 #[async_trait]
-pub trait System: Measured {
+pub trait System: Send {
     /// Instance name.
     fn name(&self) -> &str;
 
@@ -290,6 +291,12 @@ pub trait System: Measured {
 
     /// Connects (or reconnects) and reports the server product and version.
     async fn connect(&mut self) -> SysResult<ServerInfo>;
+
+    /// A meter on a connection of its own, made after a connect: the engine reads every probe
+    /// and the system's storage accounting through it, around a stage and (the trace) while
+    /// the stage runs, without waiting for the stage's requests or opening connections per
+    /// look.
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>>;
 
     /// What the namespace holds now (see [`toolkit::ownership`]).
     async fn inspect(&mut self) -> SysResult<Holding>;

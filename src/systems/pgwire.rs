@@ -2,6 +2,7 @@
 //! statements, counting and error classification. A [`Dialect`] supplies what differs
 //! (bulk path, maintenance, settle, size function, version).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Server, ServerDe
 use super::{System, SystemContext};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
-use crate::model::{Measured, ServerInfo, SysError, SysResult};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// What differs between PostgreSQL-wire systems.
 #[async_trait]
@@ -46,6 +47,35 @@ pub trait Dialect: Send + Sync + 'static {
     async fn settle(c: &Client) -> SysResult<()>;
     /// Physical size of `table`, bytes.
     async fn native_size(c: &Client, table: &str) -> SysResult<u64>;
+    /// The server's storage accounting of `table` and of the server (see
+    /// [`Meter::snapshot`]).
+    async fn snapshot(c: &Client, table: &str) -> SysResult<BTreeMap<String, f64>>;
+}
+
+/// The meter of a PostgreSQL-wire system: a connection of its own.
+pub struct PgMeter<D: Dialect> {
+    client: Client,
+    table: String,
+    copies: u32,
+    dialect: PhantomData<D>,
+}
+
+#[async_trait]
+impl<D: Dialect> Measured for PgMeter<D> {
+    fn native_copies(&self) -> Option<u32> {
+        Some(self.copies)
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        D::native_size(&self.client, &self.table).await
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Meter for PgMeter<D> {
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        D::snapshot(&self.client, &self.table).await
+    }
 }
 
 /// The keys of a PostgreSQL-wire instance's section beside the shared connection keys.
@@ -319,6 +349,36 @@ pub async fn batched_insert<D: Dialect>(c: &Client, table: &str, ds: &DataSet) -
 }
 
 impl<D: Dialect> PgWire<D> {
+    /// A new connection to the server, named `application` in its activity view.
+    async fn open_client(&self, application: &str) -> SysResult<Client> {
+        let s = &self.server;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&s.host)
+            .port(s.port)
+            .user(s.user.as_deref().unwrap_or_default())
+            .dbname(&self.database)
+            .application_name(application)
+            .connect_timeout(s.connect_timeout);
+        if let Some(pw) = &s.password {
+            cfg.password(pw.expose());
+        }
+        let opened = match &self.tls {
+            Some(tls) => {
+                cfg.ssl_mode(SslMode::Require);
+                open(&cfg, tls.clone(), D::NAME).await
+            }
+            None => open(&cfg, NoTls, D::NAME).await,
+        };
+        opened.map_err(|e| {
+            let permanent = permanent(&e);
+            let mut se = classify(D::NAME, &format!("cannot connect to {}", s.address()), e);
+            if permanent {
+                se.kind = crate::model::ErrorKind::Failed;
+            }
+            se
+        })
+    }
+
     fn client(&self) -> SysResult<&Client> {
         match &self.client {
             Some(c) if !c.is_closed() => Ok(c),
@@ -361,18 +421,6 @@ impl<D: Dialect> PgWire<D> {
 }
 
 #[async_trait]
-impl<D: Dialect> Measured for PgWire<D> {
-    fn native_copies(&self) -> Option<u32> {
-        Some(self.copies)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let table = self.table();
-        D::native_size(self.client()?, &table).await
-    }
-}
-
-#[async_trait]
 impl<D: Dialect> System for PgWire<D> {
     fn name(&self) -> &str {
         &self.name
@@ -395,32 +443,7 @@ impl<D: Dialect> System for PgWire<D> {
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.server;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&s.host)
-            .port(s.port)
-            .user(s.user.as_deref().unwrap_or_default())
-            .dbname(&self.database)
-            .application_name("dedup-lab")
-            .connect_timeout(s.connect_timeout);
-        if let Some(pw) = &s.password {
-            cfg.password(pw.expose());
-        }
-        let opened = match &self.tls {
-            Some(tls) => {
-                cfg.ssl_mode(SslMode::Require);
-                open(&cfg, tls.clone(), D::NAME).await
-            }
-            None => open(&cfg, NoTls, D::NAME).await,
-        };
-        let client = opened.map_err(|e| {
-            let permanent = permanent(&e);
-            let mut se = classify(D::NAME, &format!("cannot connect to {}", s.address()), e);
-            if permanent {
-                se.kind = crate::model::ErrorKind::Failed;
-            }
-            se
-        })?;
+        let client = self.open_client("dedup-lab").await?;
         let info = D::server_info(&client).await?;
         self.copies = match self.settings.replicas {
             Some(r) => r,
@@ -430,6 +453,15 @@ impl<D: Dialect> System for PgWire<D> {
         self.insert = None;
         self.delete = None;
         Ok(info)
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(PgMeter::<D> {
+            client: self.open_client("dedup-lab meter").await?,
+            table: self.table(),
+            copies: self.copies,
+            dialect: PhantomData,
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

@@ -3,6 +3,7 @@
 //! The namespace is one database file in a lab directory; a marker table identifies it as
 //! lab-owned, and a reset deletes and recreates the file so every stage starts from empty.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -14,7 +15,7 @@ use super::toolkit::{Holding, MARKER_TABLE, Marker, check_namespace, parse, sect
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::lab::Embedded;
-use crate::model::{Measured, ServerInfo, SysError, SysResult, failed};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -183,27 +184,80 @@ fn insert(c: &Connection, f: &FileEntry, content: &[u8]) -> SysResult<()> {
         .map_err(sql_err("sqlite: insert"))
 }
 
+/// The database file's pages as SQLite counts them.
+struct Pages {
+    count: i64,
+    free: i64,
+    size: i64,
+}
+
+impl Pages {
+    /// The file's size in pages: the native size.
+    fn bytes(&self) -> u64 {
+        (self.count * self.size) as u64
+    }
+}
+
+fn pages(c: &Connection) -> SysResult<Pages> {
+    c.query_row(
+        "SELECT page_count, freelist_count, page_size \
+         FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+        [],
+        |r| {
+            Ok(Pages {
+                count: r.get(0)?,
+                free: r.get(1)?,
+                size: r.get(2)?,
+            })
+        },
+    )
+    .map_err(sql_err("sqlite: page_count"))
+}
+
+/// The meter: a read-only connection opened for each look, since every reset replaces the
+/// file (a connection kept open would read the deleted one).
+struct SqliteMeter {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl SqliteMeter {
+    fn pages(&self) -> SysResult<Pages> {
+        let c = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sql_err("sqlite: opening the database read-only"))?;
+        pages(&c)
+    }
+}
+
 #[async_trait]
-impl Measured for Sqlite {
+impl Measured for SqliteMeter {
     fn native_copies(&self) -> Option<u32> {
         Some(1)
     }
 
     async fn native_size(&mut self) -> SysResult<u64> {
-        tokio::task::block_in_place(|| {
-            self.conn()?
-                .query_row(
-                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as u64)
-                .map_err(sql_err("sqlite: page_count"))
-        })
+        tokio::task::block_in_place(|| Ok(self.pages()?.bytes()))
     }
 
     fn own_files(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+}
+
+#[async_trait]
+impl Meter for SqliteMeter {
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        tokio::task::block_in_place(|| {
+            let p = self.pages()?;
+            let wal =
+                std::fs::metadata(format!("{}-wal", self.path.display())).map_or(0, |m| m.len());
+            Ok(BTreeMap::from([
+                ("page_count".to_string(), p.count as f64),
+                ("freelist_count".to_string(), p.free as f64),
+                ("page_size".to_string(), p.size as f64),
+                ("wal_bytes".to_string(), wal as f64),
+            ]))
+        })
     }
 }
 
@@ -222,6 +276,13 @@ impl System for Sqlite {
             product: "SQLite".into(),
             version: rusqlite::version().to_string(),
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(SqliteMeter {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

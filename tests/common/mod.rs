@@ -171,3 +171,10 @@ pub async fn reset(sys: &mut dyn System) -> SysResult<()> {
     let mut claim = Claim::new("test", sys.name(), std::time::Duration::from_secs(600));
     ownership::reset(sys, &mut claim).await.map(drop)
 }
+
+/// The system's native size, read through a meter of its own (as the engine reads it).
+#[allow(dead_code)]
+pub async fn native_size(sys: &mut dyn System) -> u64 {
+    let mut meter = sys.meter().await.expect("a meter");
+    meter.native_size().await.expect("a native size")
+}

@@ -1,6 +1,7 @@
 //! `results.csv`: one line per run × stage × probe with every measured and derived value;
 //! `layers.csv`: one line per run × insert stage with the capture at each layer and the
-//! dedup potential per method.
+//! dedup potential per method; `snapshots.csv`: one line per run × stage × metric of what the
+//! systems report about their storage.
 
 use super::{Exporter, Report};
 
@@ -13,12 +14,30 @@ impl Exporter for Csv {
     }
 
     fn render(&self, report: &Report) -> anyhow::Result<Vec<u8>> {
-        let mut w = ::csv::Writer::from_writer(Vec::new());
-        for r in &report.rows {
-            w.serialize(r)?;
-        }
-        Ok(w.into_inner()?)
+        serialize(&report.rows)
     }
+}
+
+/// CSV of [`Report::snapshots`].
+pub struct Snapshots;
+
+impl Exporter for Snapshots {
+    fn file_name(&self) -> &'static str {
+        "snapshots.csv"
+    }
+
+    fn render(&self, report: &Report) -> anyhow::Result<Vec<u8>> {
+        serialize(&report.snapshots)
+    }
+}
+
+/// One line per item, the header from its fields.
+fn serialize(items: &[impl serde::Serialize]) -> anyhow::Result<Vec<u8>> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    for r in items {
+        w.serialize(r)?;
+    }
+    Ok(w.into_inner()?)
 }
 
 /// CSV of [`Report::layers`]; the potential of each method is a column of its own.

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use super::derive::Row;
 use super::layers::LayerRow;
+use super::snapshots::SnapshotRow;
 use super::summary::Summary;
 use super::trace::TraceLine;
 
@@ -21,6 +22,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Per run and insert stage, layer by layer.
     pub layers: Vec<LayerRow>,
+    /// Per run, stage and metric of the systems' own accounting.
+    pub snapshots: Vec<SnapshotRow>,
     /// Statistics over runs.
     pub summary: Summary,
     /// Size samples over time and event markers, when the experiment has a trace.
@@ -40,6 +43,7 @@ pub fn all() -> Vec<Box<dyn Exporter>> {
     vec![
         Box::new(csv::Csv),
         Box::new(csv::Layers),
+        Box::new(csv::Snapshots),
         Box::new(json::Json),
         Box::new(markdown::Markdown),
         Box::new(html::Html),

@@ -319,13 +319,93 @@ fn table(style: Style, header: &[&str], rows: Vec<Vec<String>>, first_number: us
     t
 }
 
-/// The per-stage table and its legend as text.
+/// The per-stage table and its legend as text, then what the systems report.
 pub fn render_details(s: &Summary, style: Style) -> String {
     let t = table(style, &HEADER, rows(s), 4);
-    match style {
+    let mut out = match style {
         Style::Terminal => format!("{t}\n{}", wrap(LEGEND, 100)),
         Style::Markdown => format!("{t}\n\n{LEGEND}\n"),
+    };
+    let (header, cells) = snapshot_table(s);
+    if !cells.is_empty() {
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        let t = table(style, &header, cells, 3);
+        match style {
+            Style::Terminal => {
+                out.push_str(&format!("\n{t}\n{}", wrap(SNAPSHOT_LEGEND, 100)));
+            }
+            Style::Markdown => {
+                out.push_str(&format!(
+                    "\n## What the systems report\n\n{t}\n\n{SNAPSHOT_LEGEND}\n"
+                ));
+            }
+        }
     }
+    out
+}
+
+/// What the snapshot table shows.
+pub const SNAPSHOT_LEGEND: &str = "What each system reports about its own storage (its snapshot \
+     before and after every stage, in the system's own names and units): the mean change over \
+     the stage at each grade, over payloads and runs, and the mean value after it at the \
+     highest grade. k, M, G = 10³, 10⁶, 10⁹; – = not reported; ✗n = n snapshots failed. Every \
+     value is in snapshots.csv.";
+
+/// The snapshot table: its header and its cells, one row per system × stage × metric.
+pub fn snapshot_table(s: &Summary) -> (Vec<String>, Vec<Vec<String>>) {
+    let grades: Vec<u8> = {
+        let mut g: Vec<u8> = s.groups.iter().map(|g| g.grade).collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    };
+    let top = grades.last().copied().unwrap_or(0);
+    let mut header: Vec<String> = ["system", "stage", "metric"].map(String::from).into();
+    header.extend(grades.iter().map(|g| format!("Δ U{g}")));
+    header.push(format!("after U{top}"));
+    let cells = s
+        .snapshots
+        .iter()
+        .map(|m| {
+            let mut row = vec![m.system.clone(), m.stage.to_string(), m.metric.clone()];
+            row.extend(
+                grades
+                    .iter()
+                    .map(|g| m.delta.get(g).map_or("–".into(), |x| si(x.mean, true))),
+            );
+            row.push(m.after.get(&top).map_or("–".into(), |x| si(x.mean, false)));
+            if m.errors > 0 {
+                row[2].push_str(&format!(" ✗{}", m.errors));
+            }
+            row
+        })
+        .collect();
+    (header, cells)
+}
+
+/// A number with an SI prefix (k, M, G, T) and three significant digits; `signed` shows a
+/// plus sign on growth.
+pub fn si(x: f64, signed: bool) -> String {
+    let sign = if x < 0.0 {
+        "-"
+    } else if signed && x > 0.0 {
+        "+"
+    } else {
+        ""
+    };
+    let a = x.abs();
+    let (v, unit) = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|(scale, _)| a >= *scale)
+        .map_or((a, ""), |(scale, unit)| (a / scale, unit));
+    let digits = if v >= 100.0 || v.fract() == 0.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{sign}{v:.digits$}{unit}")
 }
 
 fn mean(s: &Option<Stats>) -> Option<f64> {

@@ -28,6 +28,7 @@
 mod lab;
 mod native;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ use super::toolkit::{
 };
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{Measured, ServerInfo, SysError, SysResult};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -226,6 +227,92 @@ const BUSY_SQL: &str = "SELECT \
      (SELECT count() FROM system.parts WHERE database = ? AND table = 'files' \
         AND _state NOT IN ('Committed', 'Active'))";
 
+/// Awaits one request; no answer within `limit_s` seconds counts as a lost connection.
+async fn timed<T>(
+    limit_s: u64,
+    context: &str,
+    request: impl Future<Output = clickhouse::error::Result<T>>,
+) -> SysResult<T> {
+    match tokio::time::timeout(Duration::from_secs(limit_s), request).await {
+        Ok(result) => result.map_err(err(context)),
+        Err(_) => Err(SysError::connection(format!(
+            "clickhouse: {context}: no answer within {limit_s} s"
+        ))),
+    }
+}
+
+/// The snapshot: the lab table's active parts (count, rows, bytes on disk, compressed and
+/// uncompressed), its `content` column's compressed and uncompressed bytes, and the work
+/// outstanding ([`BUSY_SQL`]'s counts).
+const SNAPSHOT_SQL: &str = "SELECT [\
+     (SELECT toFloat64(count()) FROM system.parts WHERE active AND database = ? AND table = 'files'), \
+     (SELECT toFloat64(sum(rows)) FROM system.parts WHERE active AND database = ? AND table = 'files'), \
+     (SELECT toFloat64(sum(bytes_on_disk)) FROM system.parts WHERE active AND database = ? AND table = 'files'), \
+     (SELECT toFloat64(sum(data_compressed_bytes)) FROM system.parts WHERE active AND database = ? AND table = 'files'), \
+     (SELECT toFloat64(sum(data_uncompressed_bytes)) FROM system.parts WHERE active AND database = ? AND table = 'files'), \
+     (SELECT toFloat64(sum(data_compressed_bytes)) FROM system.columns WHERE database = ? AND table = 'files' AND name = 'content'), \
+     (SELECT toFloat64(sum(data_uncompressed_bytes)) FROM system.columns WHERE database = ? AND table = 'files' AND name = 'content'), \
+     (SELECT toFloat64(count()) FROM system.merges WHERE database = ? AND table = 'files'), \
+     (SELECT toFloat64(count()) FROM system.mutations WHERE database = ? AND table = 'files' AND NOT is_done), \
+     (SELECT toFloat64(count()) FROM system.parts WHERE database = ? AND table = 'files' \
+        AND _state NOT IN ('Committed', 'Active'))]";
+
+/// Names of [`SNAPSHOT_SQL`]'s columns.
+const SNAPSHOT_NAMES: [&str; 10] = [
+    "active_parts",
+    "rows",
+    "bytes_on_disk",
+    "data_compressed_bytes",
+    "data_uncompressed_bytes",
+    "content_compressed_bytes",
+    "content_uncompressed_bytes",
+    "merges_running",
+    "mutations_unfinished",
+    "parts_replaced",
+];
+
+/// The meter: a client of its own.
+struct ClickHouseMeter {
+    client: Client,
+    namespace: String,
+    timeout_s: u64,
+}
+
+#[async_trait]
+impl Measured for ClickHouseMeter {
+    fn native_copies(&self) -> Option<u32> {
+        // A non-replicated MergeTree table: system.parts lists this server's one copy.
+        Some(1)
+    }
+
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let query = self
+            .client
+            .query(
+                "SELECT sum(bytes_on_disk) FROM system.parts \
+                 WHERE active AND database = ? AND table = 'files'",
+            )
+            .bind(&self.namespace);
+        timed(self.timeout_s, "sum(bytes_on_disk)", query.fetch_one()).await
+    }
+}
+
+#[async_trait]
+impl Meter for ClickHouseMeter {
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let mut query = self.client.query(SNAPSHOT_SQL);
+        for _ in 0..SNAPSHOT_NAMES.len() {
+            query = query.bind(&self.namespace);
+        }
+        let values: Vec<f64> = timed(self.timeout_s, "snapshot", query.fetch_one()).await?;
+        Ok(SNAPSHOT_NAMES
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect())
+    }
+}
+
 impl ClickHouse {
     fn client(&self) -> SysResult<&Client> {
         self.client
@@ -241,19 +328,26 @@ impl ClickHouse {
         Ok(self.client()?.query(sql))
     }
 
-    /// Awaits one request; no answer within `request_timeout_s` counts as a lost connection.
+    /// Awaits one request within `request_timeout_s` (see [`timed`]).
     async fn timed<T>(
         &self,
         context: &str,
         request: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> SysResult<T> {
-        let limit = Duration::from_secs(self.t.settings.request_timeout_s);
-        match tokio::time::timeout(limit, request).await {
-            Ok(result) => result.map_err(err(context)),
-            Err(_) => Err(SysError::connection(format!(
-                "clickhouse: {context}: no answer within {} s",
-                self.t.settings.request_timeout_s
-            ))),
+        timed(self.t.settings.request_timeout_s, context, request).await
+    }
+
+    /// A new client (with a connection pool of its own).
+    fn new_client(&self) -> Client {
+        let s = &self.t.server;
+        let client = Client::default()
+            .with_url(base_url(&s.host, s.port))
+            .with_user(s.user.as_deref().unwrap_or_default())
+            .with_compression(Compression::None)
+            .with_validation(false);
+        match &s.password {
+            Some(pw) => client.with_password(pw.expose()),
+            None => client,
         }
     }
 
@@ -308,24 +402,6 @@ impl ClickHouse {
 }
 
 #[async_trait]
-impl Measured for ClickHouse {
-    fn native_copies(&self) -> Option<u32> {
-        // A non-replicated MergeTree table: system.parts lists this server's one copy.
-        Some(1)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let query = self
-            .query(
-                "SELECT sum(bytes_on_disk) FROM system.parts \
-                 WHERE active AND database = ? AND table = 'files'",
-            )?
-            .bind(&self.t.namespace);
-        self.fetch("sum(bytes_on_disk)", query).await
-    }
-}
-
-#[async_trait]
 impl System for ClickHouse {
     fn name(&self) -> &str {
         &self.name
@@ -342,17 +418,8 @@ impl System for ClickHouse {
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.t.server;
-        let mut client = Client::default()
-            .with_url(base_url(&s.host, s.port))
-            .with_user(s.user.as_deref().unwrap_or_default())
-            .with_compression(Compression::None)
-            .with_validation(false);
-        if let Some(pw) = &s.password {
-            client = client.with_password(pw.expose());
-        }
-        self.client = Some(client);
-        let context = format!("cannot connect to {}", s.address());
+        self.client = Some(self.new_client());
+        let context = format!("cannot connect to {}", self.t.server.address());
         let version: String = self
             .fetch(&context, self.query("SELECT version()")?)
             .await
@@ -366,6 +433,14 @@ impl System for ClickHouse {
             product: "ClickHouse".into(),
             version,
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(ClickHouseMeter {
+            client: self.new_client(),
+            namespace: self.t.namespace.clone(),
+            timeout_s: self.t.settings.request_timeout_s,
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

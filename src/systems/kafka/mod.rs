@@ -12,6 +12,7 @@
 mod client;
 mod lab;
 mod log;
+mod meter;
 mod native;
 mod settings;
 mod tansu;
@@ -23,11 +24,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
 use kafka_protocol::messages::{
-    ApiVersionsRequest, DescribeLogDirsRequest, IncrementalAlterConfigsRequest, TopicName,
+    ApiVersionsRequest, DescribeLogDirsRequest, IncrementalAlterConfigsRequest,
 };
-use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use rdkafka::producer::future_producer::Delivery;
@@ -35,7 +34,7 @@ use rdkafka::producer::future_producer::Delivery;
 use super::toolkit::{Holding, Marker, Pacer, Window};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{Measured, ServerInfo, SysError, SysResult};
+use crate::model::{Meter, ServerInfo, SysError, SysResult};
 use client::{Clients, MetaClient, blocking, classify, deliver, err};
 use log::{LogRead, read_log};
 use settings::DeleteMode;
@@ -74,6 +73,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
         clients: None,
         topic: None,
         found: None,
+        current: meter::Shared::default(),
         log_dirs: None,
         alter_configs: None,
         tansu: false,
@@ -91,6 +91,8 @@ struct Kafka {
     topic: Option<Topic>,
     /// What the last inspection of the prefix found, for the reset that follows it.
     found: Option<Found>,
+    /// The topic's name and leader, shared with the meter.
+    current: meter::Shared,
     /// DescribeLogDirs version both sides speak, if the broker offers it: the native probe.
     log_dirs: Option<i16>,
     /// IncrementalAlterConfigs version both sides speak, if the broker offers it: how a
@@ -168,31 +170,6 @@ impl Kafka {
             )));
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl Measured for Kafka {
-    fn native_copies(&self) -> Option<u32> {
-        // DescribeLogDirs asks the partition leader: one copy.
-        self.log_dirs.map(|_| 1)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let Some(version) = self.log_dirs else {
-            return Err(SysError::failed(
-                "kafka: the broker does not offer DescribeLogDirs",
-            ));
-        };
-        let t = self.topic()?;
-        let request = DescribeLogDirsRequest::default().with_topics(Some(vec![
-            DescribableLogDirTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(t.name.clone())))
-                .with_partitions(vec![0]),
-        ]));
-        let response = wire::call(&t.leader, &request, version, self.timeout()).await?;
-        wire::partition_bytes(&response, &t.name)
-            .map_err(|e| SysError::failed(format!("kafka: DescribeLogDirs: {e}")))
     }
 }
 
@@ -275,6 +252,15 @@ impl System for Kafka {
                 wire::describe_apis(&versions.api_keys)
             ),
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        let topic = std::sync::Arc::clone(&self.current);
+        Ok(Box::new(meter::KafkaMeter::new(
+            &self.settings,
+            topic,
+            self.log_dirs,
+        )?))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{blocking, classify, err, find_leader};
 use super::log::LogRead;
+use super::meter::Current;
 use super::settings::DeleteMode;
 use super::{FRAMING, Kafka, MARKER_KEY, wire};
 use crate::model::{ErrorKind, SysError, SysResult};
@@ -132,6 +133,7 @@ impl Kafka {
     /// it when the prefix was unused), deletes the earlier topics if `delete_topics`, else
     /// retires the one before.
     pub(super) async fn recreate_topics(&mut self, marker: &Marker) -> SysResult<()> {
+        *self.current.lock().expect("topic lock") = None;
         if let Some(old) = self.topic.take()
             && !self.settings.delete_topics
         {
@@ -185,6 +187,10 @@ impl Kafka {
             return Err(e);
         }
         let leader = self.wait_leader(&name).await?;
+        *self.current.lock().expect("topic lock") = Some(Current {
+            name: name.clone(),
+            leader: leader.clone(),
+        });
         self.topic = Some(Topic {
             name,
             leader,

@@ -11,6 +11,7 @@ use kafka_protocol::protocol::{
     Decodable, Encodable, HeaderVersion, Message as ProtocolMessage, Request, StrBytes,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::model::{SysError, SysResult};
 
@@ -50,37 +51,81 @@ pub fn decode_response<R: Request>(
 }
 
 /// Sends one request on a fresh plain-TCP connection to `addr` and decodes the reply. For the
-/// two calls librdkafka does not expose: ApiVersions (what the broker offers) and
-/// DescribeLogDirs (partition sizes).
+/// calls librdkafka does not expose: ApiVersions (what the broker offers) and the adapter's
+/// own IncrementalAlterConfigs.
 pub async fn call<R: Request>(
     addr: &str,
     request: &R,
     version: i16,
     timeout: Duration,
 ) -> SysResult<R::Response> {
-    let api = ApiKey::try_from(R::KEY).map_or("request".to_string(), |k| format!("{k:?}"));
-    let frame = encode_request(request, version, 1)
-        .map_err(|e| SysError::failed(format!("kafka: encoding {api}: {e:#}")))?;
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(&frame).await?;
-        let len = stream.read_i32().await?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&n| n <= 64 << 20)
-            .ok_or_else(|| std::io::Error::other(format!("reply length {len}")))?;
-        let mut reply = vec![0; len];
-        stream.read_exact(&mut reply).await?;
-        Ok::<_, std::io::Error>(Bytes::from(reply))
-    };
-    let reply = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| {
-            SysError::connection(format!("kafka: {api} to {addr}: no reply in {timeout:?}"))
-        })?
-        .map_err(|e| SysError::connection(format!("kafka: {api} to {addr}: {e}")))?;
-    decode_response::<R>(reply, version, 1)
-        .map_err(|e| SysError::failed(format!("kafka: decoding the {api} reply: {e:#}")))
+    Conn::default().call(addr, request, version, timeout).await
+}
+
+/// A plain-TCP connection kept open across calls (the meter's: DescribeLogDirs many times a
+/// second must not open a connection each time). It reconnects when the address changes or
+/// after a failed call, whose stream may hold half a reply.
+#[derive(Default)]
+pub struct Conn {
+    open: Option<(String, tokio::net::TcpStream)>,
+    correlation_id: i32,
+}
+
+impl Conn {
+    /// Sends one request to `addr` and decodes the reply.
+    pub async fn call<R: Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> SysResult<R::Response> {
+        let api = ApiKey::try_from(R::KEY).map_or("request".to_string(), |k| format!("{k:?}"));
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let id = self.correlation_id;
+        let frame = encode_request(request, version, id)
+            .map_err(|e| SysError::failed(format!("kafka: encoding {api}: {e:#}")))?;
+        if self.open.as_ref().is_some_and(|(a, _)| a != addr) {
+            self.open = None;
+        }
+        let open = &mut self.open;
+        let exchange = async {
+            let stream = match open {
+                Some((_, stream)) => stream,
+                None => {
+                    &mut open
+                        .insert((addr.to_string(), TcpStream::connect(addr).await?))
+                        .1
+                }
+            };
+            stream.write_all(&frame).await?;
+            let len = stream.read_i32().await?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&n| n <= 64 << 20)
+                .ok_or_else(|| std::io::Error::other(format!("reply length {len}")))?;
+            let mut reply = vec![0; len];
+            stream.read_exact(&mut reply).await?;
+            Ok::<_, std::io::Error>(Bytes::from(reply))
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                self.open = None;
+                return Err(SysError::connection(format!("kafka: {api} to {addr}: {e}")));
+            }
+            Err(_) => {
+                self.open = None;
+                return Err(SysError::connection(format!(
+                    "kafka: {api} to {addr}: no reply in {timeout:?}"
+                )));
+            }
+        };
+        decode_response::<R>(reply, version, id).map_err(|e| {
+            self.open = None;
+            SysError::failed(format!("kafka: decoding the {api} reply: {e:#}"))
+        })
+    }
 }
 
 /// The version of request `R` to use: the highest both the broker and the codec speak.

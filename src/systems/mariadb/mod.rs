@@ -9,6 +9,7 @@
 mod lab;
 mod native;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Pacer, ServerDefaults, Target};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry, FileStream};
-use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -192,6 +193,37 @@ fn tsv_stream(mut files: FileStream) -> mysql_async::InfileData {
 }
 
 impl MariaDb {
+    /// A new connection to the server.
+    async fn open(&self) -> SysResult<Conn> {
+        let s = &self.t.server;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(s.host.clone())
+            .tcp_port(s.port)
+            .user(s.user.clone())
+            .pass(s.password.as_ref().map(|p| p.expose().to_string()))
+            // The driver would otherwise switch to the server's socket when the host is local,
+            // and the account for socket connections is a different one ('user'@'localhost').
+            .prefer_socket(false);
+        let at = format!("cannot connect to {}", s.address());
+        tokio::time::timeout(s.connect_timeout, Conn::new(opts))
+            .await
+            .map_err(|_| {
+                SysError::connection(format!(
+                    "mariadb: {at}: no answer within {} s",
+                    s.connect_timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                // A refused login does not heal by reconnecting.
+                let refused = server_code(&e).is_some_and(|c| ER_ACCESS_DENIED.contains(&c));
+                let mut se = classify(&at, e);
+                if refused {
+                    se.kind = ErrorKind::Failed;
+                }
+                se
+            })
+    }
+
     /// Waits until InnoDB's purge has processed every committed delete (see `settle`).
     async fn await_purge(&mut self) -> SysResult<()> {
         let limit = Duration::from_secs(self.t.settings.settle_timeout_s);
@@ -265,8 +297,30 @@ impl MariaDb {
     }
 }
 
+/// The meter: a connection of its own.
+struct MariaDbMeter {
+    conn: Conn,
+    namespace: String,
+}
+
+/// The server status counters the snapshot carries: bytes InnoDB wrote to its data files and
+/// its redo log, pages written, the purge backlog, and what page compression saved.
+const STATUS: &[&str] = &[
+    "Innodb_data_written",
+    "Innodb_os_log_written",
+    "Innodb_pages_written",
+    "Innodb_history_list_length",
+    "Innodb_page_compression_saved",
+];
+
+impl MariaDbMeter {
+    fn tablespace(&self) -> String {
+        format!("{}/files", self.namespace)
+    }
+}
+
 #[async_trait]
-impl Measured for MariaDb {
+impl Measured for MariaDbMeter {
     fn native_copies(&self) -> Option<u32> {
         // The tablespace file of this server: one copy.
         Some(1)
@@ -278,24 +332,16 @@ impl Measured for MariaDb {
     /// that is the apparent length, which counts holes (page compression punches them) and so
     /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
     async fn native_size(&mut self) -> SysResult<u64> {
-        let name = format!("{}/files", self.t.namespace);
+        let name = self.tablespace();
         let size: Option<u64> = self
-            .conn()?
+            .conn
             .exec_first(
                 "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
                  WHERE NAME = ?",
                 (&name,),
             )
             .await
-            .map_err(|e| {
-                let denied = server_code(&e) == Some(ER_SPECIFIC_ACCESS_DENIED);
-                let mut se = classify("reading INNODB_SYS_TABLESPACES", e);
-                if denied {
-                    se.message
-                        .push_str(" (the native size needs the PROCESS privilege: grant it)");
-                }
-                se
-            })?;
+            .map_err(tablespace_err)?;
         size.ok_or_else(|| {
             SysError::failed(format!(
                 "mariadb: {name} has no tablespace of its own: enable innodb_file_per_table on \
@@ -303,6 +349,66 @@ impl Measured for MariaDb {
             ))
         })
     }
+}
+
+#[async_trait]
+impl Meter for MariaDbMeter {
+    /// The tablespace's file and allocated size, the table statistics' data, index and free
+    /// bytes (estimates, refreshed by `ANALYZE` and `OPTIMIZE`), and [`STATUS`].
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let name = self.tablespace();
+        let row: Option<(f64, f64, f64, f64, f64)> = self
+            .conn
+            .exec_first(
+                "SELECT s.FILE_SIZE, s.ALLOCATED_SIZE, t.DATA_LENGTH, t.INDEX_LENGTH, \
+                        t.DATA_FREE \
+                 FROM information_schema.INNODB_SYS_TABLESPACES s \
+                 JOIN information_schema.TABLES t \
+                   ON t.TABLE_SCHEMA = ? AND t.TABLE_NAME = 'files' \
+                 WHERE s.NAME = ?",
+                (&self.namespace, &name),
+            )
+            .await
+            .map_err(tablespace_err)?;
+        let (file, allocated, data, index, free) = row
+            .ok_or_else(|| SysError::failed(format!("mariadb: no tablespace {name} to look at")))?;
+        let mut out = BTreeMap::from([
+            ("file_size".to_string(), file),
+            ("allocated_size".to_string(), allocated),
+            ("data_length".to_string(), data),
+            ("index_length".to_string(), index),
+            ("data_free".to_string(), free),
+        ]);
+        let status: Vec<(String, String)> = self
+            .conn
+            .query(format!(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN ({})",
+                STATUS
+                    .iter()
+                    .map(|v| format!("'{v}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .await
+            .map_err(err("reading SHOW GLOBAL STATUS"))?;
+        for (name, value) in status {
+            if let Ok(v) = value.parse::<f64>() {
+                out.insert(name.to_lowercase(), v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A failed read of the tablespace view, with the privilege it needs.
+fn tablespace_err(e: mysql_async::Error) -> SysError {
+    let denied = server_code(&e) == Some(ER_SPECIFIC_ACCESS_DENIED);
+    let mut se = classify("reading INNODB_SYS_TABLESPACES", e);
+    if denied {
+        se.message
+            .push_str(" (the native size needs the PROCESS privilege: grant it)");
+    }
+    se
 }
 
 #[async_trait]
@@ -322,33 +428,7 @@ impl System for MariaDb {
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
         self.conn = None;
-        let s = &self.t.server;
-        let opts = OptsBuilder::default()
-            .ip_or_hostname(s.host.clone())
-            .tcp_port(s.port)
-            .user(s.user.clone())
-            .pass(s.password.as_ref().map(|p| p.expose().to_string()))
-            // The driver would otherwise switch to the server's socket when the host is local,
-            // and the account for socket connections is a different one ('user'@'localhost').
-            .prefer_socket(false);
-        let at = format!("cannot connect to {}", s.address());
-        let conn = tokio::time::timeout(s.connect_timeout, Conn::new(opts))
-            .await
-            .map_err(|_| {
-                SysError::connection(format!(
-                    "mariadb: {at}: no answer within {} s",
-                    s.connect_timeout.as_secs()
-                ))
-            })?
-            .map_err(|e| {
-                // A refused login does not heal by reconnecting.
-                let refused = server_code(&e).is_some_and(|c| ER_ACCESS_DENIED.contains(&c));
-                let mut se = classify(&at, e);
-                if refused {
-                    se.kind = ErrorKind::Failed;
-                }
-                se
-            })?;
+        let conn = self.open().await?;
         let conn = self.conn.insert(conn);
         let version: String = conn
             .query_first("SELECT VERSION()")
@@ -364,6 +444,13 @@ impl System for MariaDb {
             product: product.into(),
             version,
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(MariaDbMeter {
+            conn: self.open().await?,
+            namespace: self.t.namespace.clone(),
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

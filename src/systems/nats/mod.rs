@@ -38,7 +38,7 @@
 
 mod lab;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ use super::toolkit::{
 };
 use super::{Keys, System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{Measured, ServerInfo, SysError, SysResult, error_chain};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, error_chain};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -216,6 +216,74 @@ struct Conn {
     dropped_at: Arc<Mutex<Option<Instant>>>,
 }
 
+/// The stream's info, `None` when it does not exist.
+async fn stream_info(conn: &Conn, stream: &str) -> SysResult<Option<jetstream::stream::Info>> {
+    match conn.js.get_stream(stream).await {
+        Ok(s) => Ok(Some(s.cached_info().clone())),
+        Err(e)
+            if matches!(&e.kind(), GetStreamErrorKind::JetStream(api)
+            if api.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(classify(
+            Some(&conn.client),
+            &format!("STREAM.INFO {stream}"),
+            &e,
+        )),
+    }
+}
+
+/// The meter: a connection of its own.
+struct NatsMeter {
+    conn: Conn,
+    stream: String,
+}
+
+impl NatsMeter {
+    async fn state(&self) -> SysResult<jetstream::stream::State> {
+        stream_info(&self.conn, &self.stream)
+            .await?
+            .map(|i| i.state)
+            .ok_or_else(|| SysError::failed(format!("nats: no stream {} to look at", self.stream)))
+    }
+}
+
+#[async_trait]
+impl Measured for NatsMeter {
+    fn native_copies(&self) -> Option<u32> {
+        // The stream has one replica, and its state counts one copy.
+        Some(1)
+    }
+
+    /// The bytes the stream's state counts.
+    async fn native_size(&mut self) -> SysResult<u64> {
+        Ok(self.state().await?.bytes)
+    }
+}
+
+#[async_trait]
+impl Meter for NatsMeter {
+    /// The stream's messages and bytes, its first and last sequence, the deleted messages
+    /// inside that range, and its consumers.
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let st = self.state().await?;
+        Ok(BTreeMap::from([
+            ("messages".to_string(), st.messages as f64),
+            ("bytes".to_string(), st.bytes as f64),
+            ("first_sequence".to_string(), st.first_sequence as f64),
+            ("last_sequence".to_string(), st.last_sequence as f64),
+            (
+                "deleted".to_string(),
+                (st.last_sequence + 1)
+                    .saturating_sub(st.first_sequence)
+                    .saturating_sub(st.messages) as f64,
+            ),
+            ("consumers".to_string(), st.consumer_count as f64),
+        ]))
+    }
+}
+
 /// The NATS JetStream adapter.
 struct Nats {
     name: String,
@@ -341,85 +409,13 @@ impl Nats {
     }
 
     /// The stream's info, or `None` when it does not exist.
-    async fn info(&self) -> SysResult<Option<jetstream::stream::Info>> {
-        match self.js()?.get_stream(&self.t.namespace).await {
-            Ok(stream) => Ok(Some(stream.cached_info().clone())),
-            Err(e)
-                if matches!(&e.kind(), GetStreamErrorKind::JetStream(api)
-                if api.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.classify(&format!("STREAM.INFO {}", self.t.namespace), &e)),
-        }
-    }
-
-    /// Messages and bytes the stream holds: none when it does not exist (before the first
-    /// reset).
-    async fn held(&self) -> SysResult<(u64, u64)> {
-        Ok(self
-            .info()
-            .await?
-            .map_or((0, 0), |i| (i.state.messages, i.state.bytes)))
-    }
-
-    fn stream_config(&self, marker: &str) -> Config {
-        let stream = &self.t.namespace;
-        Config {
-            name: stream.clone(),
-            description: Some(marker.into()),
-            subjects: vec![format!("{stream}.files.>")],
-            storage: StorageType::File,
-            num_replicas: 1,
-            duplicate_window: Duration::from_secs(self.t.settings.duplicate_window_s),
-            ..Default::default()
-        }
-    }
-}
-
-#[async_trait]
-impl Measured for Nats {
-    fn native_copies(&self) -> Option<u32> {
-        // The stream has one replica, and its state counts one copy.
-        Some(1)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        Ok(self.held().await?.1)
-    }
-}
-
-#[async_trait]
-impl System for Nats {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn keys(&self) -> Keys {
-        match self.t.settings.msg_id {
-            MsgId::Name => Keys::ByName,
-            MsgId::Content => Keys::ByContent,
-        }
-    }
-
-    fn target(&self) -> String {
-        format!(
-            "{} stream {} (Nats-Msg-Id = file {})",
-            self.t.server.address(),
-            self.t.namespace,
-            match self.t.settings.msg_id {
-                MsgId::Name => "name",
-                MsgId::Content => "content BLAKE3",
-            }
-        )
-    }
-
-    async fn connect(&mut self) -> SysResult<ServerInfo> {
+    /// A new connection to the server, named `name` in its connection list.
+    async fn open(&self, name: &str) -> SysResult<(Conn, String)> {
         let (s, timeout) = (&self.t.server, self.t.settings.timeout_s);
         let dropped_at = Arc::new(Mutex::new(None));
         let noted = dropped_at.clone();
         let mut options = ConnectOptions::new()
-            .name("dedup-lab")
+            .name(name)
             .connection_timeout(s.connect_timeout)
             .request_timeout(Some(Duration::from_secs(timeout)))
             .event_callback(move |event| {
@@ -459,15 +455,80 @@ impl System for Nats {
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(timeout))
             .build(client.clone());
-        self.conn = Some(Conn {
+        let conn = Conn {
             client,
             js,
             dropped_at,
-        });
+        };
+        Ok((conn, server.version))
+    }
+
+    async fn info(&self) -> SysResult<Option<jetstream::stream::Info>> {
+        stream_info(self.conn()?, &self.t.namespace).await
+    }
+
+    /// Messages and bytes the stream holds: none when it does not exist (before the first
+    /// reset).
+    async fn held(&self) -> SysResult<(u64, u64)> {
+        Ok(self
+            .info()
+            .await?
+            .map_or((0, 0), |i| (i.state.messages, i.state.bytes)))
+    }
+
+    fn stream_config(&self, marker: &str) -> Config {
+        let stream = &self.t.namespace;
+        Config {
+            name: stream.clone(),
+            description: Some(marker.into()),
+            subjects: vec![format!("{stream}.files.>")],
+            storage: StorageType::File,
+            num_replicas: 1,
+            duplicate_window: Duration::from_secs(self.t.settings.duplicate_window_s),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl System for Nats {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn keys(&self) -> Keys {
+        match self.t.settings.msg_id {
+            MsgId::Name => Keys::ByName,
+            MsgId::Content => Keys::ByContent,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "{} stream {} (Nats-Msg-Id = file {})",
+            self.t.server.address(),
+            self.t.namespace,
+            match self.t.settings.msg_id {
+                MsgId::Name => "name",
+                MsgId::Content => "content BLAKE3",
+            }
+        )
+    }
+
+    async fn connect(&mut self) -> SysResult<ServerInfo> {
+        let (conn, version) = self.open("dedup-lab").await?;
+        self.conn = Some(conn);
         Ok(ServerInfo {
             product: "NATS Server".into(),
-            version: server.version,
+            version,
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(NatsMeter {
+            conn: self.open("dedup-lab meter").await?.0,
+            stream: self.t.namespace.clone(),
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

@@ -6,6 +6,8 @@
 mod lab;
 mod native;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, pin_mut};
@@ -125,6 +127,39 @@ impl Dialect for Postgres {
             }
             se
         })
+    }
+
+    /// The lab table's heap, TOAST and index bytes, its live and dead tuples, and the WAL
+    /// the server has written (its current LSN, in bytes).
+    async fn snapshot(c: &Client, table: &str) -> SysResult<BTreeMap<String, f64>> {
+        let row = c
+            .query_one(
+                "SELECT pg_relation_size(r.oid)::float8, \
+                        coalesce(pg_total_relation_size(NULLIF(r.reltoastrelid, 0)), 0)::float8, \
+                        pg_indexes_size(r.oid)::float8, \
+                        pg_total_relation_size(r.oid)::float8, \
+                        coalesce(s.n_live_tup, 0)::float8, coalesce(s.n_dead_tup, 0)::float8, \
+                        (pg_current_wal_lsn() - '0/0')::float8 \
+                 FROM pg_class r LEFT JOIN pg_stat_user_tables s ON s.relid = r.oid \
+                 WHERE r.oid = $1::text::regclass",
+                &[&table],
+            )
+            .await
+            .map_err(err::<Self>("snapshot"))?;
+        let names = [
+            "heap_bytes",
+            "toast_bytes",
+            "index_bytes",
+            "total_relation_bytes",
+            "live_tuples",
+            "dead_tuples",
+            "wal_lsn_bytes",
+        ];
+        Ok(names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), row.get::<_, f64>(i)))
+            .collect())
     }
 
     async fn native_size(c: &Client, table: &str) -> SysResult<u64> {

@@ -10,6 +10,7 @@
 mod lab;
 mod native;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::toolkit::{Holding, Marker, Namespaced, Pacer, ServerDefaults, Target, Window, spawned};
 use super::{System, SystemContext, SystemDef, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{ErrorKind, Measured, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -167,6 +168,103 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// An `INFO` section.
+async fn info(conn: &mut MultiplexedConnection, section: &str) -> SysResult<String> {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .map_err(err("INFO"))
+}
+
+/// Every key matching `pattern`, by SCAN (never KEYS, which blocks the server).
+async fn scan(conn: &mut MultiplexedConnection, pattern: &str) -> SysResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(err("SCAN"))?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// The fields of `INFO memory` and `INFO persistence` the snapshot carries: memory used in
+/// all, by the data set and by the allocator's resident pages; the AOF's size now and after
+/// its last rewrite; writes since the last RDB save; background rewrites and saves running.
+const SNAPSHOT_FIELDS: &[(&str, &str)] = &[
+    ("memory", "used_memory"),
+    ("memory", "used_memory_dataset"),
+    ("memory", "used_memory_rss"),
+    ("persistence", "aof_current_size"),
+    ("persistence", "aof_base_size"),
+    ("persistence", "rdb_changes_since_last_save"),
+    ("persistence", "aof_rewrite_in_progress"),
+    ("persistence", "rdb_bgsave_in_progress"),
+];
+
+/// The meter: a connection of its own.
+struct RedisMeter {
+    conn: MultiplexedConnection,
+    namespace: String,
+}
+
+#[async_trait]
+impl Measured for RedisMeter {
+    fn native_copies(&self) -> Option<u32> {
+        Some(1)
+    }
+
+    /// `MEMORY USAGE` of every key of the namespace's files, summed.
+    async fn native_size(&mut self) -> SysResult<u64> {
+        let keys = scan(&mut self.conn, &format!("{}:files:*", self.namespace)).await?;
+        let mut total = 0u64;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(err("MEMORY USAGE"))?;
+            total += sizes.into_iter().flatten().sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+#[async_trait]
+impl Meter for RedisMeter {
+    /// [`SNAPSHOT_FIELDS`] that the server reports (an AOF's fields only with an AOF).
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let memory = info(&mut self.conn, "memory").await?;
+        let persistence = info(&mut self.conn, "persistence").await?;
+        Ok(SNAPSHOT_FIELDS
+            .iter()
+            .filter_map(|&(section, field)| {
+                let text = if section == "memory" {
+                    &memory
+                } else {
+                    &persistence
+                };
+                let value = info_field(text, field)?.parse::<f64>().ok()?;
+                Some((field.to_string(), value))
+            })
+            .collect())
+    }
+}
+
 impl Redis {
     fn conn(&self) -> SysResult<MultiplexedConnection> {
         self.conn
@@ -183,34 +281,43 @@ impl Redis {
     }
 
     async fn info(&self, section: &str) -> SysResult<String> {
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut self.conn()?)
-            .await
-            .map_err(err("INFO"))
+        info(&mut self.conn()?, section).await
     }
 
-    /// Every key matching `pattern`, by SCAN (never KEYS, which blocks the server).
     async fn scan(&self, pattern: &str) -> SysResult<Vec<String>> {
-        let mut conn = self.conn()?;
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(err("SCAN"))?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
+        scan(&mut self.conn()?, pattern).await
+    }
+
+    /// A new connection to the server, on the configured database.
+    async fn open(&self) -> SysResult<MultiplexedConnection> {
+        let s = &self.t.server;
+        let mut redis = RedisConnectionInfo::default().set_db(self.t.settings.db);
+        if let Some(u) = &s.user {
+            redis = redis.set_username(u);
         }
+        if let Some(pw) = &s.password {
+            redis = redis.set_password(pw.expose());
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info((s.host.clone(), s.port))
+            .map_err(err("address"))?
+            .set_redis_settings(redis);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(600)));
+        Client::open(info)
+            .map_err(err("client"))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| {
+                // A refused login does not heal by reconnecting.
+                let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
+                let mut se = classify(&format!("cannot connect to {}", s.address()), e);
+                if refused {
+                    se.kind = ErrorKind::Failed;
+                }
+                se
+            })
     }
 
     /// Rewrites the AOF to the keys that exist now and waits until the rewrite is done.
@@ -270,31 +377,6 @@ impl Redis {
 }
 
 #[async_trait]
-impl Measured for Redis {
-    fn native_copies(&self) -> Option<u32> {
-        Some(1)
-    }
-
-    async fn native_size(&mut self) -> SysResult<u64> {
-        let keys = self.scan(&format!("{}:files:*", self.t.namespace)).await?;
-        let mut conn = self.conn()?;
-        let mut total = 0u64;
-        for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
-            }
-            let sizes: Vec<Option<u64>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(err("MEMORY USAGE"))?;
-            total += sizes.into_iter().flatten().sum::<u64>();
-        }
-        Ok(total)
-    }
-}
-
-#[async_trait]
 impl System for Redis {
     fn name(&self) -> &str {
         &self.name
@@ -310,34 +392,7 @@ impl System for Redis {
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        let s = &self.t.server;
-        let mut redis = RedisConnectionInfo::default().set_db(self.t.settings.db);
-        if let Some(u) = &s.user {
-            redis = redis.set_username(u);
-        }
-        if let Some(pw) = &s.password {
-            redis = redis.set_password(pw.expose());
-        }
-        let info = redis::IntoConnectionInfo::into_connection_info((s.host.clone(), s.port))
-            .map_err(err("address"))?
-            .set_redis_settings(redis);
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(Duration::from_secs(600)));
-        let conn = Client::open(info)
-            .map_err(err("client"))?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| {
-                // A refused login does not heal by reconnecting.
-                let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
-                    || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
-                let mut se = classify(&format!("cannot connect to {}", s.address()), e);
-                if refused {
-                    se.kind = ErrorKind::Failed;
-                }
-                se
-            })?;
+        let conn = self.open().await?;
         self.conn = Some(conn);
         let server = self.info("server").await?;
         // A restarted server answers INFO while it loads its data but refuses everything
@@ -359,6 +414,13 @@ impl System for Redis {
                 .unwrap_or("unknown")
                 .to_string(),
         })
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        Ok(Box::new(RedisMeter {
+            conn: self.open().await?,
+            namespace: self.t.namespace.clone(),
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

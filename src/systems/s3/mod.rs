@@ -20,6 +20,7 @@ mod lab_s3s;
 mod native;
 mod upload;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use super::toolkit::{Holding, Marker, Window, check_namespace, parse, spawned};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
-use crate::model::{Measured, ServerInfo, SysError, SysResult, error_chain};
+use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, error_chain};
 use crate::secret::{Secret, SecretSource};
 use garage::GarageAdmin;
 use http::{Observed, classify, err};
@@ -371,40 +372,110 @@ impl S3 {
         token: Option<String>,
         max_keys: usize,
     ) -> SysResult<object_store::list::PaginatedListResult> {
-        let opts = PaginatedListOptions {
-            max_keys: Some(max_keys),
-            page_token: token,
-            ..Default::default()
-        };
-        self.store()?
-            .list_paginated(Some(prefix), opts)
-            .await
-            .map_err(err("ListObjectsV2"))
+        page(&self.conn()?.store, prefix, token, max_keys).await
     }
 
-    /// Counts the lab's files and sums their sizes, page by page (continuation tokens), with
-    /// `list_page_size` keys per page. Sizes come from the listing, never a HEAD per object.
+    /// The lab's files as a listing sees them (see [`listing`]).
     pub async fn listing(&self) -> SysResult<Listing> {
-        let prefix = self.files_prefix();
-        let mut out = Listing::default();
-        let mut token = None;
-        loop {
-            let page = self
-                .page(&prefix, token, self.settings.list_page_size)
-                .await?;
-            out.pages += 1;
-            out.objects += page.result.objects.len() as u64;
-            out.bytes += page.result.objects.iter().map(|o| o.size).sum::<u64>();
-            match page.page_token {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
+        listing(
+            &self.conn()?.store,
+            &self.files_prefix(),
+            self.settings.list_page_size,
+        )
+        .await
+    }
+
+    /// A new store (with a connection pool of its own) and HTTP client for admin requests;
+    /// `observed` sees their requests.
+    fn open(&self, observed: &Observed) -> SysResult<Conn> {
+        crate::tls::install_crypto_provider();
+        let s = &self.settings;
+        // Plain http only where a configured URL asks for it.
+        let plain_http = [Some(&s.endpoint), self.garage.as_ref().map(|g| &g.url)]
+            .into_iter()
+            .flatten()
+            .any(|u| u.starts_with("http://"));
+        let mut options = ClientOptions::new()
+            .with_allow_http(plain_http)
+            .with_connect_timeout(Duration::from_secs(s.connect_timeout_s))
+            .with_timeout(Duration::from_secs(s.request_timeout_s));
+        for c in &self.certificates {
+            options = options.with_root_certificate(c.clone());
+        }
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&s.endpoint)
+            .with_region(&s.region)
+            .with_bucket_name(&s.bucket)
+            .with_access_key_id(self.access_key.expose())
+            .with_secret_access_key(self.secret_key.expose())
+            .with_virtual_hosted_style_request(false)
+            // Per-file deletes are DeleteObject requests, not one-key DeleteObjects batches.
+            .with_disable_bulk_delete(true)
+            // The engine retries cells after a reconnect: a request must fail, not hide an
+            // outage behind minutes of retries.
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .with_client_options(options.clone())
+            .with_http_connector(observed.clone())
+            .build()
+            .map_err(|e| SysError::failed(format!("s3: client: {}", error_chain(&e))))?;
+        let http = observed
+            .connect(&options)
+            .map_err(|e| SysError::failed(format!("s3: client: {}", error_chain(&e))))?;
+        Ok(Conn {
+            store: Arc::new(store),
+            http,
+        })
+    }
+}
+
+/// One ListObjectsV2 page of keys under `prefix` (which ends with `/`).
+async fn page(
+    store: &AmazonS3,
+    prefix: &str,
+    token: Option<String>,
+    max_keys: usize,
+) -> SysResult<object_store::list::PaginatedListResult> {
+    let opts = PaginatedListOptions {
+        max_keys: Some(max_keys),
+        page_token: token,
+        ..Default::default()
+    };
+    store
+        .list_paginated(Some(prefix), opts)
+        .await
+        .map_err(err("ListObjectsV2"))
+}
+
+/// Counts the objects under `prefix` and sums their sizes, page by page (continuation
+/// tokens), with `page_size` keys per page. Sizes come from the listing, never a HEAD per
+/// object.
+async fn listing(store: &AmazonS3, prefix: &str, page_size: usize) -> SysResult<Listing> {
+    let mut out = Listing::default();
+    let mut token = None;
+    loop {
+        let page = page(store, prefix, token, page_size).await?;
+        out.pages += 1;
+        out.objects += page.result.objects.len() as u64;
+        out.bytes += page.result.objects.iter().map(|o| o.size).sum::<u64>();
+        match page.page_token {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
         }
     }
 }
 
+/// The meter: a store of its own, which lists the lab's files.
+struct S3Meter {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    page_size: usize,
+}
+
 #[async_trait]
-impl Measured for S3 {
+impl Measured for S3Meter {
     fn native_copies(&self) -> Option<u32> {
         // Plain S3 has no physical size function.
         None
@@ -414,6 +485,20 @@ impl Measured for S3 {
         Err(SysError::failed(
             "s3: S3 has no physical size function (a listing gives logical bytes)",
         ))
+    }
+}
+
+#[async_trait]
+impl Meter for S3Meter {
+    /// What S3 offers: the listing's objects and the sum of their sizes (logical bytes), and
+    /// the ListObjectsV2 pages it took.
+    async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
+        let l = listing(&self.store, &self.prefix, self.page_size).await?;
+        Ok(BTreeMap::from([
+            ("objects".to_string(), l.objects as f64),
+            ("listed_bytes".to_string(), l.bytes as f64),
+            ("list_pages".to_string(), l.pages as f64),
+        ]))
     }
 }
 
@@ -438,47 +523,8 @@ impl System for S3 {
     }
 
     async fn connect(&mut self) -> SysResult<ServerInfo> {
-        crate::tls::install_crypto_provider();
-        let s = &self.settings;
-        // Plain http only where a configured URL asks for it.
-        let plain_http = [Some(&s.endpoint), self.garage.as_ref().map(|g| &g.url)]
-            .into_iter()
-            .flatten()
-            .any(|u| u.starts_with("http://"));
-        let mut options = ClientOptions::new()
-            .with_allow_http(plain_http)
-            .with_connect_timeout(Duration::from_secs(s.connect_timeout_s))
-            .with_timeout(Duration::from_secs(s.request_timeout_s));
-        for c in &self.certificates {
-            options = options.with_root_certificate(c.clone());
-        }
         let observed = self.observed.clone();
-        let store = AmazonS3Builder::new()
-            .with_endpoint(&s.endpoint)
-            .with_region(&s.region)
-            .with_bucket_name(&s.bucket)
-            .with_access_key_id(self.access_key.expose())
-            .with_secret_access_key(self.secret_key.expose())
-            .with_virtual_hosted_style_request(false)
-            // Per-file deletes are DeleteObject requests, not one-key DeleteObjects batches.
-            .with_disable_bulk_delete(true)
-            // The engine retries cells after a reconnect: a request must fail, not hide an
-            // outage behind minutes of retries.
-            .with_retry(RetryConfig {
-                max_retries: 0,
-                ..Default::default()
-            })
-            .with_client_options(options.clone())
-            .with_http_connector(observed.clone())
-            .build()
-            .map_err(|e| SysError::failed(format!("s3: client: {}", error_chain(&e))))?;
-        let http = observed
-            .connect(&options)
-            .map_err(|e| SysError::failed(format!("s3: client: {}", error_chain(&e))))?;
-        self.conn = Some(Conn {
-            store: Arc::new(store),
-            http,
-        });
+        self.conn = Some(self.open(&observed)?);
         // One listing proves the endpoint, the credentials and the bucket.
         let prefix = format!("{}/", self.prefix);
         self.page(&prefix, None, 1).await.map_err(|mut e| {
@@ -516,6 +562,15 @@ impl System for S3 {
         };
         self.product = info.product.clone();
         Ok(info)
+    }
+
+    async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
+        // Its requests are not the stages': they count in an observer of their own.
+        Ok(Box::new(S3Meter {
+            store: self.open(&Observed::default())?.store,
+            prefix: self.files_prefix(),
+            page_size: self.settings.list_page_size,
+        }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {

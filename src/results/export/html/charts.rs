@@ -12,7 +12,7 @@ use crate::results::derive::Row;
 use crate::results::layers::system_layer;
 use crate::results::stats::Stats;
 use crate::results::summary::{Group, ProbeStats, Summary};
-use crate::results::trace::{Event, Item, TraceLine};
+use crate::results::trace::{Event, TraceItem, TraceLine};
 
 /// The layers' names in series names, in the order of `answer::LAYERS`.
 const LAYER_NAMES: [&str; 3] = ["system", "storage", "+dedupe"];
@@ -342,7 +342,7 @@ pub fn trace(lines: &[TraceLine]) -> Vec<LineChart> {
         let mut marks = Vec::new();
         for l in &cell_lines {
             match &l.item {
-                Item::Sample { probe, reading } => {
+                TraceItem::Sample { probe, reading } => {
                     let rank = crate::probe::rank(probe);
                     let (s, last) = probes.entry((rank, probe)).or_insert_with(|| {
                         let s = Series {
@@ -373,7 +373,7 @@ pub fn trace(lines: &[TraceLine]) -> Vec<LineChart> {
                         }
                     }
                 }
-                Item::Event { event } => match event {
+                TraceItem::Event { event } => match event {
                     Event::StageStart | Event::SettleStart => {
                         open.insert((l.stage, *event == Event::SettleStart), x(l));
                     }
@@ -387,6 +387,8 @@ pub fn trace(lines: &[TraceLine]) -> Vec<LineChart> {
                         marks.push((x(l), event.name().replace('_', " ")));
                     }
                 },
+                // The system's own accounting is in the snapshot table, not on this chart.
+                TraceItem::Metrics { .. } => {}
             }
         }
         // A stage or settle without its end (a failed attempt) runs to the last line.
@@ -505,6 +507,7 @@ mod tests {
                 ),
                 group("sqlite", 90, vec![("native", probe(Some(0.01), 1.0))]),
             ],
+            snapshots: Vec::new(),
             failures: Vec::new(),
             cells_done: 0,
             failed_attempts: 0,
@@ -536,7 +539,7 @@ mod tests {
         assert_eq!(edr.id, "edr:random_binary");
     }
 
-    fn line(grade: u8, attempt: u32, stage: Stage, secs: f64, item: Item) -> TraceLine {
+    fn line(grade: u8, attempt: u32, stage: Stage, secs: f64, item: TraceItem) -> TraceLine {
         let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap()
             + chrono::Duration::milliseconds((secs * 1000.0) as i64);
         TraceLine {
@@ -554,8 +557,8 @@ mod tests {
         }
     }
 
-    fn bytes(probe: &str, b: u64) -> Item {
-        Item::Sample {
+    fn bytes(probe: &str, b: u64) -> TraceItem {
+        TraceItem::Sample {
             probe: probe.into(),
             reading: Reading::Bytes { bytes: b },
         }
@@ -563,7 +566,7 @@ mod tests {
 
     #[test]
     fn the_trace_shows_the_last_attempt_of_the_highest_grade_with_its_events() {
-        let ev = |event| Item::Event { event };
+        let ev = |event| TraceItem::Event { event };
         let (bulk, perfile) = (Stage::BulkInsert, Stage::PerfileInsert);
         let lines = vec![
             line(0, 1, bulk, 0.0, bytes("fs", 1)),
@@ -581,7 +584,7 @@ mod tests {
                 2,
                 perfile,
                 21.0,
-                Item::Sample {
+                TraceItem::Sample {
                     probe: "fs".into(),
                     reading: Reading::Error {
                         error: "gone".into(),

@@ -14,7 +14,8 @@ mod svg;
 use std::fmt::Write as _;
 
 use super::table::{
-    ANSWER_LEGEND, Col, HEADER, LEGEND, QUESTION, answer_basis, columns, outcome, rows, unmeasured,
+    ANSWER_LEGEND, Col, HEADER, LEGEND, QUESTION, SNAPSHOT_LEGEND, answer_basis, columns, outcome,
+    rows, snapshot_table, unmeasured,
 };
 use super::{Exporter, Report};
 use crate::results::answer::{Answer, Line, explain};
@@ -186,27 +187,43 @@ fn page(r: &Report) -> String {
     for c in traced {
         out.push_str(&c.render());
     }
-    out.push_str(
-        "</section>\n<section id=\"stages\"><h2>All stages</h2>\n<table class=\"details\"><tr>",
-    );
-    for h in HEADER {
-        let _ = write!(out, "<th>{}</th>", escape(h));
+    out.push_str("</section>\n");
+    let (header, cells) = snapshot_table(s);
+    if !cells.is_empty() {
+        out.push_str("<section id=\"snapshots\"><h2>What the systems report</h2>\n");
+        details_table(&mut out, &header, &cells);
+        let _ = writeln!(
+            out,
+            "<p class=\"legend-text\">{}</p></section>",
+            escape(SNAPSHOT_LEGEND)
+        );
     }
-    out.push_str("</tr>\n");
-    for row in rows(s) {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{}</td>", escape(&cell));
-        }
-        out.push_str("</tr>\n");
-    }
+    out.push_str("<section id=\"stages\"><h2>All stages</h2>\n");
+    details_table(&mut out, &HEADER, &rows(s));
     let _ = write!(
         out,
-        "</table>\n<p class=\"legend-text\">{}</p></section>\n<script>{SCRIPT}</script>\n\
+        "<p class=\"legend-text\">{}</p></section>\n<script>{SCRIPT}</script>\n\
          </body></html>\n",
         escape(LEGEND)
     );
     out
+}
+
+/// A table of text cells under a header.
+fn details_table(out: &mut String, header: &[impl AsRef<str>], rows: &[Vec<String>]) {
+    out.push_str("<table class=\"details\"><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{}</th>", escape(h.as_ref()));
+    }
+    out.push_str("</tr>\n");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(cell));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
 }
 
 /// The answer: one line per system with its verdict, then the grid, then its legend.
