@@ -44,3 +44,16 @@ fn the_probes_table_names_every_registered_probe() {
         .collect();
     assert_eq!(listed, registered, "README probes table vs probe::REGISTRY");
 }
+
+#[test]
+fn the_snapshot_table_names_every_registered_kind() {
+    let listed = first_column(&readme(), "## Trace and the systems' own accounting");
+    let registered: BTreeSet<String> = dedup_lab::systems::REGISTRY
+        .iter()
+        .map(|d| d.kind.to_string())
+        .collect();
+    assert_eq!(
+        listed, registered,
+        "README snapshot table vs systems::REGISTRY"
+    );
+}

@@ -307,8 +307,10 @@ fn kafka_sink_survives_its_broker_stopping_mid_run() {
     assert!(out.status.success(), "{}", text(&out));
 
     let tmp = tempfile::tempdir().unwrap();
+    // Stage records only: the trace's samples go to the sink too, and have a test of their own.
     let config = format!(
-        "[export.kafka]\nbootstrap = \"{}\"\ntopic_stages = \"dedup_lab_t_stages\"\n\
+        "[trace]\ninterval_ms = 0\n\
+         [export.kafka]\nbootstrap = \"{}\"\ntopic_stages = \"dedup_lab_t_stages\"\n\
          topic_samples = \"dedup_lab_t_samples\"\ntimeout_s = 2\nqueue = 4\n\
          flush_timeout_s = 120\n",
         broker.bootstrap()

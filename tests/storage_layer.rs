@@ -59,7 +59,7 @@ fn run(config: &Path, results: &Path, systems: &str, payloads: &str) -> (Vec<Row
             "--grades",
             "0,90",
         ])
-        .args(["--runs", "1", "--files", "16", "--file-size", "128KiB"])
+        .args(["--runs", "1", "--files", "64", "--file-size", "128KiB"])
         .args(["--no-progress", "--results-dir"])
         .arg(results)
         .output()
@@ -142,13 +142,28 @@ fn every_system_on_btrfs_then_compression_on_btrfs_zstd() {
     assert!(pg.capture_storage_dedupe.is_some(), "{pg:?}");
     assert!(pg.potential.contains_key("fixed-4096") && pg.potential.contains_key("cdc-8192"));
 
-    // Garage deduplicates blocks itself: the storage layer's dedup adds little to that.
+    // Garage deduplicates blocks itself: what the storage layer's dedup removes on top of it
+    // is a small share of the duplicate bytes. (Bytes, not captures: Garage's metadata
+    // database grows in steps, which moves small captures above 1.)
     let garage = bulk_u90(&layers, "garage", "random_binary");
-    let own_capture = garage.capture_system.unwrap();
-    assert!(own_capture >= 0.8, "{garage:?}");
+    assert!(garage.capture_system.unwrap() >= 0.8, "{garage:?}");
+    let after = |probe: &str| {
+        rows.iter()
+            .find(|r| {
+                r.system == "garage"
+                    && r.grade == 90
+                    && r.stage == dedup_lab::model::Stage::BulkInsert
+                    && r.probe == probe
+            })
+            .and_then(|r| r.after_bytes)
+            .unwrap_or_else(|| panic!("garage U90 bulk insert: no {probe} reading"))
+    };
+    let removed = after("storage").saturating_sub(after("storage_dedupe"));
+    let duplicate = garage.logical_bytes - garage.unique_bytes;
     assert!(
-        garage.capture_storage_dedupe.unwrap() - own_capture <= 0.15,
-        "{garage:?}"
+        removed as f64 <= 0.15 * duplicate as f64,
+        "out-of-band dedup removed {removed} of {duplicate} duplicate bytes Garage had stored: \
+         {garage:?}"
     );
 
     lab(&own, &["wipe"]);

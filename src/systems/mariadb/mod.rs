@@ -357,7 +357,8 @@ impl Meter for MariaDbMeter {
     /// bytes (estimates, refreshed by `ANALYZE` and `OPTIMIZE`), and [`STATUS`].
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
         let name = self.tablespace();
-        let row: Option<(f64, f64, f64, f64, f64)> = self
+        // Unsigned integers: the driver converts them to u64, not to f64.
+        let row: Option<(u64, u64, u64, u64, u64)> = self
             .conn
             .exec_first(
                 "SELECT s.FILE_SIZE, s.ALLOCATED_SIZE, t.DATA_LENGTH, t.INDEX_LENGTH, \
@@ -372,13 +373,16 @@ impl Meter for MariaDbMeter {
             .map_err(tablespace_err)?;
         let (file, allocated, data, index, free) = row
             .ok_or_else(|| SysError::failed(format!("mariadb: no tablespace {name} to look at")))?;
-        let mut out = BTreeMap::from([
-            ("file_size".to_string(), file),
-            ("allocated_size".to_string(), allocated),
-            ("data_length".to_string(), data),
-            ("index_length".to_string(), index),
-            ("data_free".to_string(), free),
-        ]);
+        let mut out: BTreeMap<String, f64> = [
+            ("file_size", file),
+            ("allocated_size", allocated),
+            ("data_length", data),
+            ("index_length", index),
+            ("data_free", free),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v as f64))
+        .collect();
         let status: Vec<(String, String)> = self
             .conn
             .query(format!(
