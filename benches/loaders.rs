@@ -58,7 +58,8 @@ fn main() {
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        let instance = Instance::new(name, section.as_table()).expect("lab section");
+        let instance =
+            Instance::new(name, section.as_table(), Default::default()).expect("lab section");
         let Some(native) = &instance.def.native_loader else {
             continue;
         };

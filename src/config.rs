@@ -13,7 +13,7 @@ use crate::dataset::{
     PayloadType, SizeSpec, SourceSpec,
 };
 use crate::error::usage;
-use crate::model::Shard;
+use crate::model::{Layout, Shard};
 use crate::scan::{CdcParams, ScanConfig};
 use crate::systems::{self, Instance};
 
@@ -36,6 +36,10 @@ pub struct Config {
     /// The dedup-potential scans of data sets and data directories.
     #[serde(skip_serializing_if = "is_default")]
     pub potential: PotentialConfig,
+    /// What files are stored under and how many containers they go to, for every instance
+    /// whose section does not say.
+    #[serde(skip_serializing_if = "Layout::is_default")]
+    pub layout: Layout,
     /// The trace of sizes while stages run. Not part of the experiment's identity: it looks,
     /// it does not change what is measured (BENCHMARKS.md has what it costs).
     #[serde(skip_serializing_if = "is_default")]
@@ -603,6 +607,7 @@ impl Config {
                  to run every cell in one process",
             ));
         }
+        crate::systems::check_layout("[layout]", &self.layout)?;
         let systems = self.resolve_systems()?;
         crate::sinks::check_names(&self.export)?;
         let payloads = resolve_payloads(&e.payloads)?;
@@ -659,11 +664,11 @@ impl Config {
     pub fn instances(&self) -> anyhow::Result<Vec<Instance>> {
         let mut out = Vec::new();
         for (name, section) in &self.systems {
-            out.push(Instance::new(name, Some(section))?);
+            out.push(Instance::new(name, Some(section), self.layout)?);
         }
         for def in systems::REGISTRY.iter().filter(|d| d.embedded) {
             if !self.systems.contains_key(def.kind) {
-                out.push(Instance::new(def.kind, None)?);
+                out.push(Instance::new(def.kind, None, self.layout)?);
             }
         }
         let rank = |i: &Instance| {

@@ -13,7 +13,7 @@ use common::{assert_fails_with, config_with, lab_section, run_in_namespace, run_
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
 use dedup_lab::model::Stage;
 use dedup_lab::results::derive::{Row, rows};
-use dedup_lab::systems::{self, Keys, System};
+use dedup_lab::systems::{self, System};
 
 /// A client of its own on the lab server, with the lab's user and password.
 async fn client() -> async_nats::Client {
@@ -62,10 +62,10 @@ fn dataset(dir: &std::path::Path, grade: u8, files: u32) -> DataSet {
     .unwrap()
 }
 
-fn adapter(stream: &str, msg_id: &str, dir: &std::path::Path) -> Box<dyn System> {
+fn adapter(stream: &str, keys: &str, dir: &std::path::Path) -> Box<dyn System> {
     let mut section = lab_section("nats");
     section.insert("stream".into(), stream.into());
-    section.insert("msg_id".into(), msg_id.into());
+    section.insert("keys".into(), keys.into());
     systems::build_from_section("nats", &section, dir).unwrap()
 }
 
@@ -75,7 +75,6 @@ async fn counts_and_sizes_match_stream_info_and_a_content_goes_with_its_last_fil
     let stream = "dedup_lab_t_shared";
     let mut sys = adapter(stream, "content", tmp.path());
     assert_eq!(sys.connect().await.unwrap().product, "NATS Server");
-    assert_eq!(sys.keys(), Keys::ByContent);
     // 20 files, 10 distinct contents, each held by two files.
     let ds = dataset(&tmp.path().join("ds"), 50, 20);
     let c = client().await;
@@ -146,7 +145,6 @@ async fn name_ids_store_every_copy() {
     let stream = "dedup_lab_t_names";
     let mut sys = adapter(stream, "name", tmp.path());
     sys.connect().await.unwrap();
-    assert_eq!(sys.keys(), Keys::ByName);
     let ds = dataset(&tmp.path().join("ds"), 90, 20);
     common::reset(sys.as_mut()).await.unwrap();
     sys.bulk_insert(&ds).await.unwrap();
@@ -168,13 +166,13 @@ fn native(rows: &[Row], grade: u8, stage: Stage) -> &Row {
         .unwrap_or_else(|| panic!("no native row for U{grade} {stage}"))
 }
 
-/// A run of random data at U0 and U90 with `msg_id`: its derived rows.
-fn run_with(msg_id: &str, stream: &str) -> Vec<Row> {
+/// A run of random data at U0 and U90 with `keys`: its derived rows.
+fn run_with(keys: &str, stream: &str) -> Vec<Row> {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with(
         tmp.path(),
         "nats",
-        &[("msg_id", msg_id.into()), ("stream", stream.into())],
+        &[("keys", keys.into()), ("stream", stream.into())],
     );
     let results = tmp.path().join("results");
     let out = run_system(&config, "nats", "random_binary", "0,90", 40, &results);

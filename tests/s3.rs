@@ -102,7 +102,7 @@ fn adapter(changes: &[(&str, toml::Value)]) -> S3 {
     for (k, v) in changes {
         section.insert((*k).to_string(), v.clone());
     }
-    let instance = Instance::new("garage", Some(&section)).unwrap();
+    let instance = Instance::new("garage", Some(&section), Default::default()).unwrap();
     S3::new(&instance.context(std::path::Path::new("."))).unwrap()
 }
 

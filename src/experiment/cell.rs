@@ -1,6 +1,6 @@
 //! One cell attempt: reset, the four stages with probes around each, reset.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,13 +12,13 @@ use super::trace::{At, Tracer, snapshot_of};
 use crate::dataset::DataSet;
 use crate::journal::Journal;
 use crate::model::{
-    CellKey, Event, Latency, Meter, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE,
+    CellKey, Event, Latency, Layout, Meter, PotentialRecord, ProbeRecord, Record, STORAGE_DEDUPE,
     SnapshotRecord, Stage, StageRecord, SysError, SysResult,
 };
 use crate::probe::Probes;
 use crate::sinks::Sinks;
+use crate::systems::System;
 use crate::systems::toolkit::ownership::{self, Claim};
-use crate::systems::{Keys, System};
 
 /// Why a cell attempt stopped.
 #[derive(Debug)]
@@ -38,6 +38,8 @@ pub enum CellError {
 pub struct Attempt<'a> {
     /// The system under test.
     pub sys: &'a mut dyn System,
+    /// How it lays the data set out.
+    pub layout: Layout,
     /// Its meter, once made (made again after it was lost).
     pub meter: &'a mut Option<Box<dyn Meter>>,
     /// Its probes.
@@ -116,20 +118,6 @@ impl Attempt<'_> {
     fn waiting(&self, what: impl std::fmt::Display) -> Task {
         self.progress
             .task(format!("{} {what}", self.key), Unit::Wait, None)
-    }
-
-    /// Entries the system holds after storing every file: one per file, or one per
-    /// distinct content where duplicates land on the same entry.
-    fn stored_entries(&self) -> u64 {
-        let files = &self.ds.manifest.files;
-        match self.sys.keys() {
-            Keys::ByName => files.len() as u64,
-            Keys::ByContent => files
-                .iter()
-                .map(|f| f.blake3.as_str())
-                .collect::<HashSet<_>>()
-                .len() as u64,
-        }
     }
 
     /// The meter, made on first use and again after it was lost.
@@ -266,6 +254,7 @@ impl Attempt<'_> {
             retried_requests,
             potential,
             storage_dedupe,
+            layout: self.layout,
             snapshot: Some(SnapshotRecord {
                 before: snapshot_before,
                 after: snapshot_after,
@@ -282,7 +271,7 @@ impl Attempt<'_> {
     async fn work(&mut self, stage: Stage, here: &At) -> Result<Work, SysError> {
         let files = self.ds.manifest.files.len() as u64;
         let logical = self.ds.manifest.logical_bytes;
-        let stored = self.stored_entries();
+        let stored = self.layout.stored_entries(&self.ds.manifest.files);
         let clock = Instant::now();
         let mut latency = None;
         let mut note = None;
@@ -330,26 +319,18 @@ impl Attempt<'_> {
     }
 
     /// Inserts or deletes every file with one request each, timing each request. File
-    /// contents are read before the clock starts. Where the system keys files by content, a
-    /// file is deleted only with the last file that shares its content (as an application
-    /// that keeps content by its hash does): deleting an earlier one would delete the
-    /// survivors' data, so it sends no request.
+    /// contents are read before the clock starts. With content keys a file is deleted only
+    /// with the last file that shares its entry ([`Layout::deletes`]): the others send no
+    /// request.
     async fn per_file(&mut self, insert: bool, task: &Task) -> Result<Latency, SysError> {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
             .expect("valid histogram bounds");
-        let mut sharing: std::collections::HashMap<&str, u32> = Default::default();
-        if self.sys.keys() == Keys::ByContent {
-            for f in &self.ds.manifest.files {
-                *sharing.entry(&f.blake3).or_default() += 1;
-            }
-        }
-        for f in &self.ds.manifest.files {
-            if !insert && let Some(left) = sharing.get_mut(f.blake3.as_str()) {
-                *left -= 1;
-                if *left > 0 {
-                    task.inc(1);
-                    continue;
-                }
+        let files = &self.ds.manifest.files;
+        let deletes = self.layout.deletes(files);
+        for (f, deletes) in files.iter().zip(deletes) {
+            if !insert && !deletes {
+                task.inc(1);
+                continue;
             }
             let content = if insert {
                 Some(

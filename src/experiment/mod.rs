@@ -239,6 +239,7 @@ struct Live {
     sys: Box<dyn System>,
     /// Its meter, made at its first stage and again after a lost connection.
     meter: Option<Box<dyn Meter>>,
+    layout: crate::model::Layout,
     probes: Arc<Probes>,
     /// This run's claim on the system's namespace.
     claim: Claim,
@@ -321,6 +322,7 @@ pub async fn run_subjects(
         live.push(Live {
             claim: Claim::new(&config.id, &name, ttl),
             probes: Arc::new(subject.probes),
+            layout: subject.instance.layout,
             sys: subject.sys,
             meter: None,
             down,
@@ -500,6 +502,7 @@ async fn run_cell(
         }
         let result = Attempt {
             sys: l.sys.as_mut(),
+            layout: l.layout,
             meter: &mut l.meter,
             probes: &l.probes,
             claim: &mut l.claim,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::*;
 use crate::config::Config;
 use crate::journal::Journal;
-use crate::model::{Event, Lease, Reading, Record, Snapshot, TraceItem, TraceLine};
-use crate::systems::Keys;
+use crate::model::{
+    Event, KeyMode, Layout, Lease, Reading, Record, Snapshot, TraceItem, TraceLine,
+};
 use crate::systems::fake::{Fake, Op, Script};
 
 /// One run of random_binary data sets of 8 files of 1 KiB at `grades`.
@@ -24,6 +25,12 @@ fn config(results: &Path, grades: &[i64], retry: config::RetryConfig) -> Resolve
     c.resolve().unwrap()
 }
 
+/// Content keys in one container.
+const CONTENT: Layout = Layout {
+    keys: KeyMode::Content,
+    containers: 1,
+};
+
 fn fast_retry() -> config::RetryConfig {
     config::RetryConfig {
         max_attempts: 3,
@@ -37,8 +44,8 @@ fn script(s: Script) -> Arc<Mutex<Script>> {
     Arc::new(Mutex::new(s))
 }
 
-fn fake(name: &str, keys: Keys, s: &Arc<Mutex<Script>>) -> Subject {
-    let (instance, sys, probes) = Fake::subject(name, keys, Arc::clone(s));
+fn fake(name: &str, layout: Layout, s: &Arc<Mutex<Script>>) -> Subject {
+    let (instance, sys, probes) = Fake::subject(name, layout, Arc::clone(s));
     Subject {
         instance,
         sys,
@@ -92,7 +99,7 @@ async fn a_lost_connection_reconnects_and_redoes_the_cell() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1);
@@ -127,7 +134,7 @@ async fn a_foreign_namespace_is_refused_once_and_never_retried() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0, 50], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 0);
@@ -155,8 +162,8 @@ async fn a_system_that_stays_down_fails_only_its_cells() {
     let (outcome, records) = run(
         &config(tmp.path(), &[0, 50], fast_retry()),
         vec![
-            fake("up", Keys::ByName, &up),
-            fake("gone", Keys::ByName, &gone),
+            fake("up", Layout::default(), &up),
+            fake("gone", Layout::default(), &gone),
         ],
     )
     .await;
@@ -192,7 +199,7 @@ async fn reconnects_back_off_doubling_up_to_the_cap() {
     };
     let (outcome, records) = run(
         &config(tmp.path(), &[0], retry),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.failed.len(), 1);
@@ -229,7 +236,7 @@ async fn a_server_that_returns_within_the_tries_is_used_again() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1);
@@ -249,7 +256,7 @@ async fn a_count_that_disagrees_fails_the_attempt() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1);
@@ -281,7 +288,7 @@ async fn an_outage_the_client_healed_fails_the_attempt_as_a_lost_connection() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1);
@@ -312,7 +319,7 @@ async fn content_keys_store_each_content_once_and_delete_it_with_its_last_file()
     // 8 files at U50: 4 distinct contents, each twice.
     let (outcome, records) = run(
         &config(tmp.path(), &[50], fast_retry()),
-        vec![fake("a", Keys::ByContent, &s)],
+        vec![fake("a", CONTENT, &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1, "{:?}", outcome.failed);
@@ -324,6 +331,49 @@ async fn content_keys_store_each_content_once_and_delete_it_with_its_last_file()
     assert_eq!(get(Stage::PerfileDelete).files, 8);
     // One delete per content, with its last file.
     assert_eq!(s.lock().unwrap().deletes, 4);
+    assert_eq!(get(Stage::BulkInsert).layout, CONTENT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_keys_over_containers_hold_a_content_once_per_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = script(Script::default());
+    let spread = Layout {
+        keys: KeyMode::Content,
+        containers: 3,
+    };
+    let (outcome, records) = run(
+        &config(tmp.path(), &[50], fast_retry()),
+        vec![fake("a", spread, &s)],
+    )
+    .await;
+    assert_eq!(outcome.completed, 1, "{:?}", outcome.failed);
+    // What the data set's files make of it, counted by hand: (container, content) pairs.
+    let manifest = crate::dataset::Manifest::read(&dataset_dir(
+        &outcome.dir.join("datasets"),
+        1,
+        PayloadType::RandomBinary,
+        50,
+    ))
+    .unwrap();
+    let pairs: HashSet<(u32, &str)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.id % 3, f.blake3.as_str()))
+        .collect();
+    let distinct: HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.blake3.as_str())
+        .collect();
+    // A content repeated in another container is another entry there.
+    assert!(pairs.len() > distinct.len(), "{pairs:?}");
+    let stages = crate::results::derive::completed(&records);
+    let get = |st: Stage| stages.iter().find(|r| r.stage == st).unwrap();
+    assert_eq!(get(Stage::PerfileInsert).rows_after, pairs.len() as u64);
+    assert_eq!(get(Stage::PerfileDelete).rows_after, 0);
+    assert_eq!(s.lock().unwrap().deletes, pairs.len() as u32);
+    assert_eq!(get(Stage::PerfileInsert).layout, spread);
 }
 
 #[tokio::test(start_paused = true)]
@@ -337,7 +387,7 @@ async fn a_namespace_leased_by_a_live_run_is_refused_naming_the_holder() {
     });
     let (outcome, _) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.failed.len(), 1);
@@ -365,7 +415,7 @@ async fn a_lease_whose_holder_died_is_taken_over_and_journaled() {
     });
     let (outcome, records) = run(
         &config(tmp.path(), &[0], fast_retry()),
-        vec![fake("a", Keys::ByName, &s)],
+        vec![fake("a", Layout::default(), &s)],
     )
     .await;
     assert_eq!(outcome.completed, 1);
@@ -408,7 +458,11 @@ async fn the_trace_samples_while_a_stage_runs_on_one_meter_and_keeps_failures_as
         fail: vec![(Op::Measure, 7, ErrorKind::Failed)],
         ..Default::default()
     });
-    let (outcome, records) = run(&traced(tmp.path(), 100), vec![fake("a", Keys::ByName, &s)]).await;
+    let (outcome, records) = run(
+        &traced(tmp.path(), 100),
+        vec![fake("a", Layout::default(), &s)],
+    )
+    .await;
     assert_eq!(outcome.completed, 1);
     assert_eq!(s.lock().unwrap().meters, 1, "one meter for the whole run");
     let trace = crate::results::trace::read(&outcome.dir).unwrap();
@@ -484,7 +538,11 @@ async fn with_the_trace_off_nothing_is_sampled() {
         insert_time: Duration::from_millis(50),
         ..Default::default()
     });
-    let (outcome, _) = run(&traced(tmp.path(), 0), vec![fake("a", Keys::ByName, &s)]).await;
+    let (outcome, _) = run(
+        &traced(tmp.path(), 0),
+        vec![fake("a", Layout::default(), &s)],
+    )
+    .await;
     assert_eq!(outcome.completed, 1);
     assert!(!outcome.dir.join(crate::results::trace::FILE).exists());
     // Four stages, a look before and after each: native size and snapshot.

@@ -4,6 +4,7 @@
 //! depending on each other.
 
 mod failure;
+mod layout;
 mod lease;
 mod measured;
 mod reading;
@@ -12,6 +13,7 @@ mod shard;
 mod trace;
 
 pub use failure::{ErrorKind, SysError, SysResult, error_chain, failed};
+pub use layout::{KeyMode, Layout, MAX_CONTAINERS};
 pub use lease::{Lease, this_host};
 pub use measured::{Measured, Meter, Offline};
 pub use reading::{Reading, ServerInfo};

@@ -6,7 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorKind, Lease, Reading};
+use super::{ErrorKind, Layout, Lease, Reading};
 use crate::dataset::PayloadType;
 use crate::scan::ScanResult;
 
@@ -157,6 +157,10 @@ pub struct StageRecord {
     /// The system's own storage accounting before and after the stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
+    /// How the instance laid the data set out (keys and containers); absent: by name, in
+    /// one container.
+    #[serde(default, skip_serializing_if = "Layout::is_default")]
+    pub layout: Layout,
 }
 
 /// A system's storage accounting at one moment, or why there is none.

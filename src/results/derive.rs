@@ -297,6 +297,7 @@ mod tests {
             potential: None,
             storage_dedupe: None,
             snapshot: None,
+            layout: Default::default(),
         }))
     }
 

@@ -101,6 +101,7 @@ fn record(grade: u8, stage: Stage, attempt: u32, before: u64, after: u64) -> Sta
         potential: None,
         storage_dedupe: None,
         snapshot: None,
+        layout: Default::default(),
     }
 }
 

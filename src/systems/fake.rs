@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::toolkit::{Holding, Marker};
-use super::{Instance, Keys, System, SystemDef, TEST_HOOKS};
+use super::{Instance, System, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, Layout, Measured, Meter, ServerInfo, SysError, SysResult};
 use crate::probe::{ProbeKeys, Probes};
 
 /// The kind every fake instance has (it is not in the registry).
@@ -105,16 +105,16 @@ impl Script {
 /// A fake instance: its script and its store.
 pub struct Fake {
     name: String,
-    keys: Keys,
+    layout: Layout,
     script: Arc<Mutex<Script>>,
 }
 
 impl Fake {
-    /// A fake named `name` that keys files as `keys`, with its script; returns the instance,
-    /// adapter and probes as the engine takes them.
+    /// A fake named `name` that lays files out as `layout`, with its script; returns the
+    /// instance, adapter and probes as the engine takes them.
     pub fn subject(
         name: &str,
-        keys: Keys,
+        layout: Layout,
         script: Arc<Mutex<Script>>,
     ) -> (Instance, Box<dyn System>, Probes) {
         let instance = Instance {
@@ -122,11 +122,12 @@ impl Fake {
             def: &DEF,
             section: None,
             probe_keys: ProbeKeys::default(),
+            layout,
         };
         let probes = Probes::build(name, &ProbeKeys::default()).expect("native probe");
         let fake = Fake {
             name: name.to_string(),
-            keys,
+            layout,
             script,
         };
         (instance, Box::new(fake), probes)
@@ -140,11 +141,9 @@ impl Fake {
         self.script().call(op)
     }
 
+    /// The entry of `f`: its container and key.
     fn key(&self, f: &FileEntry) -> String {
-        match self.keys {
-            Keys::ByName => f.name.clone(),
-            Keys::ByContent => f.blake3.clone(),
-        }
+        format!("{}/{}", self.layout.container_of(f), self.layout.key_of(f))
     }
 }
 
@@ -280,10 +279,6 @@ impl System for Fake {
         let s = self.script();
         let off = u64::from(s.miscount == Some(s.calls[&Op::Count]));
         Ok(s.store.len() as u64 - off.min(s.store.len() as u64))
-    }
-
-    fn keys(&self) -> Keys {
-        self.keys
     }
 
     fn interrupted_since(&self, _since: std::time::Instant) -> Option<String> {

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 use crate::lab::{Recipe, Server};
-use crate::model::{Meter, ServerInfo, SysResult};
+use crate::model::{Layout, MAX_CONTAINERS, Meter, ServerInfo, SysResult};
 use crate::probe::{ProbeKeys, Probes};
 pub use toolkit::{Holding, Marker};
 
@@ -111,6 +111,8 @@ pub struct SystemContext<'a> {
     pub section: Option<&'a toml::Table>,
     /// The experiment directory: embedded systems keep their data under it by default.
     pub experiment_dir: &'a Path,
+    /// What files are stored under and how many containers they are spread over.
+    pub layout: Layout,
 }
 
 impl SystemContext<'_> {
@@ -152,13 +154,20 @@ pub struct Instance {
     pub section: Option<toml::Table>,
     /// The probe keys of the section.
     pub probe_keys: ProbeKeys,
+    /// Its layout: the section's `keys` and `containers`, else the experiment's.
+    pub layout: Layout,
 }
 
 impl Instance {
     /// Reads instance `name` from its section: its kind is the section's `kind` key, or the
-    /// name itself when that is a kind. Refuses unknown kinds, names that are not plain
-    /// identifiers, and an instance named after another kind.
-    pub fn new(name: &str, section: Option<&toml::Table>) -> anyhow::Result<Instance> {
+    /// name itself when that is a kind; its layout the section's `keys` and `containers`,
+    /// else `layout`. Refuses unknown kinds, names that are not plain identifiers, an instance
+    /// named after another kind, and a layout out of range.
+    pub fn new(
+        name: &str,
+        section: Option<&toml::Table>,
+        layout: Layout,
+    ) -> anyhow::Result<Instance> {
         let plain = !name.is_empty()
             && name.len() <= 40
             && name
@@ -206,11 +215,13 @@ impl Instance {
             }
         };
         let probe_keys = ProbeKeys::take(&mut rest);
+        let layout = take_layout(name, &mut rest, layout)?;
         Ok(Instance {
             name: name.to_string(),
             def,
             section: section.map(|_| rest),
             probe_keys,
+            layout,
         })
     }
 
@@ -220,6 +231,7 @@ impl Instance {
             instance: &self.name,
             section: self.section.as_ref(),
             experiment_dir,
+            layout: self.layout,
         }
     }
 
@@ -238,7 +250,44 @@ pub fn build_from_section(
     section: &toml::Table,
     experiment_dir: &Path,
 ) -> anyhow::Result<Box<dyn System>> {
-    Ok(Instance::new(name, Some(section))?.build(experiment_dir)?.0)
+    Ok(Instance::new(name, Some(section), Layout::default())?
+        .build(experiment_dir)?
+        .0)
+}
+
+/// Takes `keys` and `containers` out of an instance's section, over `layout`, and checks
+/// the result.
+fn take_layout(name: &str, section: &mut toml::Table, layout: Layout) -> anyhow::Result<Layout> {
+    let mut own = toml::Table::new();
+    for key in ["keys", "containers"] {
+        if let Some(v) = section.remove(key) {
+            own.insert(key.into(), v);
+        }
+    }
+    let mut merged = toml::Table::try_from(layout).expect("a layout serializes");
+    merged.extend(own);
+    let layout: Layout = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            usage(format!(
+                "config [systems.{name}]: {}; keys is \"name\" or \"content\", containers a \
+             number from 1 to {MAX_CONTAINERS}",
+                e.message()
+            ))
+        })?;
+    check_layout(&format!("[systems.{name}]"), &layout)?;
+    Ok(layout)
+}
+
+/// Refuses a number of containers out of range; `what` names the config section.
+pub fn check_layout(what: &str, layout: &Layout) -> anyhow::Result<()> {
+    if !(1..=MAX_CONTAINERS).contains(&layout.containers) {
+        crate::bail_usage!(
+            "config {what} containers = {}: spread files over 1 to {MAX_CONTAINERS} containers",
+            layout.containers
+        );
+    }
+    Ok(())
 }
 
 /// Looks a kind up by its name or an alias.
@@ -265,16 +314,6 @@ pub fn lookup_or_usage(kind: &str) -> anyhow::Result<&'static SystemDef> {
             names()
         ))
     })
-}
-
-/// How a system keys the files it stores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Keys {
-    /// Each file under its own name: every file is stored, duplicates included.
-    ByName,
-    /// Each file under its content's hash: a duplicate overwrites (or is dropped as) the
-    /// same entry, so the system stores each distinct content once.
-    ByContent,
 }
 
 /// A data system under test. Methods are called in the order of a cell (see DESIGN.md §3);
@@ -325,11 +364,6 @@ pub trait System: Send {
 
     /// Number of entries (rows, objects, keys, records) stored in the namespace.
     async fn count(&mut self) -> SysResult<u64>;
-
-    /// How the system keys files; decides how many entries an insert stage leaves.
-    fn keys(&self) -> Keys {
-        Keys::ByName
-    }
 
     /// Requests sent again since the adapter was built (after a server error, say). The
     /// engine records the difference across each stage: a retried per-file request hides

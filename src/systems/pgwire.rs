@@ -136,6 +136,7 @@ pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn Syst
         server,
         namespace: schema,
         settings,
+        ..
     } = target::<D>(ctx)?;
     let database = database::<D>(&settings);
     let tls = match (settings.tls, &settings.ca_file) {

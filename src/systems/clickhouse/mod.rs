@@ -657,6 +657,7 @@ mod tests {
             instance: "clickhouse",
             section: Some(&section),
             experiment_dir: std::path::Path::new("."),
+            layout: Default::default(),
         })
         .err()
         .unwrap();

@@ -11,11 +11,11 @@
 //! bytes with random ones first and frees nothing more). The adapter keeps each file's
 //! sequence from its ack.
 //!
-//! `msg_id` decides each publish's `Nats-Msg-Id` header: the file name, or the BLAKE3 of the
-//! content. JetStream drops a message whose id it saw within the stream's duplicate window
-//! (`duplicate_window_s`) and acks it as a duplicate with the original's sequence, so with
-//! content ids the stream holds each distinct content once: a system that deduplicates
-//! logically ([`Keys::ByContent`]). Counts stay the server's: the messages the stream holds.
+//! The layout's keys decide each publish's `Nats-Msg-Id` header: the file name, or the BLAKE3
+//! of the content. JetStream drops a message whose id it saw within the stream's duplicate
+//! window (`duplicate_window_s`) and acks it as a duplicate with the original's sequence, so
+//! with content keys the stream holds each distinct content once: a system that deduplicates
+//! logically. Counts stay the server's: the messages the stream holds.
 //! Several files then share one message; the engine deletes a content only with its last file,
 //! and the adapter deletes the message that file's ack named. The window must outlast a stage:
 //! content seen earlier than that is stored again.
@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use super::toolkit::{
     Holding, Marker, Namespaced, ServerDefaults, Target, Window, ownership::is_marker,
 };
-use super::{Keys, System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
+use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, error_chain};
 
@@ -84,17 +84,6 @@ const DEFAULTS: ServerDefaults = ServerDefaults {
     user: None,
 };
 
-/// What a publish's `Nats-Msg-Id` is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MsgId {
-    /// The file name: every file is its own message.
-    #[default]
-    Name,
-    /// The BLAKE3 of the content: a repeated content within the window is not stored again.
-    Content,
-}
-
 /// The keys of a NATS instance's section beside the shared connection keys.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -102,8 +91,6 @@ pub struct Settings {
     /// Stream name; must start with `dedup_lab`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
-    /// What a publish's `Nats-Msg-Id` is.
-    pub msg_id: MsgId,
     /// The stream's duplicate window: a publish whose id it saw this recently is dropped.
     pub duplicate_window_s: u64,
     /// Publishes of the bulk path awaiting their acks, at most.
@@ -118,7 +105,6 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             stream: None,
-            msg_id: MsgId::Name,
             duplicate_window_s: 600,
             max_in_flight: 256,
             max_in_flight_bytes: 64 << 20,
@@ -391,10 +377,7 @@ impl Nats {
 
     /// Sends `f`'s publish; the returned future resolves to its ack.
     async fn publish(&self, f: &FileEntry, content: Bytes) -> SysResult<PublishAckFuture> {
-        let id = match self.t.settings.msg_id {
-            MsgId::Name => &f.name,
-            MsgId::Content => &f.blake3,
-        };
+        let id = self.t.layout.key_of(f);
         let message = PublishMessage::build().payload(content).message_id(id);
         self.js()?
             .send_publish(self.subject(f), message)
@@ -496,22 +479,12 @@ impl System for Nats {
         &self.name
     }
 
-    fn keys(&self) -> Keys {
-        match self.t.settings.msg_id {
-            MsgId::Name => Keys::ByName,
-            MsgId::Content => Keys::ByContent,
-        }
-    }
-
     fn target(&self) -> String {
         format!(
             "{} stream {} (Nats-Msg-Id = file {})",
             self.t.server.address(),
             self.t.namespace,
-            match self.t.settings.msg_id {
-                MsgId::Name => "name",
-                MsgId::Content => "content BLAKE3",
-            }
+            self.t.layout.keys.name()
         )
     }
 
@@ -743,8 +716,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let e = refused("msg_id = \"hash\"");
-        assert!(e.contains("msg_id") && e.contains("content"), "{e}");
+        let e = refused("keys = \"hash\"");
+        assert!(e.contains("keys") && e.contains("content"), "{e}");
         assert!(refused("stream = \"events\"").contains("dedup_lab"));
         assert!(refused("duplicate_window_s = 0").contains("at least 1"));
         let e = refused("password_env = \"PATH\"");

@@ -721,6 +721,7 @@ mod tests {
             instance: "s3",
             section: Some(&section),
             experiment_dir: std::path::Path::new("."),
+            layout: Default::default(),
         })
     }
 
@@ -757,6 +758,7 @@ mod tests {
             instance: "s3",
             section: None,
             experiment_dir: std::path::Path::new("."),
+            layout: Default::default(),
         })
         .err()
         .unwrap()

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check_namespace;
 use crate::error::usage;
+use crate::model::Layout;
 use crate::secret::{Secret, SecretSource};
 use crate::systems::SystemContext;
 
@@ -120,6 +121,8 @@ pub struct Target<S> {
     pub namespace: String,
     /// The adapter's own settings.
     pub settings: S,
+    /// What files are stored under and how many containers they go to.
+    pub layout: Layout,
 }
 
 impl<S: DeserializeOwned + Default + Namespaced> Target<S> {
@@ -139,6 +142,7 @@ impl<S: DeserializeOwned + Default + Namespaced> Target<S> {
             server,
             namespace,
             settings,
+            layout: ctx.layout,
         })
     }
 }
