@@ -159,6 +159,14 @@ fn three_concurrent_shards_merge_into_the_single_process_report() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["cells_done"], 16);
+    // The merged report draws each shard's trace: a size-over-time chart per system.
+    let html = std::fs::read_to_string(root.join("report.html")).unwrap();
+    for system in ["fs", "postgres", "redis", "sqlite"] {
+        assert!(
+            html.contains(&format!("data-chart=\"trace:{system}\"")),
+            "no trace chart of {system} in the merged report"
+        );
+    }
 
     // Without shard 2, the report says so and fails; what is there is still reported.
     let aside = tmp.path().join("aside");

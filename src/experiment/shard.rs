@@ -433,6 +433,7 @@ impl ShardSet {
             ));
         }
         let mut records = Vec::new();
+        let mut trace = Vec::new();
         let mut scanned = HashSet::new();
         let mut experiment = None;
         for s in &self.shards {
@@ -444,6 +445,7 @@ impl ShardSet {
                 continue;
             };
             let journal = journal_of(s)?;
+            trace.extend(results::trace::read(&s.dir)?);
             let owned: HashSet<&CellKey> = meta.cells.iter().collect();
             if let Some(stray) = journal
                 .iter()
@@ -497,7 +499,7 @@ impl ShardSet {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let report = results::write_report(out, &id, &records)?;
+        let report = results::write_report(out, &id, &records, trace)?;
         Ok(ReportOutcome {
             dir: out.to_path_buf(),
             report,

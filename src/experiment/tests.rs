@@ -361,11 +361,7 @@ async fn content_keys_over_containers_hold_a_content_once_per_container() {
         .iter()
         .map(|f| (f.id % 3, f.blake3.as_str()))
         .collect();
-    let distinct: HashSet<&str> = manifest
-        .files
-        .iter()
-        .map(|f| f.blake3.as_str())
-        .collect();
+    let distinct: HashSet<&str> = manifest.files.iter().map(|f| f.blake3.as_str()).collect();
     // A content repeated in another container is another entry there.
     assert!(pairs.len() > distinct.len(), "{pairs:?}");
     let stages = crate::results::derive::completed(&records);

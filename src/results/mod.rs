@@ -15,7 +15,7 @@ use anyhow::Context as _;
 
 use crate::error::usage;
 use crate::journal::{self, Journal};
-use crate::model::Record;
+use crate::model::{Record, TraceLine};
 use export::Report;
 
 /// Builds the report of an experiment directory from its journal and writes every export
@@ -35,12 +35,17 @@ pub fn report(dir: &Path) -> anyhow::Result<Report> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_report(dir, &id, &records)
+    write_report(dir, &id, &records, trace::read(dir)?)
 }
 
-/// Builds the report of experiment `id` from its records (one journal's, or the merged
-/// journals of its shards) and writes every export into `dir`.
-pub fn write_report(dir: &Path, id: &str, records: &[Record]) -> anyhow::Result<Report> {
+/// Builds the report of experiment `id` from its records and trace (one directory's, or the
+/// merged ones of its shards) and writes every export into `dir`.
+pub fn write_report(
+    dir: &Path,
+    id: &str,
+    records: &[Record],
+    trace: Vec<TraceLine>,
+) -> anyhow::Result<Report> {
     let rows = derive::rows(records);
     let layers = layers::layer_rows(records, &rows);
     let snapshots = snapshots::snapshot_rows(records);
@@ -50,7 +55,7 @@ pub fn write_report(dir: &Path, id: &str, records: &[Record]) -> anyhow::Result<
         layers,
         snapshots,
         summary,
-        trace: trace::read(dir)?,
+        trace,
     };
     export::write_all(dir, &report)
         .with_context(|| format!("writing exports into {}", dir.display()))?;
