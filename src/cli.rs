@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use dedup_lab::config::Overrides;
 use dedup_lab::dataset::{DedupUnit, SizeSpec, parse_size};
 use dedup_lab::lab::storage::Kind as StorageKind;
-use dedup_lab::model::ShardBy;
+use dedup_lab::model::{KeyMode, ShardBy};
 use dedup_lab::scan::{CdcParams, ScanConfig};
 
 /// Where does deduplication happen — inside a data system, in the storage under it, or
@@ -101,6 +101,14 @@ pub struct ConfigArgs {
     /// Directory of a preset payload type, e.g. gutenberg_text=/data/gutenberg (repeatable).
     #[arg(long, value_name = "PRESET=DIR", value_parser = parse_source)]
     pub source: Vec<(String, PathBuf)>,
+    /// What every instance stores a file under: its name, or its content's hash (an
+    /// instance's own `keys` wins).
+    #[arg(long, value_enum, value_name = "KEYS")]
+    pub keys: Option<KeyMode>,
+    /// Containers (tables, prefixes, topics, streams) every instance spreads files over,
+    /// 1 to 64 (an instance's own `containers` wins).
+    #[arg(long, value_name = "N")]
+    pub containers: Option<u32>,
 }
 
 fn parse_source(s: &str) -> Result<(String, PathBuf), String> {
@@ -133,6 +141,8 @@ impl ConfigArgs {
             shift: self.shift,
             compress: self.compress,
             sources: self.source.clone(),
+            keys: self.keys,
+            containers: self.containers,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::dataset::{
     PayloadType, SizeSpec, SourceSpec,
 };
 use crate::error::usage;
-use crate::model::{Layout, Shard};
+use crate::model::{KeyMode, Layout, Shard};
 use crate::scan::{CdcParams, ScanConfig};
 use crate::systems::{self, Instance};
 
@@ -437,6 +437,10 @@ pub struct Overrides {
     pub compress: Option<i64>,
     /// `--source PRESET=DIR`, each replacing that preset's directory.
     pub sources: Vec<(String, PathBuf)>,
+    /// `--keys`
+    pub keys: Option<KeyMode>,
+    /// `--containers`
+    pub containers: Option<u32>,
 }
 
 /// The config after validation: names resolved, ranges checked.
@@ -568,6 +572,12 @@ impl Config {
         }
         for (name, dir) in &o.sources {
             d.sources.insert(name.clone(), dir.clone());
+        }
+        if let Some(v) = o.keys {
+            self.layout.keys = v;
+        }
+        if let Some(v) = o.containers {
+            self.layout.containers = v;
         }
     }
 

@@ -365,6 +365,38 @@ const CASES: &[Case] = &[
         words: &["[systems.redis]", "db must be 0 or more"],
     },
     Case {
+        name: "bad layout keys",
+        config: Some("[layout]\nkeys = \"hash\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["unknown variant `hash`", "`name`", "`content`"],
+    },
+    Case {
+        name: "too many containers",
+        config: None,
+        args: &["run", "--containers", "65"],
+        code: 2,
+        words: &["containers = 65", "1 to 64 containers"],
+    },
+    Case {
+        name: "bad instance layout",
+        config: Some("[systems.sqlite]\nkeys = \"hash\"\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &["[systems.sqlite]", "keys is \"name\" or \"content\""],
+    },
+    Case {
+        name: "bad trace interval",
+        config: Some("[trace]\ninterval_ms = 50\n"),
+        args: &["run", "--config", "{config}"],
+        code: 2,
+        words: &[
+            "interval_ms = 50",
+            "100 to 60000 ms",
+            "0 to turn the trace off",
+        ],
+    },
+    Case {
         name: "unknown sink",
         config: Some("[export.kafak]\nbootstrap = \"127.0.0.1:9092\"\n"),
         args: &["run", "--config", "{config}"],

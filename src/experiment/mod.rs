@@ -172,8 +172,13 @@ pub async fn plan(config: &Resolved) -> anyhow::Result<String> {
                 " (native: known once connected)",
             ),
         };
+        let l = s.instance.layout;
+        let layout = match l.is_default() {
+            true => String::new(),
+            false => format!("  keys: {}, {} containers", l.keys.name(), l.containers),
+        };
         out.push_str(&format!(
-            "  {:<12} {}{kind}  probes: {}{later}\n",
+            "  {:<12} {}{kind}  probes: {}{later}{layout}\n",
             s.instance.name,
             s.sys.target(),
             s.probes.names(meter.as_ref()).join(" ")

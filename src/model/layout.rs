@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::FileEntry;
 
 /// What a file is stored under.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyMode {
     /// Its name: every file is an entry of its own, duplicates included.
