@@ -188,17 +188,7 @@ impl Serialize for DedupUnit {
 
 impl<'de> Deserialize<'de> for DedupUnit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => n.to_string().parse(),
-            Raw::Str(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+        super::int_or_str(d)
     }
 }
 

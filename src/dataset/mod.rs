@@ -136,18 +136,29 @@ impl Serialize for SizeSpec {
 
 impl<'de> Deserialize<'de> for SizeSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => n.to_string().parse(),
-            Raw::Str(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+        int_or_str(d)
     }
+}
+
+/// Deserializes a size written as a number of bytes or as text ("64KiB"), both through
+/// `T`'s parser.
+pub(crate) fn int_or_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => n.to_string().parse(),
+        Raw::Str(s) => s.parse(),
+    }
+    .map_err(serde::de::Error::custom)
 }
 
 /// What to generate.

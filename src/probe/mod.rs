@@ -88,6 +88,18 @@ impl ProbeContext<'_> {
             ))
         })
     }
+
+    /// Builds the probe of a configured table: parses it with [`ProbeContext::parse`] and
+    /// makes the probe from it; nothing when the key is absent.
+    pub fn build_with<T: serde::de::DeserializeOwned, P: Probe + 'static>(
+        &self,
+        def: &ProbeDef,
+        make: impl FnOnce(&str, &T) -> anyhow::Result<P>,
+    ) -> Built {
+        self.parse::<T>(def)?
+            .map(|c| Ok(Box::new(make(self.instance, &c)?) as Box<dyn Probe>))
+            .transpose()
+    }
 }
 
 /// One probe of one system instance.

@@ -30,10 +30,9 @@ pub const DEF: ProbeDef = ProbeDef {
 pub const KEY: &str = "prometheus_probe";
 
 fn build(ctx: &ProbeContext<'_>) -> Built {
-    let config: Option<PrometheusConfig> = ctx.parse(&DEF)?;
-    config
-        .map(|c| Ok(Box::new(Prometheus::new(ctx.instance, &c)?) as Box<dyn Probe>))
-        .transpose()
+    ctx.build_with(&DEF, |instance, c: &PrometheusConfig| {
+        Prometheus::new(instance, c)
+    })
 }
 
 #[async_trait]

@@ -63,10 +63,7 @@ pub const DEF: ProbeDef = ProbeDef {
 pub const KEY: &str = "promql_probe";
 
 fn build(ctx: &ProbeContext<'_>) -> Built {
-    let config: Option<PromqlConfig> = ctx.parse(&DEF)?;
-    config
-        .map(|c| Ok(Box::new(Promql::new(ctx.instance, &c)?) as Box<dyn Probe>))
-        .transpose()
+    ctx.build_with(&DEF, |instance, c: &PromqlConfig| Promql::new(instance, c))
 }
 
 /// `promql_probe = { … }` in a `[systems.<name>]` section.
