@@ -425,6 +425,16 @@ const CASES: &[Case] = &[
         words: &["topic_stages = \"a b\" is not a Kafka topic name"],
     },
     Case {
+        name: "content keys on Kafka topics that keep every record",
+        config: Some("[systems.kafka]\nkeys = \"content\"\ndelete_mode = \"delete_records\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "kafka"],
+        code: 2,
+        words: &[
+            "keys = \"content\" needs compacted topics",
+            "set delete_mode = \"tombstone\"",
+        ],
+    },
+    Case {
         name: "bad pushgateway URL",
         config: Some("[export.pushgateway]\nurl = \"not a url\"\n"),
         args: &["run", "--config", "{config}"],

@@ -1,22 +1,23 @@
 //! Kafka against the lab broker (tansu): records read back byte-exact by an independent
 //! consumer, counts after every stage, deletes seen by a consumer, acknowledged latency, fs
-//! growth, foreign topics, tansu's refusals and an unreachable broker.
+//! growth, foreign topics, tansu's refusals and an unreachable broker; content keys (the
+//! record key is the content's hash) and four containers (four topics per reset).
 //!
 //! The `fs` and `sqlite` probes see the whole broker, so the test that checks them holds the
 //! broker alone; the others run side by side with distinct prefixes.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{
     assert_fails_with, config_with, experiment_dir, journal, lab_section, run_in_namespace,
     run_system, stage_records, text,
 };
-use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::model::ErrorKind;
-use dedup_lab::model::{Record, Stage};
+use dedup_lab::dataset::{DataSet, DataSetSpec, Manifest, PayloadType, SizeSpec};
+use dedup_lab::experiment::dataset_dir;
+use dedup_lab::model::{ErrorKind, KeyMode, Layout, Record, Stage, StageRecord};
 use dedup_lab::systems::{self, System};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -415,5 +416,362 @@ async fn an_unreachable_broker_is_a_lost_connection_and_bad_config_is_named() {
         s.insert(key.into(), value);
         let e = build(&s).err().expect("refused").to_string();
         assert!(e.contains(named), "{key}: {e}");
+    }
+}
+
+/// The lab section under `prefix` with `changes`, as [`section`] otherwise.
+fn section_with(prefix: &str, changes: &[(&str, toml::Value)]) -> toml::Table {
+    let mut s = section(prefix);
+    for (k, v) in changes {
+        s.insert((*k).to_string(), v.clone());
+    }
+    s
+}
+
+/// `files` random files of 16 KiB at `grade`: incompressible, so bytes stored are bytes kept.
+fn random(dir: &std::path::Path, grade: u8, files: u32) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade,
+            files,
+            sizes: SizeSpec::Fixed(16 << 10),
+            seed: 13,
+            ..Default::default()
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+/// The topics of the newest reset under `prefix` (those sharing its stamp), by container.
+fn newest_reset(prefix: &str) -> Vec<String> {
+    let stamp = |t: &str| -> Option<u64> { t[prefix.len() + 1..].split('-').next()?.parse().ok() };
+    let all = topics(&format!("{prefix}-"));
+    let newest = all
+        .iter()
+        .filter_map(|t| stamp(t))
+        .max()
+        .expect("a lab topic");
+    let mut out: Vec<String> = all
+        .into_iter()
+        .filter(|t| stamp(t) == Some(newest))
+        .collect();
+    out.sort_by_key(|t| t.rsplit_once("-c").map(|(_, k)| k.parse::<u32>().unwrap()));
+    out
+}
+
+/// The keys whose latest record in `topic` holds a value, with that value.
+fn live(topic: &str) -> HashMap<String, Vec<u8>> {
+    latest(topic)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+}
+
+/// Asserts that `topic` holds exactly the contents `expected` (BLAKE3 hex) as live keys, each
+/// value the content its key names.
+fn assert_contents(topic: &str, expected: &HashSet<&str>) {
+    let held = live(topic);
+    let keys: HashSet<&str> = held.keys().map(String::as_str).collect();
+    assert_eq!(&keys, expected, "{topic}");
+    for (key, value) in &held {
+        assert_eq!(blake3::hash(value).to_hex().as_str(), key, "{topic}");
+    }
+}
+
+/// Waits (bounded) until tansu's file holds `want` records of `topic`.
+fn await_stored(topic: &str, want: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while stored_records(topic) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: tansu holds {} records, not {want}",
+            stored_records(topic)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Bulk and per-file paths with content keys: the record key is the content's BLAKE3, the
+/// topic holds each content once as a live key (read back by a consumer of the test's own),
+/// and tansu removes the repeated records at its own maintenance tick, without a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_keys_hold_each_content_once_and_tansu_compacts_repeats_by_itself() {
+    let _broker = BROKER.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_kst_content";
+    let mut sys = build(&section_with(prefix, &[("keys", "content".into())])).unwrap();
+    sys.connect().await.unwrap();
+    let ds = random(&tmp.path().join("ds"), 90, 40);
+    let files = &ds.manifest.files;
+    let distinct: HashSet<&str> = files.iter().map(|f| f.blake3.as_str()).collect();
+    assert_eq!(distinct.len(), 4);
+
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let topic = newest(prefix);
+    assert_contents(&topic, &distinct);
+    assert_eq!(sys.count().await.unwrap(), 4);
+    // Every file was produced: tansu keeps a record per file until its maintenance tick
+    // compacts the topic (every second in the lab), and then one per content.
+    let stored = stored_records(&topic);
+    assert!((4..=40).contains(&stored), "{stored}");
+    await_stored(&topic, 4);
+    assert_eq!(sys.count().await.unwrap(), 4, "compaction keeps the count");
+    assert_contents(&topic, &distinct);
+
+    common::reset(sys.as_mut()).await.unwrap();
+    let topic = newest(prefix);
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    assert_contents(&topic, &distinct);
+    assert_eq!(sys.count().await.unwrap(), 4);
+    assert_eq!(
+        read_topic(&topic).last().unwrap().0,
+        39,
+        "one record per file"
+    );
+    common::reset(sys.as_mut()).await.unwrap();
+}
+
+/// Deletes with content keys, in the engine's plan: a content's tombstone goes with its last
+/// file only. After each, a consumer sees the content gone and every other content intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_is_tombstoned_with_its_last_file_and_the_others_stay_intact() {
+    let _broker = BROKER.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_kst_deletes";
+    let mut sys = build(&section_with(prefix, &[("keys", "content".into())])).unwrap();
+    sys.connect().await.unwrap();
+    // 16 files at U75: 4 contents, 4 files each.
+    let ds = random(&tmp.path().join("ds"), 75, 16);
+    let files = &ds.manifest.files;
+    common::reset(sys.as_mut()).await.unwrap();
+    let topic = newest(prefix);
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 1,
+    };
+    let mut held: HashSet<&str> = files.iter().map(|f| f.blake3.as_str()).collect();
+    assert_eq!(sys.count().await.unwrap(), 4);
+    let plan = layout.deletes(files);
+    assert_eq!(plan.iter().filter(|d| **d).count(), 4);
+    for (f, _) in files.iter().zip(plan).filter(|(_, d)| *d) {
+        sys.delete_one(f).await.unwrap();
+        held.remove(f.blake3.as_str());
+        assert_eq!(latest(&topic)[&f.blake3], None, "{} is tombstoned", f.name);
+        assert_contents(&topic, &held);
+        assert_eq!(sys.count().await.unwrap(), held.len() as u64);
+    }
+    let err = sys.delete_one(&files[0]).await.unwrap_err();
+    assert!(err.message.contains("is not in topic"), "{}", err.message);
+    let note = sys.maintenance().await.unwrap();
+    assert!(note.contains("one per key (4 tombstones)"), "{note}");
+    assert_eq!(
+        read_topic(&topic).len(),
+        4,
+        "a tombstone per content is left"
+    );
+    assert_eq!(sys.count().await.unwrap(), 0);
+    common::reset(sys.as_mut()).await.unwrap();
+}
+
+/// A run with content keys at U90: the count after each insert is the distinct contents;
+/// tansu's pages grow by the records produced, one per file (L), less what a maintenance tick
+/// of tansu compacted before the stage's probe, and the maintenance stage gives everything
+/// back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_with_content_keys_counts_contents_and_compaction_gives_back_the_repeats() {
+    let _broker = BROKER.write().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(
+        tmp.path(),
+        "kafka",
+        &[
+            ("prefix", "dedup_lab_kst_run".into()),
+            ("keys", "content".into()),
+        ],
+    );
+    let results = tmp.path().join("results");
+    let out = run_system(&config, "kafka", "random_binary", "0,90", 40, &results);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = experiment_dir(&results);
+    let records = journal(&exp);
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::AttemptFailed { .. })),
+        "{records:?}"
+    );
+    let stages = stage_records(&records);
+    assert_eq!(stages.len(), 8);
+    for grade in [0, 90] {
+        let manifest = Manifest::read(&dataset_dir(
+            &exp.join("datasets"),
+            1,
+            PayloadType::RandomBinary,
+            grade,
+        ))
+        .unwrap();
+        let distinct: HashSet<&str> = manifest.files.iter().map(|f| f.blake3.as_str()).collect();
+        let of = |stage: Stage| {
+            stages
+                .iter()
+                .find(|s| s.cell.grade == grade && s.stage == stage)
+                .unwrap()
+        };
+        let pages = |s: &StageRecord, after: bool| {
+            let p = &s.probes["sqlite"];
+            let r = if after { &p.after } else { &p.before };
+            r.bytes().unwrap() as f64
+        };
+        for stage in [Stage::BulkInsert, Stage::PerfileInsert] {
+            let s = of(stage);
+            assert_eq!(s.rows_after, distinct.len() as u64, "U{grade} {stage}");
+            let grown = pages(s, true) - pages(s, false);
+            let (l, u) = (s.logical_bytes as f64, s.unique_bytes as f64);
+            assert!(
+                grown >= 0.9 * u && grown <= 1.1 * l,
+                "U{grade} {stage}: grew {grown} for U {u}, L {l}"
+            );
+        }
+        assert_eq!(of(Stage::PerfileDelete).rows_after, 0);
+        let note = of(Stage::Maintenance).note.clone().unwrap();
+        assert!(
+            note.contains(&format!("one per key ({} tombstones)", distinct.len())),
+            "{note}"
+        );
+        // After compaction the topic holds a tombstone per content: its pages are back.
+        let back = pages(of(Stage::Maintenance), true) - pages(of(Stage::PerfileInsert), false);
+        let l = of(Stage::PerfileInsert).logical_bytes as f64;
+        assert!(back.abs() < 0.05 * l, "U{grade}: {back} bytes left");
+    }
+}
+
+/// Four containers are four topics per reset, files spread by id modulo 4; with content keys
+/// a content repeated in another topic is stored there again. A reset retires every topic of
+/// the reset before, and a later run with one container works in the same prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_containers_are_four_topics_and_resets_retire_them_all() {
+    let _broker = BROKER.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_kst_spread";
+    let ds = random(&tmp.path().join("ds"), 50, 40);
+    let files = &ds.manifest.files;
+
+    let mut sys = build(&section_with(prefix, &[("containers", 4.into())])).unwrap();
+    sys.connect().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let spread = newest_reset(prefix);
+    let stamp = spread[0].strip_suffix("-c0").expect("container 0 first");
+    assert_eq!(
+        spread,
+        (0..4).map(|k| format!("{stamp}-c{k}")).collect::<Vec<_>>()
+    );
+    for (k, topic) in spread.iter().enumerate() {
+        let keys: HashSet<String> = live(topic).into_keys().collect();
+        let want: HashSet<String> = files
+            .iter()
+            .filter(|f| f.id as usize % 4 == k)
+            .map(|f| f.name.clone())
+            .collect();
+        assert_eq!(keys, want, "{topic}");
+    }
+    assert_eq!(sys.count().await.unwrap(), 40);
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    assert_eq!(snap["records"], 40.0, "the meter sums every topic");
+    common::reset(sys.as_mut()).await.unwrap();
+    for topic in &spread {
+        assert_eq!(stored_records(topic), 0, "{topic} retired");
+    }
+
+    let changes = [("containers", 4.into()), ("keys", "content".into())];
+    let mut sys = build(&section_with(prefix, &changes)).unwrap();
+    sys.connect().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    let spread = newest_reset(prefix);
+    let mut entries = 0;
+    for (k, topic) in spread.iter().enumerate() {
+        let here: HashSet<&str> = files
+            .iter()
+            .filter(|f| f.id as usize % 4 == k)
+            .map(|f| f.blake3.as_str())
+            .collect();
+        assert_contents(topic, &here);
+        entries += here.len();
+    }
+    let distinct: HashSet<&str> = files.iter().map(|f| f.blake3.as_str()).collect();
+    assert!(entries > distinct.len(), "contents repeat across topics");
+    assert_eq!(sys.count().await.unwrap(), entries as u64);
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 4,
+    };
+    for (f, _) in files.iter().zip(layout.deletes(files)).filter(|(_, d)| *d) {
+        sys.delete_one(f).await.unwrap();
+    }
+    assert_eq!(sys.count().await.unwrap(), 0);
+    let note = sys.maintenance().await.unwrap();
+    assert!(
+        note.contains(&format!("one per key ({entries} tombstones)"))
+            && note.contains("(4 topics)"),
+        "{note}"
+    );
+    common::reset(sys.as_mut()).await.unwrap();
+
+    // Runs: four containers with name keys, with content keys, then one container.
+    for (containers, keys) in [(4, "name"), (4, "content"), (1, "name")] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(
+            dir.path(),
+            "kafka",
+            &[
+                ("prefix", prefix.into()),
+                ("containers", containers.into()),
+                ("keys", keys.into()),
+            ],
+        );
+        let results = dir.path().join("results");
+        let out = run_system(&config, "kafka", "random_binary", "90", 40, &results);
+        assert!(out.status.success(), "{}", text(&out));
+        let exp = experiment_dir(&results);
+        let manifest = Manifest::read(&dataset_dir(
+            &exp.join("datasets"),
+            1,
+            PayloadType::RandomBinary,
+            90,
+        ))
+        .unwrap();
+        let entries: HashSet<(u32, &str)> = manifest
+            .files
+            .iter()
+            .map(|f| {
+                let key = if keys == "name" { &f.name } else { &f.blake3 };
+                (f.id % containers, key.as_str())
+            })
+            .collect();
+        for s in stage_records(&journal(&exp)) {
+            let want = if s.stage.inserts() { entries.len() } else { 0 };
+            assert_eq!(s.rows_after, want as u64, "{containers} {keys} {}", s.stage);
+        }
+        // The final reset made the next topics, and retired every one before: no topic of the
+        // prefix holds a record (tansu cannot delete one topic alone).
+        let newest = newest_reset(prefix);
+        assert_eq!(newest.len(), containers as usize);
+        assert_eq!(newest[0].ends_with("-c0"), containers > 1, "{newest:?}");
+        for topic in topics(&format!("{prefix}-")) {
+            if !topic.ends_with("-registry") {
+                assert_eq!(stored_records(&topic), 0, "{topic}");
+            }
+        }
     }
 }

@@ -1,19 +1,25 @@
 //! NATS JetStream (`nats`) against the lab server: content ids store each content once and
 //! file-name ids every copy (dedup capture from the native probe, through the engine), counts
-//! and sizes checked against `STREAM.INFO` requests typed here, deletes of shared content,
-//! and a foreign stream that is refused and survives.
+//! and sizes checked against `STREAM.INFO` requests typed here, deletes of shared content, a
+//! foreign stream that is refused and survives, content keys read back message by message,
+//! deletes in the engine's plan, and four containers (four streams).
 //!
 //! Each test uses its own stream. The `fs` probe reads the whole store directory, which the
 //! tests share, so they assert the native probe only.
 
 mod common;
 
+use std::collections::HashSet;
+use std::path::Path;
+
 use async_nats::jetstream;
 use common::{assert_fails_with, config_with, lab_section, run_in_namespace, run_system, text};
-use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::model::Stage;
+use dedup_lab::dataset::{DataSet, DataSetSpec, FileEntry, Manifest, PayloadType, SizeSpec};
+use dedup_lab::experiment::dataset_dir;
+use dedup_lab::model::{KeyMode, Layout, Stage};
 use dedup_lab::results::derive::{Row, rows};
 use dedup_lab::systems::{self, System};
+use futures_util::TryStreamExt;
 
 /// A client of its own on the lab server, with the lab's user and password.
 async fn client() -> async_nats::Client {
@@ -328,4 +334,265 @@ fn a_wrong_password_is_named_and_not_shown() {
         !t.contains("not-the-nats-password-0000"),
         "a secret leaked: {t}"
     );
+}
+
+/// Deletes every stream of namespace `stream` (its containers' too) when dropped, so that a
+/// failing test leaves none behind on the shared server.
+struct Streams(&'static str);
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        let ns = self.0;
+        // Drop cannot await: a thread of its own runs the deletes on a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let js = jetstream::new(client().await);
+                for name in namespace_streams(&js, ns).await {
+                    let _ = js.delete_stream(&name).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The streams of namespace `ns` on the server: `ns` and `ns-c<k>`, sorted.
+async fn namespace_streams(js: &jetstream::Context, ns: &str) -> Vec<String> {
+    let mut names: Vec<String> = js
+        .stream_names()
+        .try_collect::<Vec<String>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| {
+            n == ns
+                || n.strip_prefix(&format!("{ns}-c"))
+                    .is_some_and(|k| k.parse::<u32>().is_ok())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The BLAKE3 (hex) of every message `stream` holds, read by sequence.
+async fn stored_contents(c: &async_nats::Client, stream: &str) -> Vec<String> {
+    let js = jetstream::new(c.clone());
+    let s = js.get_stream(stream).await.unwrap();
+    let state = s.cached_info().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(blake3::hash(&m.payload).to_hex().to_string());
+        }
+    }
+    assert_eq!(out.len() as u64, state.messages, "{stream}");
+    out.sort();
+    out
+}
+
+/// The distinct contents of `files`, sorted.
+fn contents<'a>(files: impl Iterator<Item = &'a FileEntry>) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = files.map(|f| f.blake3.clone()).collect();
+    set.into_iter().collect()
+}
+
+fn adapter_with(stream: &str, changes: &[(&str, toml::Value)], dir: &Path) -> Box<dyn System> {
+    let mut section = lab_section("nats");
+    section.insert("stream".into(), stream.into());
+    for (k, v) in changes {
+        section.insert((*k).to_string(), v.clone());
+    }
+    systems::build_from_section("nats", &section, dir).unwrap()
+}
+
+/// Content keys at U90 (40 incompressible files of 64 KiB), bulk and per file: the stream holds
+/// each distinct content once, read back message by message, and about U bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_keys_at_u90_store_each_content_once_read_back_by_hand() {
+    let stream = "dedup_lab_kst_u90";
+    let _cleanup = Streams(stream);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sys = adapter(stream, "content", tmp.path());
+    sys.connect().await.unwrap();
+    let ds = DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade: 90,
+            files: 40,
+            sizes: SizeSpec::Fixed(64 << 10),
+            seed: 9,
+            ..Default::default()
+        },
+        &tmp.path().join("ds"),
+    )
+    .unwrap();
+    let files = &ds.manifest.files;
+    let want = contents(files.iter());
+    assert_eq!(want.len(), 4);
+    let c = client().await;
+    for bulk in [true, false] {
+        common::reset(sys.as_mut()).await.unwrap();
+        if bulk {
+            sys.bulk_insert(&ds).await.unwrap();
+        } else {
+            for f in files {
+                sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+            }
+        }
+        assert_eq!(stored_contents(&c, stream).await, want, "bulk {bulk}");
+        let (messages, bytes) = stream_info(&c, stream).await;
+        assert_eq!((messages, sys.count().await.unwrap()), (4, 4));
+        let u = ds.manifest.unique_bytes;
+        assert!((u..u + u / 20).contains(&bytes), "{bytes} for U {u}");
+    }
+}
+
+/// Deletes with content keys in the engine's plan: only a content's last file sends the
+/// delete. After each, the content is gone and every other stays, byte-exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_goes_with_its_last_file_in_the_plan_and_the_others_stay_intact() {
+    let stream = "dedup_lab_kst_deletes";
+    let _cleanup = Streams(stream);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sys = adapter(stream, "content", tmp.path());
+    sys.connect().await.unwrap();
+    // 16 files at U75: 4 contents, 4 files each.
+    let ds = dataset(&tmp.path().join("ds"), 75, 16);
+    let files = &ds.manifest.files;
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let c = client().await;
+    let mut held = contents(files.iter());
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 1,
+    };
+    let plan = layout.deletes(files);
+    assert_eq!(plan.iter().filter(|d| **d).count(), 4);
+    for (f, _) in files.iter().zip(plan).filter(|(_, d)| *d) {
+        sys.delete_one(f).await.unwrap();
+        held.retain(|h| *h != f.blake3);
+        assert_eq!(stored_contents(&c, stream).await, held, "after {}", f.name);
+        assert_eq!(sys.count().await.unwrap(), held.len() as u64);
+    }
+    assert!(held.is_empty());
+    // An earlier holder of a content deleted with its last file has nothing left to delete.
+    let err = sys.delete_one(&files[0]).await.unwrap_err();
+    assert!(err.message.contains("deleted already"), "{}", err.message);
+}
+
+/// Four containers are four streams `<stream>-c<k>`, files spread by id modulo 4; each
+/// stream's duplicate window is its own, so a content repeated in another stream is stored
+/// there again. Runs with four containers and then one in the same namespace: each reset
+/// removes every stream an earlier layout made.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_containers_are_four_streams_and_a_reset_removes_any_earlier_layout() {
+    let stream = "dedup_lab_kst_spread";
+    let _cleanup = Streams(stream);
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 50, 40);
+    let files = &ds.manifest.files;
+    let c = client().await;
+    let js = jetstream::new(c.clone());
+    let names: Vec<String> = (0..4).map(|k| format!("{stream}-c{k}")).collect();
+    let of = |k: u32| files.iter().filter(move |f| f.id % 4 == k);
+
+    let mut sys = adapter_with(stream, &[("containers", 4.into())], tmp.path());
+    sys.connect().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    assert_eq!(namespace_streams(&js, stream).await, names);
+    sys.bulk_insert(&ds).await.unwrap();
+    for (k, name) in (0..4).zip(&names) {
+        assert_eq!(
+            stream_info(&c, name).await.0,
+            of(k).count() as u64,
+            "{name}"
+        );
+    }
+    assert_eq!(sys.count().await.unwrap(), 40);
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    assert_eq!(snap["messages"], 40.0, "the meter sums every stream");
+
+    let changes = [("containers", 4.into()), ("keys", "content".into())];
+    let mut sys = adapter_with(stream, &changes, tmp.path());
+    sys.connect().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    let mut entries = 0;
+    for (k, name) in (0..4).zip(&names) {
+        let here = contents(of(k));
+        assert_eq!(stored_contents(&c, name).await, here, "{name}");
+        entries += here.len();
+    }
+    assert!(
+        entries > contents(files.iter()).len(),
+        "contents repeat across streams"
+    );
+    assert_eq!(sys.count().await.unwrap(), entries as u64);
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    assert_eq!(snap["messages"], entries as f64);
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 4,
+    };
+    for (f, _) in files.iter().zip(layout.deletes(files)).filter(|(_, d)| *d) {
+        sys.delete_one(f).await.unwrap();
+    }
+    assert_eq!(sys.count().await.unwrap(), 0);
+    let note = sys.maintenance().await.unwrap();
+    for name in &names {
+        assert!(
+            note.contains(&format!("{name}: purged the empty stream")),
+            "{note}"
+        );
+    }
+
+    for (containers, keys) in [(4, "name"), (4, "content"), (1, "content")] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(
+            dir.path(),
+            "nats",
+            &[
+                ("stream", stream.into()),
+                ("containers", containers.into()),
+                ("keys", keys.into()),
+            ],
+        );
+        let results = dir.path().join("results");
+        let out = run_system(&config, "nats", "random_binary", "90", 40, &results);
+        assert!(out.status.success(), "{}", text(&out));
+        let exp = common::experiment_dir(&results);
+        let manifest = Manifest::read(&dataset_dir(
+            &exp.join("datasets"),
+            1,
+            PayloadType::RandomBinary,
+            90,
+        ))
+        .unwrap();
+        let entries: HashSet<(u32, &str)> = manifest
+            .files
+            .iter()
+            .map(|f| {
+                let key = if keys == "name" { &f.name } else { &f.blake3 };
+                (f.id % containers, key.as_str())
+            })
+            .collect();
+        for s in common::stage_records(&common::journal(&exp)) {
+            let want = if s.stage.inserts() { entries.len() } else { 0 };
+            assert_eq!(s.rows_after, want as u64, "{containers} {keys} {}", s.stage);
+        }
+        // The final reset left the layout's streams, empty, and nothing of an earlier one.
+        let left = namespace_streams(&js, stream).await;
+        let want: Vec<String> = match containers {
+            1 => vec![stream.to_string()],
+            _ => names.clone(),
+        };
+        assert_eq!(left, want);
+        for name in &left {
+            assert_eq!(stream_info(&c, name).await, (0, 0), "{name}");
+        }
+    }
 }

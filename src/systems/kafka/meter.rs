@@ -1,5 +1,6 @@
-//! The meter: the current topic's log size by DescribeLogDirs on a connection kept open, and
-//! its watermarks from a metadata client of its own.
+//! The meter: the current topics' log size by DescribeLogDirs on a connection kept open, and
+//! their watermarks from a metadata client of its own, summed over the topics (one per
+//! container).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use super::topics::no_topic;
 use super::wire;
 use crate::model::{Measured, Meter, SysError, SysResult};
 
-/// The topic the adapter writes to now, as the meter needs it: set by each reset.
+/// A topic the adapter writes to now, as the meter needs it: set by each reset.
 #[derive(Clone, Debug)]
 pub struct Current {
     /// Topic name.
@@ -26,8 +27,8 @@ pub struct Current {
     pub leader: String,
 }
 
-/// The adapter's current topic, shared with its meter.
-pub type Shared = Arc<Mutex<Option<Current>>>;
+/// The adapter's current topics (none before the first reset), shared with its meter.
+pub type Shared = Arc<Mutex<Vec<Current>>>;
 
 /// The Kafka meter.
 pub struct KafkaMeter {
@@ -55,32 +56,48 @@ impl KafkaMeter {
         })
     }
 
-    fn current(&self) -> SysResult<Current> {
-        self.topic
-            .lock()
-            .expect("topic lock")
-            .clone()
-            .ok_or_else(no_topic)
+    fn current(&self) -> SysResult<Vec<Current>> {
+        let topics = self.topic.lock().expect("topic lock").clone();
+        if topics.is_empty() {
+            return Err(no_topic());
+        }
+        Ok(topics)
     }
 
-    /// Bytes of partition 0 of the current topic on its leader's disk.
-    async fn log_bytes(&mut self, t: &Current) -> SysResult<u64> {
+    /// Bytes of partition 0 of the current topics on their leaders' disks: one
+    /// DescribeLogDirs per leader, naming its topics.
+    async fn log_bytes(&mut self, topics: &[Current]) -> SysResult<u64> {
         let Some(version) = self.log_dirs else {
             return Err(SysError::failed(
                 "kafka: the broker does not offer DescribeLogDirs",
             ));
         };
-        let request = DescribeLogDirsRequest::default().with_topics(Some(vec![
-            DescribableLogDirTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(t.name.clone())))
-                .with_partitions(vec![0]),
-        ]));
-        let response = self
-            .conn
-            .call(&t.leader, &request, version, self.timeout)
-            .await?;
-        wire::partition_bytes(&response, &t.name)
-            .map_err(|e| SysError::failed(format!("kafka: DescribeLogDirs: {e}")))
+        let mut by_leader: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for t in topics {
+            by_leader.entry(&t.leader).or_default().push(&t.name);
+        }
+        let mut total = 0;
+        for (leader, names) in by_leader {
+            let request = DescribeLogDirsRequest::default().with_topics(Some(
+                names
+                    .iter()
+                    .map(|name| {
+                        DescribableLogDirTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(name.to_string())))
+                            .with_partitions(vec![0])
+                    })
+                    .collect(),
+            ));
+            let response = self
+                .conn
+                .call(leader, &request, version, self.timeout)
+                .await?;
+            for name in names {
+                total += wire::partition_bytes(&response, name)
+                    .map_err(|e| SysError::failed(format!("kafka: DescribeLogDirs: {e}")))?;
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -92,21 +109,26 @@ impl Measured for KafkaMeter {
     }
 
     async fn native_size(&mut self) -> SysResult<u64> {
-        let t = self.current()?;
-        self.log_bytes(&t).await
+        let topics = self.current()?;
+        self.log_bytes(&topics).await
     }
 }
 
 #[async_trait]
 impl Meter for KafkaMeter {
-    /// The partition's log bytes (when the broker offers DescribeLogDirs), its low and high
-    /// watermarks, and the records between them.
+    /// The partitions' log bytes (when the broker offers DescribeLogDirs), their low and high
+    /// watermarks, and the records between them, each summed over the topics.
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
-        let t = self.current()?;
-        let (meta, name, timeout) = (Arc::clone(&self.meta), t.name.clone(), self.timeout);
+        let topics = self.current()?;
+        let (meta, timeout) = (Arc::clone(&self.meta), self.timeout);
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
         let (low, high) = blocking(move || {
-            meta.fetch_watermarks(&name, 0, timeout)
-                .map_err(err("reading watermarks"))
+            names.iter().try_fold((0, 0), |(low, high), name| {
+                let (l, h) = meta
+                    .fetch_watermarks(name, 0, timeout)
+                    .map_err(err("reading watermarks"))?;
+                Ok((low + l, high + h))
+            })
         })
         .await?;
         let mut out = BTreeMap::from([
@@ -115,7 +137,10 @@ impl Meter for KafkaMeter {
             ("records".to_string(), (high - low) as f64),
         ]);
         if self.log_dirs.is_some() {
-            out.insert("log_bytes".to_string(), self.log_bytes(&t).await? as f64);
+            out.insert(
+                "log_bytes".to_string(),
+                self.log_bytes(&topics).await? as f64,
+            );
         }
         Ok(out)
     }

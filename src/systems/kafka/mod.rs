@@ -1,13 +1,24 @@
 //! `kafka`: any broker speaking the Kafka protocol (Apache Kafka, Redpanda, tansu, …), through
 //! librdkafka. Namespace: one-partition topics `<prefix>-<n>`, a fresh one per reset, each
 //! listed in the registry topic `<prefix>-registry` whose marker record says dedup-lab created
-//! it. Bulk path: batched `acks=all` production (linger and batch size are knobs), every
-//! delivery awaited, no hidden resends. Per file: one record, done when the broker acknowledged it; deleted
-//! by a tombstone under compaction or by DeleteRecords (`delete_mode`). Maintenance: wait
-//! (bounded) for the log cleaner. Native size: DescribeLogDirs, where the broker offers it.
-//! The `fs` probe reads a local broker's log directory; a broker that stores its log in SQLite
-//! (tansu) is measured with the `sqlite` probe as well, which sees pages in use where the file
-//! reuses freed ones.
+//! it. A container of the layout is a topic: with N > 1 containers a reset makes N topics
+//! `<prefix>-<n>-c<k>`, all registered, all retired or deleted by the next reset. Bulk path:
+//! batched `acks=all` production (linger and batch size are knobs), every delivery awaited, no
+//! hidden resends. Per file: one record, done when the broker acknowledged it; deleted by a
+//! tombstone under compaction or by DeleteRecords (`delete_mode`). Maintenance: wait (bounded)
+//! for the log cleaner. Native size: DescribeLogDirs, where the broker offers it. The `fs`
+//! probe reads a local broker's log directory; a broker that stores its log in SQLite (tansu)
+//! is measured with the `sqlite` probe as well, which sees pages in use where the file reuses
+//! freed ones.
+//!
+//! Record keys are the layout's: the file name, or the content's BLAKE3. Content keys need
+//! compacted topics (`delete_mode = "tombstone"`; the other mode is refused): a repeated
+//! content is another record of the same key, which the log cleaner removes once a later one
+//! supersedes it, so the bytes stay about L until compaction runs (tansu compacts every
+//! topic at each of its maintenance ticks, active segment included; Apache Kafka only closed
+//! segments). The count is the live keys (the latest record of the key holds a value), which
+//! is the distinct contents of each topic before compaction as after; the delete of a
+//! content is one tombstone of its key, sent by the engine with the content's last file.
 
 mod client;
 mod lab;
@@ -34,7 +45,7 @@ use rdkafka::producer::future_producer::Delivery;
 use super::toolkit::{Holding, Marker, Pacer, Window};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{Meter, ServerInfo, SysError, SysResult};
+use crate::model::{KeyMode, Layout, Meter, ServerInfo, SysError, SysResult};
 use client::{Clients, MetaClient, blocking, classify, deliver, err};
 use log::{LogRead, read_log};
 use settings::DeleteMode;
@@ -70,8 +81,9 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
         name: ctx.instance.to_string(),
         prefix,
         settings,
+        layout: ctx.layout,
         clients: None,
-        topic: None,
+        topics: Vec::new(),
         found: None,
         current: meter::Shared::default(),
         log_dirs: None,
@@ -83,15 +95,18 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 /// The Kafka adapter.
 struct Kafka {
     name: String,
-    /// Topic prefix: topics are `<prefix>-<n>`, the registry `<prefix>-registry`.
+    /// Topic prefix: topics are `<prefix>-<n>` (`<prefix>-<n>-c<k>` with several containers),
+    /// the registry `<prefix>-registry`.
     prefix: String,
     settings: Settings,
+    /// Record keys and topics per reset.
+    layout: Layout,
     clients: Option<Clients>,
-    /// The topic of the current reset.
-    topic: Option<Topic>,
+    /// The topics of the current reset, by container; empty before the first reset.
+    topics: Vec<Topic>,
     /// What the last inspection of the prefix found, for the reset that follows it.
     found: Option<Found>,
-    /// The topic's name and leader, shared with the meter.
+    /// The topics' names and leaders, shared with the meter.
     current: meter::Shared,
     /// DescribeLogDirs version both sides speak, if the broker offers it: the native probe.
     log_dirs: Option<i16>,
@@ -109,12 +124,33 @@ impl Kafka {
             .ok_or_else(|| SysError::connection("kafka: not connected"))
     }
 
-    fn topic(&self) -> SysResult<&Topic> {
-        self.topic.as_ref().ok_or_else(no_topic)
+    /// The topics of the current reset, by container.
+    fn topics(&self) -> SysResult<&[Topic]> {
+        if self.topics.is_empty() {
+            return Err(no_topic());
+        }
+        Ok(&self.topics)
     }
 
-    fn topic_mut(&mut self) -> SysResult<&mut Topic> {
-        self.topic.as_mut().ok_or_else(no_topic)
+    /// The index of `file`'s topic in [`Kafka::topics`].
+    fn container(&self, file: &FileEntry) -> SysResult<usize> {
+        let k = self.layout.container_of(file) as usize;
+        self.topics()?.get(k).ok_or_else(no_topic)?;
+        Ok(k)
+    }
+
+    /// The topics' names for notes: the one name, or the first and last of several.
+    fn label(&self) -> String {
+        match &self.topics[..] {
+            [one] => one.name.clone(),
+            [first, .., last] => format!(
+                "{} … {} ({} topics)",
+                first.name,
+                last.name,
+                self.topics.len()
+            ),
+            [] => "no topic".into(),
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -159,9 +195,39 @@ impl Kafka {
         deliver(future, "producing").await
     }
 
+    /// The entries of topic `k`. With file-name keys, while every record is a file of its own
+    /// (DeleteRecords removes whole records; no tombstone yet), the records between the log
+    /// start and the high watermark: files have distinct keys, so a record the broker lost or
+    /// stored twice shows. Otherwise the live keys, read from the log as far as it is not
+    /// known yet (see [`LogRead::acknowledged`]): with content keys, the distinct contents the
+    /// topic holds, whether the broker has compacted their repeated records yet or not.
+    async fn count_topic(&mut self, k: usize) -> SysResult<u64> {
+        let records_only = self.settings.delete_mode == DeleteMode::DeleteRecords;
+        if records_only || !self.topics[k].tombstoned {
+            let (low, high) = self.watermarks(&self.topics[k].name).await?;
+            let records = (high - low).max(0) as u64;
+            if records_only {
+                return Ok(records);
+            }
+            let t = &mut self.topics[k];
+            t.read = LogRead::acknowledged(&t.live, low, high);
+            match (self.layout.keys, &t.read) {
+                (KeyMode::Name, _) => return Ok(records),
+                (KeyMode::Content, Some(read)) => return Ok(read.state.live_keys()),
+                (KeyMode::Content, None) => {}
+            }
+        }
+        let t = &mut self.topics[k];
+        let (name, earlier) = (t.name.clone(), t.read.take());
+        let read = self.read(&name, earlier, None).await?;
+        let live = read.state.live_keys();
+        self.topics[k].read = Some(read);
+        Ok(live)
+    }
+
     fn check_size(&self, file: &FileEntry, len: usize) -> SysResult<()> {
         let max = self.settings.max_message_bytes;
-        if file.name.len() + len > max as usize {
+        if self.layout.key_of(file).len() + len > max as usize {
             return Err(SysError::failed(format!(
                 "kafka: file {} ({len} bytes) is larger than max_message_bytes = {max}; raise \
                  max_message_bytes to what the broker accepts (tansu cannot serve records of \
@@ -182,11 +248,15 @@ impl System for Kafka {
     fn target(&self) -> String {
         let s = &self.settings;
         format!(
-            "{} topics {}-* (delete_mode {}, compression {})",
+            "{} topics {}-* (delete_mode {}, compression {}, record key = file {}, {} topic{} \
+             per reset)",
             s.bootstrap,
             self.prefix,
             s.delete_mode.name(),
-            s.compression.name()
+            s.compression.name(),
+            self.layout.keys.name(),
+            self.layout.containers,
+            if self.layout.containers == 1 { "" } else { "s" }
         )
     }
 
@@ -272,59 +342,70 @@ impl System for Kafka {
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
-        let topic = self.topic()?.name.clone();
+        let names: Vec<String> = self.topics()?.iter().map(|t| t.name.clone()).collect();
         let producer = &self.clients()?.bulk;
+        let layout = self.layout;
         let mut files = ds.stream();
         let mut window = Window::new(WINDOW_RECORDS, WINDOW_BYTES);
         let mut acked = Vec::new();
         while let Some(item) = files.next().await {
             let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
             self.check_size(&f, content.len())?;
+            let k = self.container(&f)?;
+            let key = layout.key_of(&f).to_string();
             let send = || {
-                let record = FutureRecord::to(&topic).key(&f.name).payload(&content[..]);
+                let record = FutureRecord::to(&names[k]).key(&key).payload(&content[..]);
                 let future = producer
                     .send_result(record)
                     .map_err(|(e, _)| classify("producing", &e))?;
-                let name = f.name.clone();
-                Ok(async move { Ok((deliver(future, "producing").await?.offset, name)) })
+                Ok(async move { Ok((k, deliver(future, "producing").await?.offset, key)) })
             };
             acked.extend(window.push(f.size, send).await?);
         }
         acked.extend(window.finish().await?);
-        let topic = self.topic.as_mut().expect("checked above");
-        topic.live.extend(acked);
+        for (k, offset, key) in acked {
+            self.topics[k].live.insert(offset, key);
+        }
         Ok(())
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
         self.check_size(file, content.len())?;
-        let topic = self.topic()?.name.clone();
-        let d = self.send_one(&topic, &file.name, Some(&content)).await?;
-        if let Some(t) = self.topic.as_mut() {
-            t.live.insert(d.offset, file.name.clone());
-        }
+        let k = self.container(file)?;
+        let key = self.layout.key_of(file);
+        let d = self
+            .send_one(&self.topics[k].name, key, Some(&content))
+            .await?;
+        self.topics[k].live.insert(d.offset, key.to_string());
         Ok(())
     }
 
+    /// Deletes the entry of `file`'s key in its topic: a tombstone of the key (which
+    /// supersedes every record of it), or DeleteRecords up to its record.
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
-        let t = self.topic()?;
+        let k = self.container(file)?;
+        let key = self.layout.key_of(file);
+        let t = &self.topics[k];
         let Some(offset) = t
             .live
             .iter()
-            .find_map(|(&o, name)| (*name == file.name).then_some(o))
+            .rev()
+            .find_map(|(&o, held)| (held == key).then_some(o))
         else {
+            let what = match self.layout.keys {
+                KeyMode::Name => format!("file {key}"),
+                KeyMode::Content => format!("content {key} (of file {})", file.name),
+            };
             return Err(SysError::failed(format!(
-                "kafka: file {} is not in topic {}",
-                file.name, t.name
+                "kafka: {what} is not in topic {}",
+                t.name
             )));
         };
         let topic = t.name.clone();
         match self.settings.delete_mode {
             DeleteMode::Tombstone => {
-                self.send_one(&topic, &file.name, None).await?;
-                if let Some(t) = self.topic.as_mut() {
-                    t.tombstoned = true;
-                }
+                self.send_one(&topic, key, None).await?;
+                self.topics[k].tombstoned = true;
             }
             DeleteMode::DeleteRecords => {
                 if let Some((&oldest, name)) = t.live.first_key_value()
@@ -340,62 +421,76 @@ impl System for Kafka {
                 self.delete_before(&topic, offset + 1).await?;
             }
         }
-        if let Some(t) = self.topic.as_mut() {
-            t.live.remove(&offset);
-        }
+        self.topics[k].live.retain(|_, held| held != key);
         Ok(())
     }
 
     async fn maintenance(&mut self) -> SysResult<String> {
-        let topic = self.topic()?.name.clone();
         if self.settings.delete_mode == DeleteMode::DeleteRecords {
-            let (low, high) = self.watermarks(&topic).await?;
+            let mut starts = Vec::new();
+            for t in self.topics()? {
+                let (low, high) = self.watermarks(&t.name).await?;
+                starts.push(format!("{} to {low} (high watermark {high})", t.name));
+            }
             return Ok(format!(
-                "nothing to wait for: DeleteRecords moved the log start of {topic} to {low} (high \
-                 watermark {high}); the broker removes segment files below it at its own \
-                 retention check, which the protocol does not report"
+                "nothing to wait for: DeleteRecords moved the log start of {}; the broker \
+                 removes segment files below it at its own retention check, which the protocol \
+                 does not report",
+                starts.join(", ")
             ));
         }
-        // Poll the log until each key has one record left, with pauses up to 2 s: every poll
-        // reads the whole topic, as only a whole read sees what compaction removed. Polls
-        // start from the log as the count after the deletes knew it.
+        // Poll each topic's log until each key has one record left, with pauses up to 2 s:
+        // every poll reads the whole topic, as only a whole read sees what compaction removed.
+        // Polls start from the log as the count after the deletes knew it.
         let start = Instant::now();
         let limit = Duration::from_secs(self.settings.maintenance_timeout_s);
         let mut pacer = Pacer::new(limit).cap(Duration::from_secs(2));
-        let mut read = match self.topic_mut()?.read.take() {
-            Some(known) => known,
-            None => self.read(&topic, None, None).await?,
-        };
-        let before = read.state.records;
-        loop {
-            let state = &read.state;
-            let keys = state.latest.len() as u64;
-            let tombstones = keys - state.live_keys();
-            let note = if state.records == keys {
-                Some(format!(
-                    "log compaction of {topic}: {before} records before, {} after {:.1} s: one \
-                     per key ({tombstones} tombstones)",
-                    state.records,
-                    start.elapsed().as_secs_f64()
-                ))
-            } else if !pacer.pause().await {
-                Some(format!(
-                    "log compaction of {topic} did not finish within {} s: {} records remain for \
-                     {keys} keys ({before} before); brokers compact closed segments on their own \
-                     schedule",
-                    limit.as_secs(),
-                    state.records
-                ))
-            } else {
-                None
-            };
-            if let Some(note) = note {
-                // The next count goes on from this read.
-                self.topic_mut()?.read = Some(read);
-                return Ok(note);
-            }
-            read = self.read(&topic, None, None).await?;
+        let mut reads = Vec::new();
+        for k in 0..self.topics()?.len() {
+            reads.push(match self.topics[k].read.take() {
+                Some(known) => known,
+                None => self.read(&self.topics[k].name, None, None).await?,
+            });
         }
+        let before: u64 = reads.iter().map(|r| r.state.records).sum();
+        let compacted = |r: &LogRead| r.state.records == r.state.latest.len() as u64;
+        let finished = loop {
+            if reads.iter().all(compacted) {
+                break true;
+            }
+            if !pacer.pause().await {
+                break false;
+            }
+            for (k, read) in reads.iter_mut().enumerate() {
+                if !compacted(read) {
+                    *read = self.read(&self.topics[k].name, None, None).await?;
+                }
+            }
+        };
+        let records: u64 = reads.iter().map(|r| r.state.records).sum();
+        let keys: u64 = reads.iter().map(|r| r.state.latest.len() as u64).sum();
+        let live: u64 = reads.iter().map(|r| r.state.live_keys()).sum();
+        let what = self.label();
+        let note = if finished {
+            format!(
+                "log compaction of {what}: {before} records before, {records} after {:.1} s: one \
+                 per key ({} tombstones)",
+                start.elapsed().as_secs_f64(),
+                keys - live
+            )
+        } else {
+            format!(
+                "log compaction of {what} did not finish within {} s: {records} records remain \
+                 for {keys} keys ({before} before); brokers compact closed segments on their \
+                 own schedule",
+                limit.as_secs()
+            )
+        };
+        // The next count goes on from these reads.
+        for (t, read) in self.topics.iter_mut().zip(reads) {
+            t.read = Some(read);
+        }
+        Ok(note)
     }
 
     /// Acknowledged records are durable as far as the protocol can tell: nothing to flush.
@@ -403,26 +498,13 @@ impl System for Kafka {
         Ok(())
     }
 
-    /// The records between the log start and the high watermark, while every record is a
-    /// file of its own (DeleteRecords removes whole records; no tombstone yet); else the live
-    /// keys, read from the log as far as it is not known yet (see [`LogRead::acknowledged`]).
-    /// Files have distinct keys, so a record the broker lost or stored twice shows in either
-    /// count.
+    /// The entries of every topic (see [`Kafka::count_topic`]).
     async fn count(&mut self) -> SysResult<u64> {
-        if self.settings.delete_mode == DeleteMode::DeleteRecords || !self.topic()?.tombstoned {
-            let (low, high) = self.watermarks(&self.topic()?.name).await?;
-            if self.settings.delete_mode == DeleteMode::Tombstone {
-                let topic = self.topic_mut()?;
-                topic.read = LogRead::acknowledged(&topic.live, low, high);
-            }
-            return Ok((high - low).max(0) as u64);
+        let mut total = 0;
+        for k in 0..self.topics()?.len() {
+            total += self.count_topic(k).await?;
         }
-        let topic = self.topic_mut()?;
-        let (name, earlier) = (topic.name.clone(), topic.read.take());
-        let read = self.read(&name, earlier, None).await?;
-        let live = read.state.live_keys();
-        self.topic_mut()?.read = Some(read);
-        Ok(live)
+        Ok(total)
     }
 
     fn interrupted_since(&self, since: Instant) -> Option<String> {

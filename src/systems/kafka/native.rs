@@ -83,6 +83,14 @@ if left or errors:
 
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
     let (s, prefix) = parse_section(ctx)?;
+    if !ctx.layout.is_default() {
+        crate::bail_usage!(
+            "config [systems.{}]: the native Kafka loader writes every file under its name into \
+             one topic; compare loaders with the default layout (keys = \"name\", containers = \
+             1)",
+            ctx.instance
+        );
+    }
     let mut c = Command::new(venv()?);
     c.arg("-c")
         .arg(PRODUCE)

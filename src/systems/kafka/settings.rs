@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::KeyMode;
 use crate::systems::SystemContext;
 use crate::systems::toolkit::{check_namespace, parse};
 
@@ -116,6 +117,17 @@ pub fn parse_section(ctx: &SystemContext<'_>) -> anyhow::Result<(Settings, Strin
         .unwrap_or_else(|| ctx.default_namespace(super::DEF.kind));
     check_namespace(ctx.instance, "prefix", &prefix)?;
     check_bootstrap(&format!("systems.{}", ctx.instance), &s.bootstrap)?;
+    if ctx.layout.keys == KeyMode::Content && s.delete_mode == DeleteMode::DeleteRecords {
+        // A topic with the delete policy keeps every record of a key, and DeleteRecords cuts
+        // a log prefix rather than one key: neither keeps nor deletes a content once.
+        crate::bail_usage!(
+            "config [systems.{}]: keys = \"content\" needs compacted topics, where a later \
+             record of a key supersedes the earlier ones and a tombstone deletes the key, but \
+             delete_mode = \"delete_records\" makes topics that keep every record; set \
+             delete_mode = \"tombstone\" (or keys = \"name\")",
+            ctx.instance
+        );
+    }
     if !(1024..=512 << 20).contains(&s.max_message_bytes)
         || s.batch_bytes == 0
         || s.batch_bytes > s.max_message_bytes

@@ -1,6 +1,6 @@
 //! The lab's topics: a registry topic per prefix whose marker record says dedup-lab created
-//! it and whose other keys name every topic dedup-lab made there; a fresh topic per reset;
-//! retiring, deleting and waiting for topics.
+//! it and whose other keys name every topic dedup-lab made there; fresh topics per reset (one
+//! per container of the layout); retiring, deleting and waiting for topics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,24 +24,44 @@ use super::{FRAMING, Kafka, MARKER_KEY, wire};
 use crate::model::{ErrorKind, SysError, SysResult};
 use crate::systems::toolkit::{Holding, Marker, Pacer};
 
-/// The topic of the current reset.
+/// A topic of the current reset: one container of the layout.
 pub struct Topic {
     /// Its name.
     pub name: String,
     /// `host:port` of its partition's leader, where DescribeLogDirs goes.
     pub leader: String,
-    /// Files in it by offset, from delivery reports: what `delete_one` may delete.
+    /// The record key of each record in it by offset, from delivery reports: what
+    /// `delete_one` may delete. With content keys several records share a key until a
+    /// tombstone supersedes them all.
     pub live: BTreeMap<i64, String>,
     /// Its log as far as known (read by a count or by maintenance, or the acknowledged
     /// records the watermarks confirmed): the next count reads only what follows.
     pub read: Option<LogRead>,
-    /// Whether a tombstone was produced to it; until then every record is a file of its own.
+    /// Whether a tombstone was produced to it; until then every key holds a value.
     pub tombstoned: bool,
 }
 
-/// The error of an operation that needs the topic a reset makes.
+/// The error of an operation that needs the topics a reset makes.
 pub fn no_topic() -> SysError {
     SysError::failed("kafka: no lab topic: reset first")
+}
+
+/// The names of the `containers` topics of a reset stamped `stamp` under `prefix`:
+/// `<prefix>-<stamp>` alone, as before containers existed, or `<prefix>-<stamp>-c<k>`. A
+/// prefix holds only `a-z0-9_`, so no other prefix's topics start with `<prefix>-`.
+fn topic_names(prefix: &str, stamp: u64, containers: u32) -> Vec<String> {
+    if containers <= 1 {
+        return vec![format!("{prefix}-{stamp}")];
+    }
+    (0..containers)
+        .map(|k| format!("{prefix}-{stamp}-c{k}"))
+        .collect()
+}
+
+/// The stamp of a lab topic's name under `prefix`, with or without a container suffix.
+fn stamp_of(prefix: &str, topic: &str) -> Option<u64> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('-')?;
+    rest.split('-').next()?.parse().ok()
 }
 
 /// What an inspection of the prefix found, for the reset that follows it.
@@ -129,21 +149,14 @@ impl Kafka {
         ))
     }
 
-    /// Makes a fresh topic for the next stages: writes the marker into the registry (creating
-    /// it when the prefix was unused), deletes the earlier topics if `delete_topics`, else
-    /// retires the one before.
+    /// Makes fresh topics for the next stages, one per container: writes the marker into the
+    /// registry (creating it when the prefix was unused), deletes the earlier topics if
+    /// `delete_topics`, else retires those of the reset before.
     pub(super) async fn recreate_topics(&mut self, marker: &Marker) -> SysResult<()> {
-        *self.current.lock().expect("topic lock") = None;
-        if let Some(old) = self.topic.take()
-            && !self.settings.delete_topics
-        {
-            // Housekeeping of a topic no cell needs any more: only a lost connection stops
-            // the reset.
-            match self.retire(&old).await {
-                Err(e) if e.kind == ErrorKind::ConnectionLost => return Err(e),
-                Err(e) => tracing::warn!("kafka: retiring {}: {}", old.name, e.message),
-                Ok(()) => {}
-            }
+        self.current.lock().expect("topic lock").clear();
+        let old = std::mem::take(&mut self.topics);
+        if !self.settings.delete_topics {
+            self.retire_all(&old).await?;
         }
         let Found {
             registry: registry_exists,
@@ -163,41 +176,46 @@ impl Kafka {
         if self.settings.delete_topics {
             self.delete_registered(&registered, &existing).await?;
         }
-        // Names grow with time and past every earlier one, so a deleted name is never reused.
-        let prefix = format!("{}-", self.prefix);
+        // Stamps grow with time and past every earlier one, so a deleted name is never reused.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let last = registered
             .iter()
-            .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .filter_map(|t| stamp_of(&self.prefix, t))
             .max()
             .unwrap_or(0);
-        let name = format!("{prefix}{}", now.max(last + 1));
-        // Registered before it exists: a reset cut short leaves a name without a topic, never
-        // a topic without a registration.
-        self.send_one(&registry, &name, Some(b"created by dedup-lab"))
-            .await?;
         let policy = match self.settings.delete_mode {
             DeleteMode::Tombstone => Some("compact"),
             DeleteMode::DeleteRecords => None,
         };
-        if let Err(e) = self.create_topic(&name, policy).await {
-            self.send_one(&registry, &name, None).await?;
-            return Err(e);
+        let mut made = Vec::new();
+        for name in topic_names(&self.prefix, now.max(last + 1), self.layout.containers) {
+            // Registered before it exists: a reset cut short leaves a name without a topic,
+            // never a topic without a registration.
+            self.send_one(&registry, &name, Some(b"created by dedup-lab"))
+                .await?;
+            if let Err(e) = self.create_topic(&name, policy).await {
+                self.send_one(&registry, &name, None).await?;
+                return Err(e);
+            }
+            let leader = self.wait_leader(&name).await?;
+            made.push(Topic {
+                name,
+                leader,
+                live: BTreeMap::new(),
+                read: None,
+                tombstoned: false,
+            });
         }
-        let leader = self.wait_leader(&name).await?;
-        *self.current.lock().expect("topic lock") = Some(Current {
-            name: name.clone(),
-            leader: leader.clone(),
-        });
-        self.topic = Some(Topic {
-            name,
-            leader,
-            live: BTreeMap::new(),
-            read: None,
-            tombstoned: false,
-        });
+        *self.current.lock().expect("topic lock") = made
+            .iter()
+            .map(|t| Current {
+                name: t.name.clone(),
+                leader: t.leader.clone(),
+            })
+            .collect();
+        self.topics = made;
         Ok(())
     }
 
@@ -292,12 +310,40 @@ impl Kafka {
         Ok(())
     }
 
+    /// Retires the topics of the reset before (see [`Kafka::retire`]) and, on tansu, waits
+    /// until they are empty, so that the broker frees their space before the next stage
+    /// rather than during it. Housekeeping of topics no cell needs any more: only a lost
+    /// connection stops the reset.
+    async fn retire_all(&self, old: &[Topic]) -> SysResult<()> {
+        let noted = |t: &Topic, r: SysResult<()>| match r {
+            Err(e) if e.kind == ErrorKind::ConnectionLost => Err(e),
+            Err(e) => {
+                tracing::warn!("kafka: retiring {}: {}", t.name, e.message);
+                Ok(false)
+            }
+            Ok(()) => Ok(true),
+        };
+        let mut retired = Vec::new();
+        for t in old {
+            if noted(t, self.retire(t).await)? {
+                retired.push(t);
+            }
+        }
+        if self.tansu && self.alter_configs.is_some() {
+            for t in retired {
+                noted(t, self.await_empty(&t.name).await)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Retires a topic that stays on the broker (`delete_topics = false`) so that the broker
     /// can free its space: DeleteRecords up to its end, or, for a compacted topic, the
     /// policy `delete` with `retention.ms = 0`. Tombstones would not do: tansu's compaction
     /// reads every value of a topic once per tombstoned key, which outlasted any timeout for
     /// a few thousand keys. A store of topics never emptied only grows, and tansu's reads and
-    /// its maintenance slow down as it does (BENCHMARKS.md has the figures).
+    /// its maintenance slow down as it does (BENCHMARKS.md has the figures). tansu then
+    /// deletes the records within a second: [`Kafka::retire_all`] waits for that.
     async fn retire(&self, topic: &Topic) -> SysResult<()> {
         if self.settings.delete_mode == DeleteMode::DeleteRecords {
             if let Some(&last) = topic.live.keys().next_back() {
@@ -334,14 +380,10 @@ impl Kafka {
                 )));
             }
         }
-        if self.tansu {
-            self.await_empty(&topic.name).await?;
-        }
         Ok(())
     }
 
-    /// Polls until `topic` holds no record, so that the broker frees a retired topic's space
-    /// before the next stage rather than during it; bounded by `timeout_s`.
+    /// Polls until `topic` holds no record; bounded by `timeout_s`.
     async fn await_empty(&self, topic: &str) -> SysResult<()> {
         let mut pacer = Pacer::new(self.timeout());
         loop {
@@ -375,5 +417,28 @@ impl Kafka {
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_container_keeps_the_old_names_and_stamps_read_back_from_every_form() {
+        assert_eq!(topic_names("dedup_lab_k", 17, 1), ["dedup_lab_k-17"]);
+        assert_eq!(
+            topic_names("dedup_lab_k", 17, 3),
+            [
+                "dedup_lab_k-17-c0",
+                "dedup_lab_k-17-c1",
+                "dedup_lab_k-17-c2"
+            ]
+        );
+        assert_eq!(stamp_of("dedup_lab_k", "dedup_lab_k-17"), Some(17));
+        assert_eq!(stamp_of("dedup_lab_k", "dedup_lab_k-18-c2"), Some(18));
+        assert_eq!(stamp_of("dedup_lab_k", "dedup_lab_k-registry"), None);
+        // Another prefix that starts like this one is not read as one of its topics.
+        assert_eq!(stamp_of("dedup_lab_k", "dedup_lab_kx-19"), None);
     }
 }

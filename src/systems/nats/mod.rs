@@ -1,9 +1,13 @@
 //! `nats`: NATS JetStream (server 2.9 and later), through `async-nats`.
 //!
 //! Namespace: one stream (`stream`, default: see [`SystemContext::default_namespace`]) with the
-//! subjects `<stream>.files.>`, file storage, one replica. Its description holds dedup-lab's
-//! marker text (2.9 has no stream metadata); a stream of that name without it is foreign. A
-//! reset deletes and recreates the stream, which also empties its duplicate window.
+//! subjects `<stream>.files.>`, file storage, one replica. A container of the layout is a
+//! stream: with N > 1 containers the streams are `<stream>-c<k>` with the subjects
+//! `<stream>-c<k>.files.>` (a namespace holds only `a-z0-9_`, so no other namespace's streams
+//! look like these). Each description holds dedup-lab's marker text (2.9 has no stream
+//! metadata); a stream of the namespace without it is foreign. A reset deletes every stream of
+//! the namespace, whatever containers an earlier run used, and creates the layout's, which
+//! also empties their duplicate windows.
 //!
 //! Bulk path: asynchronous publishes, at most `max_in_flight` messages and
 //! `max_in_flight_bytes` of file content awaiting their acks. Per file: one publish, its ack
@@ -15,7 +19,8 @@
 //! of the content. JetStream drops a message whose id it saw within the stream's duplicate
 //! window (`duplicate_window_s`) and acks it as a duplicate with the original's sequence, so
 //! with content keys the stream holds each distinct content once: a system that deduplicates
-//! logically. Counts stay the server's: the messages the stream holds.
+//! logically. Counts stay the server's: the messages the streams hold. The window is a
+//! stream's own: a content repeated in another container is stored again there.
 //! Several files then share one message; the engine deletes a content only with its last file,
 //! and the adapter deletes the message that file's ack named. The window must outlast a stage:
 //! content seen earlier than that is stored again.
@@ -28,13 +33,13 @@
 //! below the first live sequence deletes no live message: it drops the blocks before it and
 //! rewrites the first block when more than half of it is deleted. Maintenance does that, a
 //! full purge when the stream is empty, and nothing when message 1 is live (the server takes
-//! a purge below 1 for a full purge). Holes after the first live message stay.
+//! a purge below 1 for a full purge), in each stream. Holes after the first live message stay.
 //!
 //! Settle: a stream's file store writes each message to its block file before the ack, and
 //! answers a delete after updating the block, so the state is current at every ack. It
 //! fsyncs every 2 minutes, fixed in 2.9 (2.10 adds `sync_interval`), and no request makes it
-//! sync: settling is a round trip that proves the server answers. Native size: the stream
-//! state's `bytes`. The `fs` probe reads the server's store directory when it is local.
+//! sync: settling is a round trip that proves the server answers. Native size: the streams'
+//! states' `bytes`. The `fs` probe reads the server's store directory when it is local.
 
 mod lab;
 
@@ -55,6 +60,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::toolkit::{
@@ -142,12 +148,35 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
             ctx.instance
         );
     }
+    let streams = stream_names(&t.namespace, t.layout.containers);
     Ok(Box::new(Nats {
         name: ctx.instance.to_string(),
+        files: streams.iter().map(|_| Holders::default()).collect(),
+        streams,
         t,
         conn: None,
-        files: Holders::default(),
+        found: None,
     }))
+}
+
+/// The streams of namespace `namespace` spread over `containers`: the namespace's own name
+/// alone, as before containers existed, or `<namespace>-c<k>`.
+fn stream_names(namespace: &str, containers: u32) -> Vec<String> {
+    if containers <= 1 {
+        return vec![namespace.to_string()];
+    }
+    (0..containers)
+        .map(|k| format!("{namespace}-c{k}"))
+        .collect()
+}
+
+/// Whether stream `name` is one of namespace `namespace`'s, for any number of containers.
+fn in_namespace(namespace: &str, name: &str) -> bool {
+    name == namespace
+        || name
+            .strip_prefix(namespace)
+            .and_then(|rest| rest.strip_prefix("-c"))
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Which stored message holds each file, learnt from the acks since the last reset.
@@ -185,12 +214,18 @@ impl Holders {
     /// Forgets file `name`; returns the sequence of the message to delete. (With content ids
     /// the engine deletes a content only with its last file.)
     fn release(&mut self, name: &str) -> SysResult<u64> {
-        let seq = self.seq_of.remove(name).ok_or_else(|| {
+        let seq = *self.seq_of.get(name).ok_or_else(|| {
             SysError::failed(format!(
                 "nats: {name} was not inserted since the last reset: its message is unknown"
             ))
         })?;
-        self.live.remove(&seq);
+        if !self.live.remove(&seq) {
+            return Err(SysError::failed(format!(
+                "nats: message {seq}, which held the content of {name}, was deleted already \
+                 (with content ids a content goes with the last file that holds it)"
+            )));
+        }
+        self.seq_of.remove(name);
         Ok(seq)
     }
 }
@@ -223,15 +258,22 @@ async fn stream_info(conn: &Conn, stream: &str) -> SysResult<Option<jetstream::s
 /// The meter: a connection of its own.
 struct NatsMeter {
     conn: Conn,
-    stream: String,
+    /// The streams, by container.
+    streams: Vec<String>,
 }
 
 impl NatsMeter {
-    async fn state(&self) -> SysResult<jetstream::stream::State> {
-        stream_info(&self.conn, &self.stream)
-            .await?
-            .map(|i| i.state)
-            .ok_or_else(|| SysError::failed(format!("nats: no stream {} to look at", self.stream)))
+    /// Each stream's state.
+    async fn states(&self) -> SysResult<Vec<jetstream::stream::State>> {
+        let mut out = Vec::with_capacity(self.streams.len());
+        for stream in &self.streams {
+            let info = stream_info(&self.conn, stream).await?;
+            let state = info
+                .map(|i| i.state)
+                .ok_or_else(|| SysError::failed(format!("nats: no stream {stream} to look at")))?;
+            out.push(state);
+        }
+        Ok(out)
     }
 }
 
@@ -242,31 +284,34 @@ impl Measured for NatsMeter {
         Some(1)
     }
 
-    /// The bytes the stream's state counts.
+    /// The bytes the streams' states count.
     async fn native_size(&mut self) -> SysResult<u64> {
-        Ok(self.state().await?.bytes)
+        Ok(self.states().await?.iter().map(|st| st.bytes).sum())
     }
 }
 
 #[async_trait]
 impl Meter for NatsMeter {
     /// The stream's messages and bytes, its first and last sequence, the deleted messages
-    /// inside that range, and its consumers.
+    /// inside that range, and its consumers; each summed over the streams of the containers.
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
-        let st = self.state().await?;
-        Ok(BTreeMap::from([
-            ("messages".to_string(), st.messages as f64),
-            ("bytes".to_string(), st.bytes as f64),
-            ("first_sequence".to_string(), st.first_sequence as f64),
-            ("last_sequence".to_string(), st.last_sequence as f64),
-            (
-                "deleted".to_string(),
-                (st.last_sequence + 1)
-                    .saturating_sub(st.first_sequence)
-                    .saturating_sub(st.messages) as f64,
-            ),
-            ("consumers".to_string(), st.consumer_count as f64),
-        ]))
+        let mut out = BTreeMap::new();
+        for st in self.states().await? {
+            let deleted = (st.last_sequence + 1)
+                .saturating_sub(st.first_sequence)
+                .saturating_sub(st.messages);
+            for (key, value) in [
+                ("messages", st.messages),
+                ("bytes", st.bytes),
+                ("first_sequence", st.first_sequence),
+                ("last_sequence", st.last_sequence),
+                ("deleted", deleted),
+                ("consumers", st.consumer_count as u64),
+            ] {
+                *out.entry(key.to_string()).or_insert(0.0) += value as f64;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -275,7 +320,12 @@ struct Nats {
     name: String,
     t: Target<Settings>,
     conn: Option<Conn>,
-    files: Holders,
+    /// The streams, by container.
+    streams: Vec<String>,
+    /// Which message holds each file, by container.
+    files: Vec<Holders>,
+    /// The namespace's streams the last inspection found, for the reset that follows it.
+    found: Option<Vec<String>>,
 }
 
 /// The answer to `STREAM.MSG.DELETE`.
@@ -371,11 +421,16 @@ impl Nats {
         move |e| self.classify(context, &e)
     }
 
-    fn subject(&self, f: &FileEntry) -> String {
-        format!("{}.files.{}", self.t.namespace, f.id)
+    /// The container of `f`: an index into `streams` and `files`.
+    fn container(&self, f: &FileEntry) -> usize {
+        self.t.layout.container_of(f) as usize
     }
 
-    /// Sends `f`'s publish; the returned future resolves to its ack.
+    fn subject(&self, f: &FileEntry) -> String {
+        format!("{}.files.{}", self.streams[self.container(f)], f.id)
+    }
+
+    /// Sends `f`'s publish to its container's stream; the returned future resolves to its ack.
     async fn publish(&self, f: &FileEntry, content: Bytes) -> SysResult<PublishAckFuture> {
         let id = self.t.layout.key_of(f);
         let message = PublishMessage::build().payload(content).message_id(id);
@@ -385,13 +440,13 @@ impl Nats {
             .map_err(self.err("publish"))
     }
 
-    /// Awaits the ack of `name`'s publish and records which message holds it.
-    async fn confirm(&mut self, name: &str, ack: PublishAckFuture) -> SysResult<()> {
+    /// Awaits the ack of `f`'s publish and records which message holds it.
+    async fn confirm(&mut self, f: &FileEntry, ack: PublishAckFuture) -> SysResult<()> {
         let ack = ack.await.map_err(self.err("publish ack"))?;
-        self.files.acked(name, &ack)
+        let k = self.container(f);
+        self.files[k].acked(&f.name, &ack)
     }
 
-    /// The stream's info, or `None` when it does not exist.
     /// A new connection to the server, named `name` in its connection list.
     async fn open(&self, name: &str) -> SysResult<(Conn, String)> {
         let (s, timeout) = (&self.t.server, self.t.settings.timeout_s);
@@ -446,23 +501,14 @@ impl Nats {
         Ok((conn, server.version))
     }
 
-    async fn info(&self) -> SysResult<Option<jetstream::stream::Info>> {
-        stream_info(self.conn()?, &self.t.namespace).await
+    /// The info of container `k`'s stream, or `None` when it does not exist.
+    async fn info(&self, k: usize) -> SysResult<Option<jetstream::stream::Info>> {
+        stream_info(self.conn()?, &self.streams[k]).await
     }
 
-    /// Messages and bytes the stream holds: none when it does not exist (before the first
-    /// reset).
-    async fn held(&self) -> SysResult<(u64, u64)> {
-        Ok(self
-            .info()
-            .await?
-            .map_or((0, 0), |i| (i.state.messages, i.state.bytes)))
-    }
-
-    fn stream_config(&self, marker: &str) -> Config {
-        let stream = &self.t.namespace;
+    fn stream_config(&self, stream: &str, marker: &str) -> Config {
         Config {
-            name: stream.clone(),
+            name: stream.to_string(),
             description: Some(marker.into()),
             subjects: vec![format!("{stream}.files.>")],
             storage: StorageType::File,
@@ -480,10 +526,14 @@ impl System for Nats {
     }
 
     fn target(&self) -> String {
+        let streams = match &self.streams[..] {
+            [one] => format!("stream {one}"),
+            [first, .., last] => format!("streams {first} … {last}"),
+            [] => "no stream".into(),
+        };
         format!(
-            "{} stream {} (Nats-Msg-Id = file {})",
+            "{} {streams} (Nats-Msg-Id = file {})",
             self.t.server.address(),
-            self.t.namespace,
             self.t.layout.keys.name()
         )
     }
@@ -500,37 +550,59 @@ impl System for Nats {
     async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
         Ok(Box::new(NatsMeter {
             conn: self.open("dedup-lab meter").await?.0,
-            stream: self.t.namespace.clone(),
+            streams: self.streams.clone(),
         }))
     }
 
+    /// The namespace's streams, for any number of containers: none, all with dedup-lab's
+    /// marker (the first one's text is the holding's), or one without it (foreign).
     async fn inspect(&mut self) -> SysResult<Holding> {
-        Ok(match self.info().await? {
-            None => Holding::Absent,
-            Some(info) => match info.config.description {
-                Some(text) if is_marker(&text) => Holding::Marked(text),
-                _ => Holding::Foreign(format!(
-                    "stream {} exists but its description is not dedup-lab's marker",
-                    self.t.namespace
-                )),
-            },
-        })
+        self.found = None;
+        let ns = &self.t.namespace;
+        let mut ours: Vec<jetstream::stream::Info> = self
+            .js()?
+            .streams()
+            .try_filter(|info| std::future::ready(in_namespace(ns, &info.config.name)))
+            .try_collect()
+            .await
+            .map_err(self.err("STREAM.LIST"))?;
+        ours.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        let mut marker = None;
+        for info in &ours {
+            match &info.config.description {
+                Some(text) if is_marker(text) => {
+                    marker.get_or_insert_with(|| text.clone());
+                }
+                _ => {
+                    return Ok(Holding::Foreign(format!(
+                        "stream {} exists but its description is not dedup-lab's marker",
+                        info.config.name
+                    )));
+                }
+            }
+        }
+        self.found = Some(ours.into_iter().map(|i| i.config.name).collect());
+        Ok(marker.map_or(Holding::Absent, Holding::Marked))
     }
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
-        let name = self.t.namespace.clone();
-        if self.info().await?.is_some() {
+        let found = self.found.take().ok_or_else(|| {
+            SysError::failed("nats: the namespace was not inspected before a reset")
+        })?;
+        for name in found {
             self.js()?
                 .delete_stream(&name)
                 .await
                 .map_err(self.err(&format!("STREAM.DELETE {name}")))?;
         }
-        self.files = Holders::default();
-        let config = self.stream_config(&marker.text);
-        self.js()?
-            .create_stream(config)
-            .await
-            .map_err(self.err(&format!("STREAM.CREATE {name}")))?;
+        self.files = self.streams.iter().map(|_| Holders::default()).collect();
+        for name in &self.streams {
+            let config = self.stream_config(name, &marker.text);
+            self.js()?
+                .create_stream(config)
+                .await
+                .map_err(self.err(&format!("STREAM.CREATE {name}")))?;
+        }
         Ok(())
     }
 
@@ -544,28 +616,30 @@ impl System for Nats {
             let size = content.len() as u64;
             let ack = self.publish(&f, content).await?;
             let client = self.conn()?.client.clone();
+            let k = self.container(&f);
             let answer = async move {
                 let a = ack.await;
-                a.map(|a| (f.name, a))
+                a.map(|a| (k, f.name, a))
                     .map_err(|e| classify(Some(&client), "publish ack", &e))
             };
             acked.extend(window.push(size, || Ok(answer)).await?);
         }
         acked.extend(window.finish().await?);
-        for (name, ack) in acked {
-            self.files.acked(&name, &ack)?;
+        for (k, name, ack) in acked {
+            self.files[k].acked(&name, &ack)?;
         }
         Ok(())
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
         let ack = self.publish(file, content).await?;
-        self.confirm(&file.name, ack).await
+        self.confirm(file, ack).await
     }
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
-        let seq = self.files.release(&file.name)?;
-        let subject = format!("STREAM.MSG.DELETE.{}", self.t.namespace);
+        let k = self.container(file);
+        let seq = self.files[k].release(&file.name)?;
+        let subject = format!("STREAM.MSG.DELETE.{}", self.streams[k]);
         let answer: Response<Deleted> = self
             .js()?
             .request(
@@ -588,57 +662,74 @@ impl System for Nats {
     }
 
     async fn maintenance(&mut self) -> SysResult<String> {
-        let Some(info) = self.info().await? else {
-            return Err(SysError::failed(format!(
-                "nats: stream {} does not exist",
-                self.t.namespace
-            )));
-        };
-        let (messages, first) = (info.state.messages, info.state.first_sequence);
-        let stream = self
-            .js()?
-            .get_stream_no_info(&self.t.namespace)
-            .await
-            .map_err(self.err("stream handle"))?;
-        let done = match purge_plan(messages, first) {
-            PurgePlan::All => {
-                stream.purge().await.map_err(self.err("purge"))?;
-                "purged the empty stream".to_string()
-            }
-            PurgePlan::Below(seq) => {
-                let purged = stream
-                    .purge()
-                    .sequence(seq)
-                    .await
-                    .map_err(self.err("purge"))?
-                    .purged;
-                if purged > 0 {
-                    return Err(SysError::failed(format!(
-                        "nats: the purge below the first live message ({seq}) deleted {purged} \
-                         live messages"
-                    )));
+        let mut done = Vec::new();
+        for k in 0..self.streams.len() {
+            let name = &self.streams[k];
+            let Some(info) = self.info(k).await? else {
+                return Err(SysError::failed(format!(
+                    "nats: stream {name} does not exist"
+                )));
+            };
+            let (messages, first) = (info.state.messages, info.state.first_sequence);
+            let stream = self
+                .js()?
+                .get_stream_no_info(name)
+                .await
+                .map_err(self.err("stream handle"))?;
+            let did = match purge_plan(messages, first) {
+                PurgePlan::All => {
+                    stream.purge().await.map_err(self.err("purge"))?;
+                    "purged the empty stream".to_string()
                 }
-                format!("purged below the first live message ({seq})")
-            }
-            PurgePlan::Nothing => "nothing deleted precedes the first live message".to_string(),
-        };
+                PurgePlan::Below(seq) => {
+                    let purged = stream
+                        .purge()
+                        .sequence(seq)
+                        .await
+                        .map_err(self.err("purge"))?
+                        .purged;
+                    if purged > 0 {
+                        return Err(SysError::failed(format!(
+                            "nats: the purge of {name} below the first live message ({seq}) \
+                             deleted {purged} live messages"
+                        )));
+                    }
+                    format!("purged below the first live message ({seq})")
+                }
+                PurgePlan::Nothing => "nothing deleted precedes the first live message".to_string(),
+            };
+            done.push(match self.streams.len() {
+                1 => did,
+                _ => format!("{name}: {did}"),
+            });
+        }
         Ok(format!(
-            "{done}; JetStream has no compaction request: deleted messages after the first live \
+            "{}; JetStream has no compaction request: deleted messages after the first live \
              one stay in their blocks until a block empties (removed) or, not the last, falls \
-             under 25 % live (rewritten by the server)"
+             under 25 % live (rewritten by the server)",
+            done.join("; ")
         ))
     }
 
     async fn settle(&mut self) -> SysResult<()> {
         // Everything acknowledged is in the store files already (see the module doc); the
-        // round trip proves the server still answers, so probes read a live server.
+        // round trips prove the server still answers, so probes read a live server.
         let conn = self.conn()?;
         conn.client.flush().await.map_err(self.err("flush"))?;
-        self.info().await.map(drop)
+        for k in 0..self.streams.len() {
+            self.info(k).await?;
+        }
+        Ok(())
     }
 
+    /// Messages the streams hold: none in a stream that does not exist (before the first
+    /// reset).
     async fn count(&mut self) -> SysResult<u64> {
-        Ok(self.held().await?.0)
+        let mut total = 0;
+        for k in 0..self.streams.len() {
+            total += self.info(k).await?.map_or(0, |i| i.state.messages);
+        }
+        Ok(total)
     }
 
     fn interrupted_since(&self, since: Instant) -> Option<String> {
@@ -678,6 +769,9 @@ mod tests {
         assert_eq!(h.release("c").unwrap(), 2);
         assert_eq!(h.release("b").unwrap(), 1);
         assert!(h.release("b").unwrap_err().message.contains("not inserted"));
+        // a shared message 1 with b: it is gone with b.
+        let e = h.release("a").unwrap_err();
+        assert!(e.message.contains("deleted already"), "{e}");
     }
 
     #[test]
@@ -694,6 +788,28 @@ mod tests {
                 .message
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn one_container_keeps_the_stream_name_and_others_never_match_another_namespace() {
+        assert_eq!(stream_names("dedup_lab_n", 1), ["dedup_lab_n"]);
+        let spread = stream_names("dedup_lab_n", 3);
+        assert_eq!(
+            spread,
+            ["dedup_lab_n-c0", "dedup_lab_n-c1", "dedup_lab_n-c2"]
+        );
+        for name in spread.iter().chain(["dedup_lab_n".to_string()].iter()) {
+            assert!(in_namespace("dedup_lab_n", name), "{name}");
+        }
+        // Another namespace, and names no reset makes, are not the namespace's.
+        for other in [
+            "dedup_lab_n_c1",
+            "dedup_lab_nx",
+            "dedup_lab_n-c",
+            "dedup_lab_n-cx",
+        ] {
+            assert!(!in_namespace("dedup_lab_n", other), "{other}");
+        }
     }
 
     #[test]
