@@ -1,10 +1,19 @@
-//! The embedded default (sqlite + fs) end to end through the binary, and bad input.
+//! The embedded default (sqlite + fs) end to end through the binary, and bad input; fs with
+//! content keys and containers, its directories read by hand.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::layout::{
+    Peek, assert_content_run, blake3_hex, config_of, exercise, layout, layout_keys, run_u90,
+    shared_contents,
+};
 use common::{experiment_dir, journal, run, stage_records, text};
 use dedup_lab::dataset::{Manifest, PayloadType};
-use dedup_lab::model::{Record, Stage};
+use dedup_lab::model::{KeyMode, Layout, Record, Stage};
+use dedup_lab::systems;
 
 #[test]
 fn embedded_run_measures_every_stage_and_fs_stores_random_data_as_written() {
@@ -263,4 +272,118 @@ fn embedded_namespaces_not_created_by_dedup_lab_are_refused_and_survive() {
         .filter(|r| matches!(r, Record::AttemptFailed { .. }))
         .count();
     assert_eq!(failed, 2);
+}
+
+/// An fs store read by hand: the store directory is the one container unless it holds
+/// container directories.
+struct Store {
+    dir: PathBuf,
+    layout: Layout,
+}
+
+/// The names in `dir` other than the marker, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".dedup-lab-owned")
+        .collect();
+    names.sort();
+    names
+}
+
+impl Peek for Store {
+    async fn entries(&mut self, k: u32) -> BTreeMap<String, String> {
+        let dir = match self.layout.containers {
+            1 => self.dir.clone(),
+            _ => self.dir.join(format!("files_{k}")),
+        };
+        listing(&dir)
+            .into_iter()
+            .map(|name| {
+                let bytes = std::fs::read(dir.join(&name)).unwrap();
+                (name, blake3_hex(&bytes))
+            })
+            .collect()
+    }
+
+    async fn containers(&mut self) -> Vec<String> {
+        let dirs: Vec<String> = listing(&self.dir)
+            .into_iter()
+            .filter(|n| self.dir.join(n).is_dir())
+            .collect();
+        if dirs.is_empty() {
+            vec![".".into()]
+        } else {
+            dirs
+        }
+    }
+}
+
+/// The section of an fs instance with its store under `dir`, laid out as `l`.
+fn fs_section(dir: &Path, l: Layout) -> toml::Table {
+    let mut s = toml::Table::new();
+    s.insert(
+        "dir".into(),
+        dir.join("dedup_lab_store").to_str().unwrap().into(),
+    );
+    s.extend(layout_keys(l).map(|(k, v)| (k.to_string(), v)));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fs_every_layout_stores_deletes_and_keeps_survivors_byte_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = shared_contents(tmp.path());
+    for l in [
+        layout(KeyMode::Content, 1),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 4),
+    ] {
+        let section = fs_section(tmp.path(), l);
+        let mut sys = systems::build_from_section("fs", &section, tmp.path()).unwrap();
+        let mut store = Store {
+            dir: tmp.path().join("dedup_lab_store"),
+            layout: l,
+        };
+        exercise(sys.as_mut(), &mut store, l, &ds).await;
+    }
+}
+
+#[test]
+fn fs_content_keys_store_each_content_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_of(
+        tmp.path(),
+        "fs",
+        fs_section(tmp.path(), layout(KeyMode::Content, 1)),
+    );
+    let (stages, manifest) = run_u90(&cfg, "fs", &tmp.path().join("results"));
+    // A directory allocates the files' bytes, rounded up to blocks.
+    assert_content_run(&stages, &manifest, "fs", 1.1);
+}
+
+#[test]
+fn fs_four_directories_then_the_store_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let four = ["files_0", "files_1", "files_2", "files_3"];
+    for (i, (l, want)) in [
+        (layout(KeyMode::Name, 4), &four[..]),
+        (layout(KeyMode::Content, 4), &four),
+        (layout(KeyMode::Name, 1), &[]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = config_of(tmp.path(), "fs", fs_section(tmp.path(), l));
+        let results = tmp.path().join(format!("results-{i}"));
+        let out = common::run_system(&cfg, "fs", "random_binary", "50", 24, &results);
+        assert!(out.status.success(), "{l:?}: {}", text(&out));
+        // The final reset leaves the layout's containers, empty, and none of an earlier one.
+        let store = tmp.path().join("dedup_lab_store");
+        assert_eq!(listing(&store), want, "{l:?}");
+        for d in want {
+            assert_eq!(listing(&store.join(d)), Vec::<String>::new());
+        }
+    }
 }

@@ -1,19 +1,24 @@
 //! MariaDB against the lab server: counts through the journal, the native size checked against
 //! hand-typed queries and the tablespace file itself, bytes that round-trip, purge, lost
-//! connections, and databases outside or unmarked in the lab namespace. Every test uses its
-//! own database, so they run in parallel.
+//! connections, and databases outside or unmarked in the lab namespace; content keys and
+//! tables per container, read by hand. Every test uses its own database, so they run in
+//! parallel.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use common::layout::{
+    Peek, assert_content_run, blake3_hex, exercise, key_column, layout, layout_keys, run_u90,
+    shared_contents, table,
+};
 use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::model::ErrorKind;
-use dedup_lab::model::Stage;
+use dedup_lab::model::{ErrorKind, KeyMode, Layout, Stage};
 use dedup_lab::systems::{self, System};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -67,10 +72,15 @@ fn random_files(dir: &std::path::Path, files: u32, seed: u64) -> DataSet {
 
 /// The lab server's tablespace file of `db.files`, from its data directory (the fs probe).
 fn ibd(db: &str) -> PathBuf {
+    ibd_of(db, "files")
+}
+
+/// The lab server's tablespace file of `db.table`.
+fn ibd_of(db: &str, table: &str) -> PathBuf {
     let s = lab_section("mariadb");
     PathBuf::from(s["fs_probe"].as_array().unwrap()[0].as_str().unwrap())
         .join(db)
-        .join("files.ibd")
+        .join(format!("{table}.ibd"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,7 +289,7 @@ async fn a_killed_connection_is_connection_lost_and_connect_recovers() {
         let found: Option<u64> = c
             .query_first(
                 "SELECT ID FROM information_schema.PROCESSLIST \
-                 WHERE INFO = 'SELECT COUNT(*) FROM dedup_lab_t_kill.files'",
+                 WHERE INFO = 'SELECT (SELECT count(*) FROM dedup_lab_t_kill.files)'",
             )
             .await
             .unwrap();
@@ -409,4 +419,139 @@ async fn page_compression_is_a_table_option_that_shrinks_compressible_data() {
         grown[0],
         grown[1]
     );
+}
+
+/// A lab database read by hand.
+struct Hand {
+    c: Conn,
+    db: String,
+    layout: Layout,
+}
+
+impl Peek for Hand {
+    async fn entries(&mut self, k: u32) -> BTreeMap<String, String> {
+        let rows: Vec<(String, Vec<u8>)> = self
+            .c
+            .query(format!(
+                "SELECT {}, content FROM {}.{}",
+                key_column(self.layout.keys),
+                self.db,
+                table(self.layout.containers, k)
+            ))
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(key, content)| (key, blake3_hex(&content)))
+            .collect()
+    }
+
+    async fn containers(&mut self) -> Vec<String> {
+        self.c
+            .exec(
+                "SELECT TABLE_NAME FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME <> 'dedup_lab_owner' ORDER BY 1",
+                (&self.db,),
+            )
+            .await
+            .unwrap()
+    }
+}
+
+/// The adapter in database `db` laid out as `l`, connected, and the database read by hand.
+async fn laid_out(db: &str, l: Layout) -> (Box<dyn System>, Hand, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut section = lab_section("mariadb");
+    section.insert("database".into(), db.into());
+    section.extend(layout_keys(l).map(|(k, v)| (k.to_string(), v)));
+    let mut sys = systems::build_from_section("mariadb", &section, tmp.path()).unwrap();
+    sys.connect().await.unwrap();
+    let hand = Hand {
+        c: independent().await,
+        db: db.into(),
+        layout: l,
+    };
+    (sys, hand, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_layout_stores_deletes_and_keeps_survivors_byte_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = shared_contents(tmp.path());
+    for l in [
+        layout(KeyMode::Content, 1),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 4),
+    ] {
+        let (mut sys, mut hand, _tmp) = laid_out("dedup_lab_ksql_layouts", l).await;
+        exercise(sys.as_mut(), &mut hand, l, &ds).await;
+    }
+}
+
+#[test]
+fn content_keys_store_each_content_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut changes = vec![("database", "dedup_lab_ksql_u90".into())];
+    changes.extend(layout_keys(layout(KeyMode::Content, 1)));
+    let cfg = config_with(tmp.path(), "mariadb", &changes);
+    let (stages, manifest) = run_u90(&cfg, "mariadb", &tmp.path().join("results"));
+    assert_content_run(&stages, &manifest, "native", 1.5);
+}
+
+/// With four tables the native size is the allocated bytes of all four tablespace files, the
+/// snapshot sums them, and maintenance rebuilds each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_meter_and_maintenance_cover_every_table() {
+    let db = "dedup_lab_ksql_meter";
+    let l = layout(KeyMode::Content, 4);
+    let (mut sys, _hand, tmp) = laid_out(db, l).await;
+    let ds = random_files(tmp.path(), 40, 8);
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let files: Vec<u64> = (0..4)
+        .map(|k| {
+            std::fs::metadata(ibd_of(db, &table(4, k)))
+                .unwrap()
+                .blocks()
+                * 512
+        })
+        .collect();
+    let native = common::native_size(sys.as_mut()).await;
+    assert_eq!(native, files.iter().sum::<u64>(), "{files:?}");
+    let snap = sys.meter().await.unwrap().snapshot().await.unwrap();
+    assert_eq!(snap["allocated_size"], native as f64);
+    let note = sys.maintenance().await.unwrap();
+    for k in 0..4 {
+        assert!(note.contains(&format!("{db}.files_{k}")), "{note}");
+    }
+    common::reset(sys.as_mut()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_tables_then_one_in_the_same_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = "dedup_lab_ksql_four";
+    let (_, mut hand, _) = laid_out(db, Layout::default()).await;
+    for (i, l) in [
+        layout(KeyMode::Name, 4),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut changes = vec![("database", db.into())];
+        changes.extend(layout_keys(l));
+        let cfg = config_with(tmp.path(), "mariadb", &changes);
+        let results = tmp.path().join(format!("results-{i}"));
+        let out = run_system(&cfg, "mariadb", "random_binary", "50", 24, &results);
+        assert!(out.status.success(), "{l:?}: {}", text(&out));
+        // The final reset leaves the layout's tables, empty, and none of an earlier layout.
+        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
+        assert_eq!(hand.containers().await, want, "{l:?}");
+    }
+    hand.c
+        .query_drop(format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
 }

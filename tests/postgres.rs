@@ -1,15 +1,21 @@
 //! PostgreSQL against the lab server: counts, sizes checked by independent queries, reclaim,
-//! the journal, and an unreachable server.
+//! the journal, and an unreachable server; content keys and containers, read by hand.
 
 mod common;
 
+use std::collections::BTreeMap;
+
+use common::layout::{
+    Peek, assert_content_run, blake3_hex, exercise, key_column, layout, layout_keys, run_u90,
+    shared_contents, table,
+};
 use common::{
     assert_fails_with, config_with, experiment_dir, journal, lab_section, run, run_in_namespace,
     run_system, stage_records, text,
 };
 use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::model::{Record, Stage};
-use dedup_lab::systems;
+use dedup_lab::model::{KeyMode, Layout, Record, Stage};
+use dedup_lab::systems::{self, System};
 use tokio_postgres::NoTls;
 
 /// An independent connection to the lab server, typed by hand from the lab config.
@@ -289,11 +295,13 @@ fn unreachable_server_is_named_and_recorded_as_failure() {
 }
 
 /// The batched multi-row INSERT path CockroachDB uses, run against a real PostgreSQL-wire
-/// server: every row arrives intact across batch boundaries.
+/// server: every row arrives intact across batch boundaries; with content keys over four
+/// tables each table holds its files' distinct contents.
 #[tokio::test(flavor = "multi_thread")]
 async fn batched_insert_path_stores_every_row_intact() {
     use dedup_lab::systems::pgwire::{BATCH_ROWS, batched_insert};
     use dedup_lab::systems::postgres::Postgres;
+    use dedup_lab::systems::toolkit::Tables;
     let tmp = tempfile::tempdir().unwrap();
     let mut section = lab_section("postgres");
     section.insert("schema".into(), "dedup_lab_t_batch".into());
@@ -317,9 +325,8 @@ async fn batched_insert_path_stores_every_row_intact() {
     )
     .unwrap();
     let c = independent().await;
-    batched_insert::<Postgres>(&c, "dedup_lab_t_batch.files", &ds)
-        .await
-        .unwrap();
+    let tables = Tables::new(Some("dedup_lab_t_batch"), Layout::default());
+    batched_insert::<Postgres>(&c, &tables, &ds).await.unwrap();
     assert_eq!(sys.count().await.unwrap(), u64::from(files));
     for f in &ds.manifest.files {
         let row = c
@@ -333,6 +340,14 @@ async fn batched_insert_path_stores_every_row_intact() {
         assert_eq!(name, f.name);
         assert_eq!(blake3::hash(&content).to_hex().as_str(), f.blake3);
     }
+    common::reset(sys.as_mut()).await.unwrap();
+
+    let spread = layout(KeyMode::Content, 4);
+    let (mut sys, mut hand) = adapter("dedup_lab_ksql_batch", spread).await;
+    common::reset(sys.as_mut()).await.unwrap();
+    let tables = Tables::new(Some("dedup_lab_ksql_batch"), spread);
+    batched_insert::<Postgres>(&c, &tables, &ds).await.unwrap();
+    common::layout::assert_holds(&mut hand, &ds.manifest.files, spread, "after batches").await;
     common::reset(sys.as_mut()).await.unwrap();
 }
 
@@ -407,4 +422,159 @@ fn two_instances_of_one_kind_run_side_by_side() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exp.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(meta["servers"]["pg_t_lz4"]["kind"], "postgres");
+}
+
+/// A schema read by hand.
+struct Hand {
+    c: tokio_postgres::Client,
+    schema: String,
+    layout: Layout,
+}
+
+impl Peek for Hand {
+    async fn entries(&mut self, k: u32) -> BTreeMap<String, String> {
+        let sql = format!(
+            "SELECT {}, content FROM {}.{}",
+            key_column(self.layout.keys),
+            self.schema,
+            table(self.layout.containers, k)
+        );
+        self.c
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), blake3_hex(r.get(1))))
+            .collect()
+    }
+
+    async fn containers(&mut self) -> Vec<String> {
+        self.c
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = $1 AND table_name <> 'dedup_lab_owner' ORDER BY 1",
+                &[&self.schema],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+/// The adapter on the lab server in `schema`, laid out as `l`, connected, and its schema read
+/// by hand.
+async fn adapter(schema: &str, l: Layout) -> (Box<dyn System>, Hand) {
+    let mut section = lab_section("postgres");
+    section.insert("schema".into(), schema.into());
+    section.extend(layout_keys(l).map(|(k, v)| (k.to_string(), v)));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sys = systems::build_from_section("postgres", &section, tmp.path()).unwrap();
+    sys.connect().await.unwrap();
+    let hand = Hand {
+        c: independent().await,
+        schema: schema.into(),
+        layout: l,
+    };
+    (sys, hand)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_layout_stores_deletes_and_keeps_survivors_byte_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = shared_contents(tmp.path());
+    for l in [
+        layout(KeyMode::Content, 1),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 4),
+    ] {
+        let (mut sys, mut hand) = adapter("dedup_lab_ksql_layouts", l).await;
+        exercise(sys.as_mut(), &mut hand, l, &ds).await;
+    }
+}
+
+#[test]
+fn content_keys_store_each_content_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut changes = vec![("schema", "dedup_lab_ksql_u90".into())];
+    changes.extend(layout_keys(layout(KeyMode::Content, 1)));
+    let cfg = config_with(tmp.path(), "postgres", &changes);
+    let (stages, manifest) = run_u90(&cfg, "postgres", &tmp.path().join("results"));
+    // TOAST chunks, the heap page and the two indexes' first pages come on top of U.
+    assert_content_run(&stages, &manifest, "native", 1.5);
+}
+
+/// The staging table keeps values uncompressed, so the lab table's own compression setting
+/// compresses them: with lz4 on the lab table every stored value is lz4, not the server's
+/// default pglz that a compressing staging column would have passed through.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_key_bulk_path_compresses_with_the_lab_tables_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::TextDocument,
+            grade: 50,
+            files: 12,
+            sizes: SizeSpec::Fixed(32 * 1024),
+            seed: 3,
+            ..Default::default()
+        },
+        &tmp.path().join("ds"),
+    )
+    .unwrap();
+    let mut section = lab_section("postgres");
+    section.insert("schema".into(), "dedup_lab_ksql_lz4".into());
+    section.insert("compression".into(), "lz4".into());
+    section.extend(layout_keys(layout(KeyMode::Content, 2)).map(|(k, v)| (k.to_string(), v)));
+    let mut sys = systems::build_from_section("postgres", &section, tmp.path()).unwrap();
+    sys.connect().await.unwrap();
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    let c = independent().await;
+    for t in ["files_0", "files_1"] {
+        let methods: Vec<Option<String>> = c
+            .query(
+                &format!(
+                    "SELECT DISTINCT pg_column_compression(content) FROM dedup_lab_ksql_lz4.{t}"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(methods, [Some("lz4".to_string())], "{t}");
+    }
+    common::reset(sys.as_mut()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_tables_then_one_in_the_same_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let schema = "dedup_lab_ksql_four";
+    let mut hand = adapter(schema, Layout::default()).await.1;
+    for (i, l) in [
+        layout(KeyMode::Name, 4),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut changes = vec![("schema", schema.into())];
+        changes.extend(layout_keys(l));
+        let cfg = config_with(tmp.path(), "postgres", &changes);
+        let results = tmp.path().join(format!("results-{i}"));
+        let out = run_system(&cfg, "postgres", "random_binary", "50", 24, &results);
+        assert!(out.status.success(), "{l:?}: {}", text(&out));
+        // The final reset leaves the layout's tables, empty, and none of an earlier layout.
+        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
+        assert_eq!(hand.containers().await, want, "{l:?}");
+    }
+    hand.c
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
 }

@@ -372,6 +372,12 @@ impl DataSet {
     /// Streams every file in order, read ahead on a separate thread so disk reads overlap
     /// with sending. At most about 64 MiB (and at least one file) is buffered.
     pub fn stream(&self) -> FileStream {
+        self.stream_where(|_| true)
+    }
+
+    /// Streams the files `keep` selects, in order, as [`DataSet::stream`] does: for bulk paths
+    /// that load one container at a time.
+    pub fn stream_where(&self, keep: impl Fn(&FileEntry) -> bool + Send + 'static) -> FileStream {
         let max = self
             .manifest
             .files
@@ -383,7 +389,7 @@ impl DataSet {
         let (tx, rx) = tokio::sync::mpsc::channel(depth);
         let ds = self.clone();
         std::thread::spawn(move || {
-            for f in &ds.manifest.files {
+            for f in ds.manifest.files.iter().filter(|f| keep(f)) {
                 let item = ds.read(f).map(|b| (f.clone(), b));
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {
@@ -431,6 +437,31 @@ fn remove_dir_if_exists(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_filtered_stream_yields_the_selected_files_in_order_with_their_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = DataSet::generate(
+            &DataSetSpec {
+                payload: PayloadType::RandomBinary,
+                grade: 50,
+                files: 8,
+                sizes: SizeSpec::Fixed(1000),
+                seed: 2,
+                ..Default::default()
+            },
+            &tmp.path().join("ds"),
+        )
+        .unwrap();
+        let mut files = ds.stream_where(|f| f.id % 3 == 1);
+        let mut ids = Vec::new();
+        while let Some(item) = files.next().await {
+            let (f, content) = item.unwrap();
+            assert_eq!(blake3::hash(&content).to_hex().as_str(), f.blake3);
+            ids.push(f.id);
+        }
+        assert_eq!(ids, [1, 4, 7]);
+    }
 
     #[test]
     fn size_spec_parses_and_rejects() {

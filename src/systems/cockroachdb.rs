@@ -1,7 +1,9 @@
 //! `cockroachdb`: CockroachDB over the PostgreSQL wire. Bulk path: multi-row INSERT batches;
 //! maintenance: none exists — garbage collection of old MVCC versions runs on its own after
 //! the zone's `gc.ttlseconds`, which the stage reports; native size: `approximate_disk_bytes`
-//! of the table's ranges (`SHOW RANGES … WITH DETAILS`), which counts every replica.
+//! of the lab tables' ranges (`SHOW RANGES … WITH DETAILS`), which counts every replica. With
+//! content keys the batches are `INSERT … ON CONFLICT (content_key) DO NOTHING`, as the
+//! per-file inserts are ([`super::pgwire`]).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,7 @@ use async_trait::async_trait;
 use tokio_postgres::Client;
 
 use super::pgwire::{self, Dialect, err};
+use super::toolkit::Tables;
 use super::{SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::DataSet;
 use crate::model::{ServerInfo, SysError, SysResult};
@@ -61,21 +64,32 @@ async fn zone_config(c: &Client, target: &str) -> SysResult<String> {
     Ok(row.get(0))
 }
 
-/// The snapshot query of a table: ranges, approximate disk bytes and live bytes.
-fn snapshot_sql(table: &str) -> String {
+/// The span stats of every range of the lab tables, as one row source.
+fn ranges_of(tables: &[String]) -> String {
+    let each: Vec<String> = tables
+        .iter()
+        .map(|t| format!("SELECT span_stats FROM [SHOW RANGES FROM TABLE {t} WITH DETAILS]"))
+        .collect();
+    format!("({}) AS ranges", each.join(" UNION ALL "))
+}
+
+/// The snapshot query of the lab tables: ranges, approximate disk bytes and live bytes.
+fn snapshot_sql(tables: &[String]) -> String {
     format!(
         "SELECT count(*)::FLOAT8, \
                 coalesce(sum((span_stats->>'approximate_disk_bytes')::INT8), 0)::FLOAT8, \
                 coalesce(sum((span_stats->>'live_bytes')::INT8), 0)::FLOAT8 \
-         FROM [SHOW RANGES FROM TABLE {table} WITH DETAILS]"
+         FROM {}",
+        ranges_of(tables)
     )
 }
 
-/// The native size query of a table (`schema.files`).
-fn native_size_sql(table: &str) -> String {
+/// The native size query of the lab tables.
+fn native_size_sql(tables: &[String]) -> String {
     format!(
         "SELECT coalesce(sum((span_stats->>'approximate_disk_bytes')::INT8), 0)::INT8 \
-         FROM [SHOW RANGES FROM TABLE {table} WITH DETAILS]"
+         FROM {}",
+        ranges_of(tables)
     )
 }
 
@@ -117,13 +131,15 @@ impl Dialect for Cockroach {
         Ok(replicas.min(nodes.max(1) as u64) as u32)
     }
 
-    async fn bulk_insert(c: &Client, table: &str, ds: &DataSet) -> SysResult<()> {
-        pgwire::batched_insert::<Self>(c, table, ds).await
+    async fn bulk_insert(c: &Client, tables: &Tables, ds: &DataSet) -> SysResult<()> {
+        pgwire::batched_insert::<Self>(c, tables, ds).await
     }
 
-    async fn maintenance(c: &Client, table: &str) -> SysResult<String> {
+    async fn maintenance(c: &Client, tables: &[String]) -> SysResult<String> {
+        // Every lab table is created by the same reset with no zone of its own: they share
+        // the zone the first one reports.
         let ttl = zone_value(
-            &zone_config(c, &format!("TABLE {table}")).await?,
+            &zone_config(c, &format!("TABLE {}", tables[0])).await?,
             "gc.ttlseconds",
         );
         Ok(match ttl {
@@ -140,10 +156,10 @@ impl Dialect for Cockroach {
         Ok(())
     }
 
-    /// The table's ranges and their approximate disk and live bytes (all replicas).
-    async fn snapshot(c: &Client, table: &str) -> SysResult<BTreeMap<String, f64>> {
+    /// The lab tables' ranges and their approximate disk and live bytes (all replicas).
+    async fn snapshot(c: &Client, tables: &[String]) -> SysResult<BTreeMap<String, f64>> {
         let row = c
-            .query_one(&snapshot_sql(table), &[])
+            .query_one(&snapshot_sql(tables), &[])
             .await
             .map_err(err::<Self>("snapshot"))?;
         Ok(BTreeMap::from([
@@ -153,9 +169,9 @@ impl Dialect for Cockroach {
         ]))
     }
 
-    async fn native_size(c: &Client, table: &str) -> SysResult<u64> {
+    async fn native_size(c: &Client, tables: &[String]) -> SysResult<u64> {
         let n: i64 = c
-            .query_one(&native_size_sql(table), &[])
+            .query_one(&native_size_sql(tables), &[])
             .await
             .map_err(err::<Self>("span stats"))?
             .get(0);
@@ -181,6 +197,34 @@ mod tests {
         assert_eq!(zone_value(ZONE, "gc.ttlseconds"), Some(14400));
         assert_eq!(zone_value(ZONE, "constraints"), None);
         assert_eq!(zone_value(ZONE, "missing"), None);
+    }
+
+    #[test]
+    fn size_queries_cover_every_lab_table() {
+        let tables = Tables::new(
+            Some("dedup_lab"),
+            crate::model::Layout {
+                keys: crate::model::KeyMode::Content,
+                containers: 2,
+            },
+        )
+        .all();
+        assert_eq!(
+            native_size_sql(&tables),
+            "SELECT coalesce(sum((span_stats->>'approximate_disk_bytes')::INT8), 0)::INT8 \
+             FROM (SELECT span_stats FROM [SHOW RANGES FROM TABLE dedup_lab.files_0 WITH DETAILS] \
+             UNION ALL SELECT span_stats FROM [SHOW RANGES FROM TABLE dedup_lab.files_1 WITH DETAILS]) \
+             AS ranges"
+        );
+        let one = Tables::new(Some("dedup_lab"), Default::default()).all();
+        assert!(
+            snapshot_sql(&one).ends_with(
+                "FROM (SELECT span_stats FROM [SHOW RANGES FROM TABLE dedup_lab.files WITH DETAILS]) \
+                 AS ranges"
+            ),
+            "{}",
+            snapshot_sql(&one)
+        );
     }
 
     #[test]

@@ -3,6 +3,14 @@
 //! The namespace is one directory whose name starts with `dedup_lab` and which holds a marker
 //! file; reset empties it. Files are written with plain reads and writes (never
 //! `copy_file_range`, which could share extents on reflink filesystems and fake dedup).
+//!
+//! A container is the store directory itself with one container, else its subdirectory
+//! `files_<k>` (created at each reset; a reset removes every subdirectory). A file is named by
+//! its key: its name, or with content keys its content's hash. A content key that already
+//! names a file is skipped, not rewritten (`O_CREAT | O_EXCL`): that file holds the same
+//! bytes, as in content-addressed stores (git's objects), and rewriting them would only churn
+//! the storage being measured (on a copy-on-write filesystem an overwrite allocates new extents
+//! before it frees the old). Entries are the files of every container.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,11 +20,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{Holding, Marker, check_namespace, parse, section_of};
+use super::toolkit::{Holding, Marker, check_namespace, container_name, parse, section_of};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::lab::Embedded;
-use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, failed};
+use crate::model::{KeyMode, Layout, Measured, Meter, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -83,6 +91,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
         name: ctx.instance.to_string(),
         dir,
         fsync_each: s.fsync_each,
+        layout: ctx.layout,
     }))
 }
 
@@ -91,16 +100,63 @@ struct Fs {
     name: String,
     dir: PathBuf,
     fsync_each: bool,
+    layout: Layout,
 }
 
 fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> SysError + '_ {
     failed(context)
 }
 
+/// The directory of container `k`: the store itself with one container, else its
+/// subdirectory.
+fn container(dir: &Path, layout: &Layout, k: u32) -> PathBuf {
+    if layout.containers <= 1 {
+        dir.to_path_buf()
+    } else {
+        dir.join(container_name("files", layout, k))
+    }
+}
+
+/// The directory of every container.
+fn containers(dir: &Path, layout: &Layout) -> Vec<PathBuf> {
+    (0..layout.containers.max(1))
+        .map(|k| container(dir, layout, k))
+        .collect()
+}
+
+/// The stored files of every container (the marker is not one), with their metadata.
+fn stored(dir: &Path, layout: &Layout) -> SysResult<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    for c in containers(dir, layout) {
+        for e in std::fs::read_dir(&c).map_err(io_err("fs: listing store"))? {
+            let e = e.map_err(io_err("fs: listing store"))?;
+            if e.file_name() == MARKER {
+                continue;
+            }
+            out.push((e.path(), e.metadata().map_err(io_err("fs: stat"))?));
+        }
+    }
+    Ok(out)
+}
+
 impl Fs {
+    /// Where `f` is stored: its key in its container.
+    fn path(&self, f: &FileEntry) -> PathBuf {
+        container(&self.dir, &self.layout, self.layout.container_of(f)).join(self.layout.key_of(f))
+    }
+
     fn write(&self, f: &FileEntry, content: &[u8], sync: bool) -> SysResult<()> {
-        let path = self.dir.join(&f.name);
-        let mut file = std::fs::File::create(&path).map_err(io_err("fs: create"))?;
+        let path = self.path(f);
+        let opened = match self.layout.keys {
+            KeyMode::Name => std::fs::File::create(&path),
+            KeyMode::Content => std::fs::File::create_new(&path),
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            // The content's file exists: it holds these bytes already.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(io_err("fs: create")(e)),
+        };
         file.write_all(content).map_err(io_err("fs: write"))?;
         if sync {
             file.sync_all().map_err(io_err("fs: fsync"))?;
@@ -129,6 +185,7 @@ fn fs_type(dir: &Path) -> String {
 /// The meter: the store directory looked at from outside.
 struct FsMeter {
     dir: PathBuf,
+    layout: Layout,
 }
 
 #[async_trait]
@@ -151,15 +208,9 @@ impl Meter for FsMeter {
     /// Files in the store and their sizes (apparent bytes, as written).
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
         tokio::task::block_in_place(|| {
-            let (mut files, mut bytes) = (0u64, 0u64);
-            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
-                let e = e.map_err(io_err("fs: listing store"))?;
-                if e.file_name() == MARKER {
-                    continue;
-                }
-                files += 1;
-                bytes += e.metadata().map_err(io_err("fs: stat"))?.len();
-            }
+            let stored = stored(&self.dir, &self.layout)?;
+            let files = stored.len();
+            let bytes: u64 = stored.iter().map(|(_, m)| m.len()).sum();
             Ok(BTreeMap::from([
                 ("files".to_string(), files as f64),
                 ("apparent_bytes".to_string(), bytes as f64),
@@ -194,6 +245,7 @@ impl System for Fs {
     async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
         Ok(Box::new(FsMeter {
             dir: self.dir.clone(),
+            layout: self.layout,
         }))
     }
 
@@ -241,6 +293,11 @@ impl System for Fs {
                 };
                 removed.map_err(io_err("fs: emptying store"))?;
             }
+            if self.layout.containers > 1 {
+                for c in containers(&self.dir, &self.layout) {
+                    std::fs::create_dir(&c).map_err(io_err("fs: creating a container"))?;
+                }
+            }
             Ok(())
         })
     }
@@ -261,7 +318,7 @@ impl System for Fs {
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
         tokio::task::block_in_place(|| {
-            std::fs::remove_file(self.dir.join(&file.name)).map_err(io_err("fs: delete"))
+            std::fs::remove_file(self.path(file)).map_err(io_err("fs: delete"))
         })
     }
 
@@ -273,28 +330,27 @@ impl System for Fs {
         // fsync every file and the directory, not syncfs: syncfs would also wait for every
         // other writer on the filesystem and make settle times meaningless.
         tokio::task::block_in_place(|| {
-            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
-                let path = e.map_err(io_err("fs: listing store"))?.path();
+            let files = stored(&self.dir, &self.layout)?.into_iter().map(|(p, _)| p);
+            for path in files.chain([self.dir.join(MARKER)]) {
                 std::fs::File::open(&path)
                     .and_then(|f| f.sync_all())
                     .map_err(io_err("fs: fsync"))?;
             }
-            std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fs: fsync store directory"))
+            // Each container's directory, then the store's (which names the containers).
+            let mut dirs = containers(&self.dir, &self.layout);
+            if self.layout.containers > 1 {
+                dirs.push(self.dir.clone());
+            }
+            for d in dirs {
+                std::fs::File::open(&d)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("fs: fsync store directory"))?;
+            }
+            Ok(())
         })
     }
 
     async fn count(&mut self) -> SysResult<u64> {
-        tokio::task::block_in_place(|| {
-            let mut n = 0;
-            for e in std::fs::read_dir(&self.dir).map_err(io_err("fs: listing store"))? {
-                let e = e.map_err(io_err("fs: listing store"))?;
-                if e.file_name() != MARKER {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        tokio::task::block_in_place(|| Ok(stored(&self.dir, &self.layout)?.len() as u64))
     }
 }

@@ -1,8 +1,13 @@
 //! Everything PostgreSQL-wire systems share: settings, connection, lab namespace, per-file
 //! statements, counting and error classification. A [`Dialect`] supplies what differs
 //! (bulk path, maintenance, settle, size function, version).
+//!
+//! Containers are tables of the lab schema ([`Tables`]). With content keys a table's primary
+//! key is the content's hash and every write is `INSERT … ON CONFLICT (content_key) DO
+//! NOTHING`: a content the table holds is not stored again, so its rows are its distinct
+//! contents, and a delete by key removes the one row the engine's last holder asks for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +23,13 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Server, ServerDefaults, Target};
+use super::toolkit::{
+    Holding, MARKER_TABLE, Marker, Namespaced, Server, ServerDefaults, Tables, Target,
+};
 use super::{System, SystemContext};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
-use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult};
+use crate::model::{KeyMode, Layout, Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// What differs between PostgreSQL-wire systems.
 #[async_trait]
@@ -39,23 +46,23 @@ pub trait Dialect: Send + Sync + 'static {
     async fn server_info(c: &Client) -> SysResult<ServerInfo>;
     /// Full copies of the data the native size function counts.
     async fn native_copies(c: &Client) -> SysResult<u32>;
-    /// Loads every file into `table` (`schema.files`).
-    async fn bulk_insert(c: &Client, table: &str, ds: &DataSet) -> SysResult<()>;
-    /// The space-reclaiming operation; returns what it did.
-    async fn maintenance(c: &Client, table: &str) -> SysResult<String>;
+    /// Loads every file into its table of `tables`.
+    async fn bulk_insert(c: &Client, tables: &Tables, ds: &DataSet) -> SysResult<()>;
+    /// The space-reclaiming operation on every lab table; returns what it did.
+    async fn maintenance(c: &Client, tables: &[String]) -> SysResult<String>;
     /// Makes writes durable before a probe reads.
     async fn settle(c: &Client) -> SysResult<()>;
-    /// Physical size of `table`, bytes.
-    async fn native_size(c: &Client, table: &str) -> SysResult<u64>;
-    /// The server's storage accounting of `table` and of the server (see
+    /// Physical size of the lab tables together, bytes.
+    async fn native_size(c: &Client, tables: &[String]) -> SysResult<u64>;
+    /// The server's storage accounting of the lab tables together and of the server (see
     /// [`Meter::snapshot`]).
-    async fn snapshot(c: &Client, table: &str) -> SysResult<BTreeMap<String, f64>>;
+    async fn snapshot(c: &Client, tables: &[String]) -> SysResult<BTreeMap<String, f64>>;
 }
 
 /// The meter of a PostgreSQL-wire system: a connection of its own.
 pub struct PgMeter<D: Dialect> {
     client: Client,
-    table: String,
+    tables: Vec<String>,
     copies: u32,
     dialect: PhantomData<D>,
 }
@@ -67,14 +74,14 @@ impl<D: Dialect> Measured for PgMeter<D> {
     }
 
     async fn native_size(&mut self) -> SysResult<u64> {
-        D::native_size(&self.client, &self.table).await
+        D::native_size(&self.client, &self.tables).await
     }
 }
 
 #[async_trait]
 impl<D: Dialect> Meter for PgMeter<D> {
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
-        D::snapshot(&self.client, &self.table).await
+        D::snapshot(&self.client, &self.tables).await
     }
 }
 
@@ -154,13 +161,13 @@ pub fn build<D: Dialect>(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn Syst
         name: ctx.instance.to_string(),
         database,
         server,
+        tables: Tables::new(Some(&schema), ctx.layout),
         schema,
         column,
         settings,
         tls,
         client: None,
-        insert: None,
-        delete: None,
+        statements: HashMap::new(),
         copies: 1,
         dialect: PhantomData,
     }))
@@ -201,13 +208,14 @@ pub struct PgWire<D: Dialect> {
     server: Server,
     database: String,
     schema: String,
+    tables: Tables,
     /// Clauses applied to the content column after each reset.
     column: Vec<String>,
     settings: Settings,
     tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
-    insert: Option<Statement>,
-    delete: Option<Statement>,
+    /// Prepared per-file statements by (insert?, container).
+    statements: HashMap<(bool, u32), Statement>,
     copies: u32,
     dialect: PhantomData<D>,
 }
@@ -306,47 +314,108 @@ pub const BATCH_ROWS: usize = 100;
 /// Bytes per multi-row INSERT of the batched bulk path (a batch ends at whichever comes first).
 pub const BATCH_BYTES: usize = 8 << 20;
 
-/// `INSERT INTO table (id, name, content) VALUES ($1, $2, $3), …` for `rows` rows.
-pub fn insert_batch_sql(table: &str, rows: usize) -> String {
+/// `INSERT INTO table (columns) VALUES ($1, …), …` for `rows` rows of `tables`' columns; with
+/// content keys `… ON CONFLICT (content_key) DO NOTHING`, so a content the table holds (or
+/// that an earlier row of the same statement brings) is not stored again.
+pub fn insert_sql(tables: &Tables, table: &str, rows: usize) -> String {
+    let n = tables.column_count();
     let values: Vec<String> = (0..rows)
-        .map(|r| format!("(${}, ${}, ${})", 3 * r + 1, 3 * r + 2, 3 * r + 3))
+        .map(|r| {
+            let row: Vec<String> = (1..=n).map(|c| format!("${}", n * r + c)).collect();
+            format!("({})", row.join(", "))
+        })
         .collect();
+    let conflict = match tables.layout().keys {
+        KeyMode::Name => String::new(),
+        KeyMode::Content => format!(" ON CONFLICT ({}) DO NOTHING", tables.key_column()),
+    };
     format!(
-        "INSERT INTO {table} (id, name, content) VALUES {}",
+        "INSERT INTO {table} ({}) VALUES {}{conflict}",
+        tables.columns(),
         values.join(", ")
     )
 }
 
-/// The batched bulk path: multi-row INSERTs of up to [`BATCH_ROWS`] rows or [`BATCH_BYTES`]
-/// bytes, each one statement, reading files ahead on another thread.
-pub async fn batched_insert<D: Dialect>(c: &Client, table: &str, ds: &DataSet) -> SysResult<()> {
-    let mut files = ds.stream();
-    let mut batch: Vec<(i32, String, Bytes)> = Vec::new();
-    let mut bytes = 0;
-    loop {
-        let next = files.next().await;
-        let done = next.is_none();
-        if let Some(item) = next {
-            let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
-            bytes += content.len();
-            batch.push((f.id as i32, f.name, content));
-        }
-        if !batch.is_empty() && (done || batch.len() >= BATCH_ROWS || bytes >= BATCH_BYTES) {
-            let contents: Vec<&[u8]> = batch.iter().map(|(_, _, b)| &b[..]).collect();
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3 * batch.len());
-            for ((id, name, _), content) in batch.iter().zip(&contents) {
-                params.extend([id as &(dyn ToSql + Sync), name, content]);
-            }
-            c.execute(&insert_batch_sql(table, batch.len()), &params)
-                .await
-                .map_err(err::<D>("batched INSERT"))?;
-            batch.clear();
-            bytes = 0;
-        }
-        if done {
-            return Ok(());
+/// One file as the parameters of a row.
+struct Row<'a> {
+    id: i32,
+    name: &'a str,
+    key: &'a str,
+    content: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    fn new(layout: &Layout, f: &'a FileEntry, content: &'a [u8]) -> Row<'a> {
+        Row {
+            id: f.id as i32,
+            name: &f.name,
+            key: layout.key_of(f),
+            content,
         }
     }
+
+    /// The parameter a delete selects the row by ([`Tables::key_column`]).
+    fn key(&self, keys: KeyMode) -> &(dyn ToSql + Sync) {
+        match keys {
+            KeyMode::Name => &self.id,
+            KeyMode::Content => &self.key,
+        }
+    }
+
+    /// Appends the row's parameters in the order of [`Tables::columns`].
+    fn params<'b>(&'b self, keys: KeyMode, out: &mut Vec<&'b (dyn ToSql + Sync)>) {
+        match keys {
+            KeyMode::Name => {
+                out.extend([&self.id as &(dyn ToSql + Sync), &self.name, &self.content])
+            }
+            KeyMode::Content => out.extend([&self.key as &(dyn ToSql + Sync), &self.content]),
+        }
+    }
+}
+
+/// The batched bulk path: for each container in turn, multi-row INSERTs ([`insert_sql`]) of
+/// up to [`BATCH_ROWS`] rows or [`BATCH_BYTES`] bytes, each one statement, reading files ahead
+/// on another thread.
+pub async fn batched_insert<D: Dialect>(
+    c: &Client,
+    tables: &Tables,
+    ds: &DataSet,
+) -> SysResult<()> {
+    let layout = *tables.layout();
+    for k in tables.containers() {
+        let table = tables.name(k);
+        let mut files = ds.stream_where(move |f| layout.container_of(f) == k);
+        let mut batch: Vec<(FileEntry, Bytes)> = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let next = files.next().await;
+            let done = next.is_none();
+            if let Some(item) = next {
+                let (f, content) = item.map_err(|e| SysError::failed(format!("{e:#}")))?;
+                bytes += content.len();
+                batch.push((f, content));
+            }
+            if !batch.is_empty() && (done || batch.len() >= BATCH_ROWS || bytes >= BATCH_BYTES) {
+                let rows: Vec<Row<'_>> = batch
+                    .iter()
+                    .map(|(f, content)| Row::new(&layout, f, content))
+                    .collect();
+                let mut params = Vec::with_capacity(tables.column_count() * rows.len());
+                for row in &rows {
+                    row.params(layout.keys, &mut params);
+                }
+                c.execute(&insert_sql(tables, &table, rows.len()), &params)
+                    .await
+                    .map_err(err::<D>("batched INSERT"))?;
+                batch.clear();
+                bytes = 0;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<D: Dialect> PgWire<D> {
@@ -387,24 +456,25 @@ impl<D: Dialect> PgWire<D> {
         }
     }
 
-    fn table(&self) -> String {
-        format!("{}.files", self.schema)
-    }
-
-    async fn statement(&mut self, insert: bool) -> SysResult<Statement> {
-        let cached = if insert { &self.insert } else { &self.delete };
-        if let Some(st) = cached {
+    /// The prepared per-file insert or delete of `f`'s table, prepared on first use.
+    async fn statement(&mut self, insert: bool, f: &FileEntry) -> SysResult<Statement> {
+        let k = self.tables.layout().container_of(f);
+        if let Some(st) = self.statements.get(&(insert, k)) {
             return Ok(st.clone());
         }
+        let t = &self.tables;
+        let table = t.name(k);
+        // The types of the row's columns (Tables::columns), and of the key among them.
+        let (row, key) = match t.layout().keys {
+            KeyMode::Name => (vec![Type::INT4, Type::TEXT, Type::BYTEA], Type::INT4),
+            KeyMode::Content => (vec![Type::TEXT, Type::BYTEA], Type::TEXT),
+        };
         let (sql, types) = if insert {
-            (
-                insert_batch_sql(&self.table(), 1),
-                vec![Type::INT4, Type::TEXT, Type::BYTEA],
-            )
+            (insert_sql(t, &table, 1), row)
         } else {
             (
-                format!("DELETE FROM {} WHERE id = $1", self.table()),
-                vec![Type::INT4],
+                format!("DELETE FROM {table} WHERE {} = $1", t.key_column()),
+                vec![key],
             )
         };
         let st = self
@@ -412,11 +482,7 @@ impl<D: Dialect> PgWire<D> {
             .prepare_typed(&sql, &types)
             .await
             .map_err(err::<D>("prepare"))?;
-        *(if insert {
-            &mut self.insert
-        } else {
-            &mut self.delete
-        }) = Some(st.clone());
+        self.statements.insert((insert, k), st.clone());
         Ok(st)
     }
 }
@@ -451,23 +517,21 @@ impl<D: Dialect> System for PgWire<D> {
             None => D::native_copies(&client).await?,
         };
         self.client = Some(client);
-        self.insert = None;
-        self.delete = None;
+        self.statements.clear();
         Ok(info)
     }
 
     async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
         Ok(Box::new(PgMeter::<D> {
             client: self.open_client("dedup-lab meter").await?,
-            table: self.table(),
+            tables: self.tables.all(),
             copies: self.copies,
             dialect: PhantomData,
         }))
     }
 
     async fn inspect(&mut self) -> SysResult<Holding> {
-        self.insert = None;
-        self.delete = None;
+        self.statements.clear();
         let schema = self.schema.clone();
         let c = self.client()?;
         let row = c
@@ -504,12 +568,17 @@ impl<D: Dialect> System for PgWire<D> {
 
     async fn recreate(&mut self, marker: &Marker) -> SysResult<()> {
         let schema = self.schema.clone();
-        let table = self.table();
-        let column: String = self
-            .column
-            .iter()
-            .map(|c| format!("ALTER TABLE {table} ALTER COLUMN content {c};\n"))
-            .collect();
+        let row = match self.tables.layout().keys {
+            KeyMode::Name => "id INT4 PRIMARY KEY, name text NOT NULL, content bytea NOT NULL",
+            KeyMode::Content => "content_key text PRIMARY KEY, content bytea NOT NULL",
+        };
+        let mut tables = String::new();
+        for table in self.tables.all() {
+            tables.push_str(&format!("CREATE TABLE {table} ({row});\n"));
+            for c in &self.column {
+                tables.push_str(&format!("ALTER TABLE {table} ALTER COLUMN content {c};\n"));
+            }
+        }
         let c = match &mut self.client {
             Some(c) if !c.is_closed() => c,
             _ => return Err(not_connected::<D>()),
@@ -520,8 +589,7 @@ impl<D: Dialect> System for PgWire<D> {
             "DROP SCHEMA IF EXISTS {schema} CASCADE;
              CREATE SCHEMA {schema};
              CREATE TABLE {schema}.{MARKER_TABLE} (note text NOT NULL);
-             CREATE TABLE {table} (id INT4 PRIMARY KEY, name text NOT NULL, content bytea NOT NULL);
-             {column}"
+             {tables}"
         ))
         .await
         .map_err(err::<D>("recreating schema"))?;
@@ -535,24 +603,29 @@ impl<D: Dialect> System for PgWire<D> {
     }
 
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
-        let table = self.table();
-        D::bulk_insert(self.client()?, &table, ds).await
+        D::bulk_insert(self.client()?, &self.tables, ds).await
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
-        let st = self.statement(true).await?;
+        let st = self.statement(true, file).await?;
+        let layout = *self.tables.layout();
+        let row = Row::new(&layout, file, &content);
+        let mut params = Vec::with_capacity(3);
+        row.params(layout.keys, &mut params);
         self.client()?
-            .execute(&st, &[&(file.id as i32), &file.name, &&content[..]])
+            .execute(&st, &params)
             .await
             .map_err(err::<D>("insert"))?;
         Ok(())
     }
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
-        let st = self.statement(false).await?;
+        let st = self.statement(false, file).await?;
+        let layout = *self.tables.layout();
+        let row = Row::new(&layout, file, &[]);
         let n = self
             .client()?
-            .execute(&st, &[&(file.id as i32)])
+            .execute(&st, &[row.key(layout.keys)])
             .await
             .map_err(err::<D>("delete"))?;
         if n != 1 {
@@ -566,8 +639,7 @@ impl<D: Dialect> System for PgWire<D> {
     }
 
     async fn maintenance(&mut self) -> SysResult<String> {
-        let table = self.table();
-        D::maintenance(self.client()?, &table).await
+        D::maintenance(self.client()?, &self.tables.all()).await
     }
 
     async fn settle(&mut self) -> SysResult<()> {
@@ -577,7 +649,7 @@ impl<D: Dialect> System for PgWire<D> {
     async fn count(&mut self) -> SysResult<u64> {
         let n: i64 = self
             .client()?
-            .query_one(&format!("SELECT count(*) FROM {}", self.table()), &[])
+            .query_one(&self.tables.count_sql(), &[])
             .await
             .map_err(err::<D>("count"))?
             .get(0);
@@ -591,9 +663,22 @@ mod tests {
 
     #[test]
     fn batch_sql_numbers_parameters_in_row_order() {
+        let names = Tables::new(Some("s"), Layout::default());
         assert_eq!(
-            insert_batch_sql("s.files", 2),
+            insert_sql(&names, "s.files", 2),
             "INSERT INTO s.files (id, name, content) VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
+        let content = Tables::new(
+            Some("s"),
+            Layout {
+                keys: KeyMode::Content,
+                containers: 2,
+            },
+        );
+        assert_eq!(
+            insert_sql(&content, "s.files_1", 2),
+            "INSERT INTO s.files_1 (content_key, content) VALUES ($1, $2), ($3, $4) \
+             ON CONFLICT (content_key) DO NOTHING"
         );
     }
 }

@@ -2,6 +2,11 @@
 //!
 //! The namespace is one database file in a lab directory; a marker table identifies it as
 //! lab-owned, and a reset deletes and recreates the file so every stage starts from empty.
+//!
+//! Containers are tables of that file (`files`, or `files_0` … with several; see
+//! [`Tables`]). With content keys a table's primary key is the content's hash and a file is
+//! written with `INSERT OR IGNORE`: a content the table holds is not stored again, so the
+//! table's rows are its distinct contents.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,11 +16,11 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{Holding, MARKER_TABLE, Marker, check_namespace, parse, section_of};
+use super::toolkit::{Holding, MARKER_TABLE, Marker, Tables, check_namespace, parse, section_of};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
 use crate::lab::Embedded;
-use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, failed};
+use crate::model::{KeyMode, Measured, Meter, ServerInfo, SysError, SysResult, failed};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -75,6 +80,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
         path: dir.join(file),
         dir,
         synchronous,
+        tables: Tables::new(None, ctx.layout),
         conn: None,
     }))
 }
@@ -85,6 +91,7 @@ struct Sqlite {
     dir: PathBuf,
     path: PathBuf,
     synchronous: String,
+    tables: Tables,
     conn: Option<Connection>,
 }
 
@@ -161,12 +168,22 @@ impl Sqlite {
             SysError::failed(format!("sqlite: cannot create {}: {e}", self.dir.display()))
         })?;
         let c = Connection::open(&self.path).map_err(sql_err("sqlite: creating database"))?;
+        let row = match self.tables.layout().keys {
+            KeyMode::Name => "id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL",
+            KeyMode::Content => "content_key TEXT PRIMARY KEY, content BLOB NOT NULL",
+        };
+        let tables: String = self
+            .tables
+            .all()
+            .iter()
+            .map(|t| format!("CREATE TABLE {t} ({row});\n"))
+            .collect();
         c.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {};
              BEGIN;
              CREATE TABLE {MARKER_TABLE} (note TEXT NOT NULL);
-             CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, content BLOB NOT NULL);",
+             {tables}",
             self.synchronous
         ))
         .and_then(|()| c.execute(&format!("INSERT INTO {MARKER_TABLE} VALUES (?1)"), [marker]))
@@ -177,11 +194,23 @@ impl Sqlite {
     }
 }
 
-fn insert(c: &Connection, f: &FileEntry, content: &[u8]) -> SysResult<()> {
-    c.prepare_cached("INSERT INTO files (id, name, content) VALUES (?1, ?2, ?3)")
-        .and_then(|mut st| st.execute(params![f.id, f.name, content]))
-        .map(drop)
-        .map_err(sql_err("sqlite: insert"))
+/// Writes `f` into its table: under its id and name, or with content keys `INSERT OR IGNORE`
+/// under its content's hash (a content the table holds already stays as it is).
+fn insert(c: &Connection, tables: &Tables, f: &FileEntry, content: &[u8]) -> SysResult<()> {
+    let table = tables.of(f);
+    let done = match tables.layout().keys {
+        KeyMode::Name => c
+            .prepare_cached(&format!(
+                "INSERT INTO {table} (id, name, content) VALUES (?1, ?2, ?3)"
+            ))
+            .and_then(|mut st| st.execute(params![f.id, f.name, content])),
+        KeyMode::Content => c
+            .prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} (content_key, content) VALUES (?1, ?2)"
+            ))
+            .and_then(|mut st| st.execute(params![tables.layout().key_of(f), content])),
+    };
+    done.map(drop).map_err(sql_err("sqlite: insert"))
 }
 
 /// The database file's pages as SQLite counts them.
@@ -306,23 +335,29 @@ impl System for Sqlite {
                 .map_err(sql_err("sqlite: begin"))?;
             for f in &ds.manifest.files {
                 let content = ds.read(f).map_err(|e| SysError::failed(format!("{e:#}")))?;
-                insert(&tx, f, &content)?;
+                insert(&tx, &self.tables, f, &content)?;
             }
             tx.commit().map_err(sql_err("sqlite: commit"))
         })
     }
 
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
-        tokio::task::block_in_place(|| insert(self.conn()?, file, &content))
+        tokio::task::block_in_place(|| insert(self.conn()?, &self.tables, file, &content))
     }
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
         tokio::task::block_in_place(|| {
-            let n = self
+            let t = &self.tables;
+            let sql = format!("DELETE FROM {} WHERE {} = ?1", t.of(file), t.key_column());
+            let mut st = self
                 .conn()?
-                .prepare_cached("DELETE FROM files WHERE id = ?1")
-                .and_then(|mut st| st.execute([file.id]))
+                .prepare_cached(&sql)
                 .map_err(sql_err("sqlite: delete"))?;
+            let n = match t.layout().keys {
+                KeyMode::Name => st.execute([file.id]),
+                KeyMode::Content => st.execute([t.layout().key_of(file)]),
+            }
+            .map_err(sql_err("sqlite: delete"))?;
             if n != 1 {
                 return Err(SysError::failed(format!(
                     "sqlite: delete of {} removed {n} rows",
@@ -356,7 +391,7 @@ impl System for Sqlite {
     async fn count(&mut self) -> SysResult<u64> {
         tokio::task::block_in_place(|| {
             self.conn()?
-                .query_row("SELECT count(*) FROM files", [], |r| r.get::<_, i64>(0))
+                .query_row(&self.tables.count_sql(), [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(sql_err("sqlite: count"))
         })

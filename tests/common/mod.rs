@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod layout;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -5,6 +5,12 @@
 //! size: the allocated bytes of the table's own tablespace file. A MySQL server is recorded as
 //! MySQL, but is not supported: MySQL 8 names the tablespace view `INNODB_TABLESPACES`, so the
 //! native probe fails there with the server's message.
+//!
+//! Containers are tables of the lab database ([`Tables`]), each in its own tablespace file;
+//! the bulk path loads them one after the other. With content keys a table's primary key is
+//! the content's hash, the bulk path is `LOAD DATA … IGNORE` and a file is written with
+//! `INSERT IGNORE`: InnoDB finds the key before it writes the row, so a content the table holds
+//! is not stored again and the table's rows are its distinct contents.
 
 mod lab;
 mod native;
@@ -19,10 +25,12 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::toolkit::{Holding, MARKER_TABLE, Marker, Namespaced, Pacer, ServerDefaults, Target};
+use super::toolkit::{
+    Holding, MARKER_TABLE, Marker, Namespaced, Pacer, ServerDefaults, Tables, Target,
+};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS, TestHooks};
 use crate::dataset::{DataSet, FileEntry, FileStream};
-use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, KeyMode, Layout, Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -78,9 +86,11 @@ impl Namespaced for Settings {
 }
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
+    let t: Target<Settings> = Target::of(ctx, DEF.kind, DEFAULTS)?;
     Ok(Box::new(MariaDb {
         name: ctx.instance.to_string(),
-        t: Target::of(ctx, DEF.kind, DEFAULTS)?,
+        tables: Tables::new(Some(&t.namespace), t.layout),
+        t,
         conn: None,
         lag_wait: None,
     }))
@@ -90,6 +100,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
 struct MariaDb {
     name: String,
     t: Target<Settings>,
+    tables: Tables,
     conn: Option<Conn>,
     /// Whether the account may `SET GLOBAL innodb_max_purge_lag_wait` (it needs SUPER);
     /// learned at the first settle.
@@ -160,13 +171,17 @@ fn escape_into(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(&data[start..]);
 }
 
-/// One file as a line of the LOAD DATA stream: `id \t name \t content \n`.
-fn tsv_row(f: &FileEntry, content: &[u8]) -> Bytes {
+/// One file as a line of the LOAD DATA stream, in the columns of [`Tables::columns`]:
+/// `id \t name \t content \n`, or with content keys `content_key \t content \n`.
+fn tsv_row(layout: &Layout, f: &FileEntry, content: &[u8]) -> Bytes {
+    let key = layout.key_of(f);
     // Random bytes need escaping about once in 85; leave room for that.
-    let mut row = Vec::with_capacity(content.len() + content.len() / 32 + f.name.len() + 16);
-    row.extend_from_slice(f.id.to_string().as_bytes());
-    row.push(b'\t');
-    escape_into(&mut row, f.name.as_bytes());
+    let mut row = Vec::with_capacity(content.len() + content.len() / 32 + key.len() + 16);
+    if layout.keys == KeyMode::Name {
+        row.extend_from_slice(f.id.to_string().as_bytes());
+        row.push(b'\t');
+    }
+    escape_into(&mut row, key.as_bytes());
     row.push(b'\t');
     escape_into(&mut row, content);
     row.push(b'\n');
@@ -175,12 +190,12 @@ fn tsv_row(f: &FileEntry, content: &[u8]) -> Bytes {
 
 /// The data set as the bytes of a LOAD DATA "file", produced as the server reads it. A task
 /// reads and escapes a few rows ahead, so that escaping overlaps sending.
-fn tsv_stream(mut files: FileStream) -> mysql_async::InfileData {
+fn tsv_stream(mut files: FileStream, layout: Layout) -> mysql_async::InfileData {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         while let Some(item) = files.next().await {
             let row = item
-                .map(|(f, content)| tsv_row(&f, &content))
+                .map(|(f, content)| tsv_row(&layout, &f, &content))
                 .map_err(|e| std::io::Error::other(format!("{e:#}")));
             let failed = row.is_err();
             // A closed channel means the load ended early; its error is reported there.
@@ -276,10 +291,6 @@ impl MariaDb {
         ))
     }
 
-    fn table(&self) -> String {
-        format!("{}.files", self.t.namespace)
-    }
-
     /// InnoDB's history list: committed changes whose undo logs purge has not yet processed.
     /// Deleted rows (and their off-page BLOBs) are freed only when purge gets to them.
     async fn history_length(&mut self) -> SysResult<u64> {
@@ -301,6 +312,7 @@ impl MariaDb {
 struct MariaDbMeter {
     conn: Conn,
     namespace: String,
+    tables: Tables,
 }
 
 /// The server status counters the snapshot carries: bytes InnoDB wrote to its data files and
@@ -314,8 +326,27 @@ const STATUS: &[&str] = &[
 ];
 
 impl MariaDbMeter {
-    fn tablespace(&self) -> String {
-        format!("{}/files", self.namespace)
+    /// The lab tables' tablespace names (`database/table`), as positional parameters.
+    fn tablespaces(&self) -> Vec<mysql_async::Value> {
+        self.tables
+            .containers()
+            .map(|k| format!("{}/{}", self.namespace, self.tables.bare(k)).into())
+            .collect()
+    }
+
+    /// `?, ?, …` for the lab tables.
+    fn placeholders(&self) -> String {
+        vec!["?"; self.tables.containers().len()].join(", ")
+    }
+
+    /// The error of a look that found `found` of the lab tables' tablespaces.
+    fn missing(&self, found: u64) -> SysError {
+        SysError::failed(format!(
+            "mariadb: {found} of the {} lab tables of {} have a tablespace of their own: enable \
+             innodb_file_per_table on the server (the native size reads each table's .ibd file)",
+            self.tables.containers().len(),
+            self.namespace
+        ))
     }
 }
 
@@ -332,22 +363,23 @@ impl Measured for MariaDbMeter {
     /// that is the apparent length, which counts holes (page compression punches them) and so
     /// is not what the table occupies; `ALLOCATED_SIZE` measures what the `fs` probe measures.
     async fn native_size(&mut self) -> SysResult<u64> {
-        let name = self.tablespace();
-        let size: Option<u64> = self
+        let (found, size): (u64, u64) = self
             .conn
             .exec_first(
-                "SELECT ALLOCATED_SIZE FROM information_schema.INNODB_SYS_TABLESPACES \
-                 WHERE NAME = ?",
-                (&name,),
+                format!(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(ALLOCATED_SIZE), 0) AS UNSIGNED) \
+                     FROM information_schema.INNODB_SYS_TABLESPACES WHERE NAME IN ({})",
+                    self.placeholders()
+                ),
+                self.tablespaces(),
             )
             .await
-            .map_err(tablespace_err)?;
-        size.ok_or_else(|| {
-            SysError::failed(format!(
-                "mariadb: {name} has no tablespace of its own: enable innodb_file_per_table on \
-                 the server (the native size reads the table's .ibd file)"
-            ))
-        })
+            .map_err(tablespace_err)?
+            .unwrap_or_default();
+        if found != self.tables.containers().len() as u64 {
+            return Err(self.missing(found));
+        }
+        Ok(size)
     }
 }
 
@@ -356,23 +388,34 @@ impl Meter for MariaDbMeter {
     /// The tablespace's file and allocated size, the table statistics' data, index and free
     /// bytes (estimates, refreshed by `ANALYZE` and `OPTIMIZE`), and [`STATUS`].
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
-        let name = self.tablespace();
-        // Unsigned integers: the driver converts them to u64, not to f64.
-        let row: Option<(u64, u64, u64, u64, u64)> = self
+        // Unsigned integers: the driver converts them to u64, not to f64; sums are decimals
+        // until cast.
+        let sum = |c: &str| format!("CAST(COALESCE(SUM({c}), 0) AS UNSIGNED)");
+        let (found, file, allocated, data, index, free): (u64, u64, u64, u64, u64, u64) = self
             .conn
             .exec_first(
-                "SELECT s.FILE_SIZE, s.ALLOCATED_SIZE, t.DATA_LENGTH, t.INDEX_LENGTH, \
-                        t.DATA_FREE \
-                 FROM information_schema.INNODB_SYS_TABLESPACES s \
-                 JOIN information_schema.TABLES t \
-                   ON t.TABLE_SCHEMA = ? AND t.TABLE_NAME = 'files' \
-                 WHERE s.NAME = ?",
-                (&self.namespace, &name),
+                format!(
+                    "SELECT COUNT(*), {}, {}, {}, {}, {} \
+                     FROM information_schema.INNODB_SYS_TABLESPACES s \
+                     JOIN information_schema.TABLES t \
+                       ON t.TABLE_SCHEMA = ? \
+                      AND s.NAME = CONCAT(t.TABLE_SCHEMA, '/', t.TABLE_NAME) \
+                     WHERE s.NAME IN ({})",
+                    sum("s.FILE_SIZE"),
+                    sum("s.ALLOCATED_SIZE"),
+                    sum("t.DATA_LENGTH"),
+                    sum("t.INDEX_LENGTH"),
+                    sum("t.DATA_FREE"),
+                    self.placeholders()
+                ),
+                [vec![self.namespace.clone().into()], self.tablespaces()].concat(),
             )
             .await
-            .map_err(tablespace_err)?;
-        let (file, allocated, data, index, free) = row
-            .ok_or_else(|| SysError::failed(format!("mariadb: no tablespace {name} to look at")))?;
+            .map_err(tablespace_err)?
+            .unwrap_or_default();
+        if found != self.tables.containers().len() as u64 {
+            return Err(self.missing(found));
+        }
         let mut out: BTreeMap<String, f64> = [
             ("file_size", file),
             ("allocated_size", allocated),
@@ -454,6 +497,7 @@ impl System for MariaDb {
         Ok(Box::new(MariaDbMeter {
             conn: self.open().await?,
             namespace: self.t.namespace.clone(),
+            tables: self.tables.clone(),
         }))
     }
 
@@ -514,57 +558,109 @@ impl System for MariaDb {
             )
             .await
             .map_err(err("writing the marker"))?;
-        self.conn()?
-            .query_drop(format!(
-                "CREATE TABLE {db}.files (id INT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
-                 content LONGBLOB NOT NULL) ENGINE=InnoDB{options}"
-            ))
-            .await
-            .map_err(err("creating the lab table"))
+        let row = match self.tables.layout().keys {
+            KeyMode::Name => "id INT PRIMARY KEY, name VARCHAR(255) NOT NULL",
+            KeyMode::Content => {
+                "content_key CHAR(64) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY"
+            }
+        };
+        for table in self.tables.all() {
+            self.conn()?
+                .query_drop(format!(
+                    "CREATE TABLE {table} ({row}, content LONGBLOB NOT NULL) \
+                     ENGINE=InnoDB{options}"
+                ))
+                .await
+                .map_err(err("creating a lab table"))?;
+        }
+        Ok(())
     }
 
+    /// One `LOAD DATA` per table. With content keys it is `LOAD DATA … IGNORE`: a row whose key
+    /// the table holds is skipped with a duplicate-key warning, so a load is right when it
+    /// stored the layout's entries and warned once for each other file.
     async fn bulk_insert(&mut self, ds: &DataSet) -> SysResult<()> {
-        let table = self.table();
-        let files = ds.stream();
-        let conn = self.conn()?;
-        conn.set_infile_handler(async move { Ok(tsv_stream(files)) });
-        // The file name is only a label: the handler above supplies the bytes. With LOCAL, the
-        // server turns bad rows and duplicate keys into warnings, so both are checked below.
-        conn.query_drop(format!(
-            "LOAD DATA LOCAL INFILE 'dedup-lab' INTO TABLE {table} CHARACTER SET binary \
-             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
-             (id, name, content)"
-        ))
-        .await
-        .map_err(err("LOAD DATA LOCAL INFILE"))?;
-        let (loaded, warnings) = (conn.affected_rows(), conn.get_warnings());
-        let want = ds.manifest.files.len() as u64;
-        if loaded != want || warnings > 0 {
+        let (mut loaded, mut warnings) = (0, 0);
+        let layout = *self.tables.layout();
+        let ignore = match layout.keys {
+            KeyMode::Name => "",
+            KeyMode::Content => " IGNORE",
+        };
+        for k in self.tables.containers() {
+            let table = self.tables.name(k);
+            let columns = self.tables.columns();
+            let files = ds.stream_where(move |f| layout.container_of(f) == k);
+            let conn = self.conn()?;
+            conn.set_infile_handler(async move { Ok(tsv_stream(files, layout)) });
+            // The file name is only a label: the handler above supplies the bytes. With LOCAL,
+            // the server turns bad rows and duplicate keys into warnings, so both are checked
+            // below.
+            conn.query_drop(format!(
+                "LOAD DATA LOCAL INFILE 'dedup-lab'{ignore} INTO TABLE {table} \
+                 CHARACTER SET binary \
+                 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
+                 ({columns})"
+            ))
+            .await
+            .map_err(err("LOAD DATA LOCAL INFILE"))?;
+            loaded += conn.affected_rows();
+            warnings += u64::from(conn.get_warnings());
+        }
+        let files = &ds.manifest.files;
+        let want = layout.stored_entries(files);
+        if loaded != want || warnings != files.len() as u64 - want {
             return Err(SysError::failed(format!(
-                "mariadb: LOAD DATA loaded {loaded} of {want} rows with {warnings} warnings"
+                "mariadb: LOAD DATA of {} files stored {loaded} rows with {warnings} warnings; \
+                 expected {want} rows and {} duplicate-key warnings",
+                files.len(),
+                files.len() as u64 - want
             )));
         }
         Ok(())
     }
 
+    /// With content keys `INSERT IGNORE`: one row stored, or none with one duplicate-key
+    /// warning; anything else (a value the server changed) is an error.
     async fn insert_one(&mut self, file: &FileEntry, content: Bytes) -> SysResult<()> {
-        let sql = format!(
-            "INSERT INTO {} (id, name, content) VALUES (?, ?, ?)",
-            self.table()
-        );
-        // The driver prepares the statement once and keeps it in its statement cache.
-        self.conn()?
-            .exec_drop(sql, (file.id, &file.name, Vec::from(content)))
-            .await
-            .map_err(err("insert"))
+        let table = self.tables.of(file);
+        let layout = *self.tables.layout();
+        let conn = self.conn()?;
+        // The driver prepares each statement once and keeps it in its statement cache.
+        match layout.keys {
+            KeyMode::Name => {
+                let sql = format!("INSERT INTO {table} (id, name, content) VALUES (?, ?, ?)");
+                return conn
+                    .exec_drop(sql, (file.id, &file.name, Vec::from(content)))
+                    .await
+                    .map_err(err("insert"));
+            }
+            KeyMode::Content => {
+                let sql =
+                    format!("INSERT IGNORE INTO {table} (content_key, content) VALUES (?, ?)");
+                conn.exec_drop(sql, (layout.key_of(file), Vec::from(content)))
+                    .await
+                    .map_err(err("insert"))?;
+            }
+        }
+        let (stored, warnings) = (conn.affected_rows(), conn.get_warnings());
+        if stored + u64::from(warnings) != 1 {
+            return Err(SysError::failed(format!(
+                "mariadb: INSERT IGNORE of {} stored {stored} rows with {warnings} warnings",
+                file.name
+            )));
+        }
+        Ok(())
     }
 
     async fn delete_one(&mut self, file: &FileEntry) -> SysResult<()> {
-        let sql = format!("DELETE FROM {} WHERE id = ?", self.table());
+        let t = &self.tables;
+        let sql = format!("DELETE FROM {} WHERE {} = ?", t.of(file), t.key_column());
+        let key: mysql_async::Value = match t.layout().keys {
+            KeyMode::Name => file.id.into(),
+            KeyMode::Content => t.layout().key_of(file).into(),
+        };
         let conn = self.conn()?;
-        conn.exec_drop(sql, (file.id,))
-            .await
-            .map_err(err("delete"))?;
+        conn.exec_drop(sql, (key,)).await.map_err(err("delete"))?;
         let n = conn.affected_rows();
         if n != 1 {
             return Err(SysError::failed(format!(
@@ -576,7 +672,7 @@ impl System for MariaDb {
     }
 
     async fn maintenance(&mut self) -> SysResult<String> {
-        let sql = format!("OPTIMIZE TABLE {}", self.table());
+        let sql = format!("OPTIMIZE TABLE {}", self.tables.all().join(", "));
         // One row per message: (Table, Op, Msg_type, Msg_text); InnoDB answers with a note that
         // it recreates the table, then the status.
         let rows: Vec<(String, String, String, String)> = self
@@ -603,10 +699,10 @@ impl System for MariaDb {
     async fn settle(&mut self) -> SysResult<()> {
         self.await_purge().await?;
         if self.t.settings.page_compressed {
-            let table = self.table();
+            let tables = self.tables.all().join(", ");
             let flushed = self
                 .conn()?
-                .query_drop(format!("FLUSH TABLES {table} FOR EXPORT"))
+                .query_drop(format!("FLUSH TABLES {tables} FOR EXPORT"))
                 .await;
             if let Err(e) = flushed {
                 let denied = server_code(&e) == Some(ER_SPECIFIC_ACCESS_DENIED);
@@ -628,7 +724,7 @@ impl System for MariaDb {
     }
 
     async fn count(&mut self) -> SysResult<u64> {
-        let sql = format!("SELECT COUNT(*) FROM {}", self.table());
+        let sql = self.tables.count_sql();
         let n: Option<u64> = self.conn()?.query_first(sql).await.map_err(err("count"))?;
         Ok(n.unwrap_or_default())
     }
@@ -686,6 +782,18 @@ mod tests {
             blake3: String::new(),
             copy_of: None,
         };
-        assert_eq!(&tsv_row(&f, b"x\ty")[..], b"7\t000007.bin\tx\\ty\n");
+        assert_eq!(
+            &tsv_row(&Layout::default(), &f, b"x\ty")[..],
+            b"7\t000007.bin\tx\\ty\n"
+        );
+        let content = Layout {
+            keys: KeyMode::Content,
+            containers: 1,
+        };
+        let f = FileEntry {
+            blake3: "ab12".into(),
+            ..f
+        };
+        assert_eq!(&tsv_row(&content, &f, b"x\ty")[..], b"ab12\tx\\ty\n");
     }
 }

@@ -1,5 +1,6 @@
 //! PostgreSQL's own loader for the benchmarks: `psql \copy … (FORMAT binary)` of a file in
-//! the binary COPY format, encoded as the bulk path sends it.
+//! the binary COPY format, encoded as the bulk path sends it, into the default layout's one
+//! table.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::process::Command;
 
 use super::{COPY_SIGNATURE, COPY_TRAILER, Postgres, copy_row_header};
 use crate::dataset::DataSet;
+use crate::model::Layout;
 use crate::systems::pgwire::{database, target};
 use crate::systems::{NativeLoader, SystemContext};
 
@@ -23,7 +25,7 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
     w.write_all(COPY_SIGNATURE)?;
     for f in &ds.manifest.files {
         let content = ds.read(f)?;
-        w.write_all(&copy_row_header(f.id, &f.name, content.len()))?;
+        w.write_all(&copy_row_header(&Layout::default(), f, content.len()))?;
         w.write_all(&content)?;
     }
     w.write_all(COPY_TRAILER)?;
