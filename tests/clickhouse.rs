@@ -384,24 +384,31 @@ fn bytes_on_disk(db: &str) -> u64 {
     ))
 }
 
-/// `db.files` as of FINAL holds exactly `held` (hashes), each byte-exact: its content hashes
-/// to its key; and no row of any other hash is left, merged or not.
-fn assert_holds(db: &str, held: &std::collections::BTreeSet<&str>) {
-    let text = cli(&format!(
-        "SELECT hash, hex(content) FROM {db}.files FINAL ORDER BY hash"
-    ));
-    let mut found = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
+/// The hashes a content-keyed table holds as of FINAL, in order, each checked byte-exact: its
+/// content hashes to it.
+fn held_hashes(table: &str) -> Vec<String> {
+    cli(&format!(
+        "SELECT hash, hex(content) FROM {table} FINAL ORDER BY hash"
+    ))
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|line| {
         let (hash, hex) = line.split_once('\t').unwrap();
         let content: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect();
         assert_eq!(blake3::hash(&content).to_hex().as_str(), hash);
-        found.push(hash.to_string());
-    }
+        hash.to_string()
+    })
+    .collect()
+}
+
+/// `db.files` as of FINAL holds exactly `held` (hashes), each byte-exact; and no row of any
+/// other hash is left, merged or not.
+fn assert_holds(db: &str, held: &std::collections::BTreeSet<&str>) {
     let want: Vec<String> = held.iter().map(|h| h.to_string()).collect();
-    assert_eq!(found, want);
+    assert_eq!(held_hashes(&format!("{db}.files")), want);
     assert_eq!(
         number(&format!("SELECT uniqExact(hash) FROM {db}.files")),
         held.len() as u64
@@ -669,5 +676,51 @@ async fn four_containers_are_tables_and_a_reset_drops_them_all() {
         );
         assert_eq!(per_container(db, KeyMode::Name), [0; 4]);
     }
+    cli(&format!("DROP DATABASE {db}"));
+}
+
+/// The bulk path keeps an INSERT open per container and ends each at `bulk_block_mib`: with
+/// 1 MiB blocks and 20 files of 64 KiB per container, every table gets two INSERTs (block
+/// numbers count them, merged or not), and every content of every container is there, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_blocks_end_per_container_with_content_keys() {
+    let db = "dedup_lab_kkv_ch_blocks";
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 4,
+    };
+    let mut sys = adapter(&[
+        ("database", db.into()),
+        ("keys", "content".into()),
+        ("containers", 4.into()),
+        ("bulk_block_mib", 1.into()),
+    ])
+    .await;
+    let ds = random_files(&tmp.path().join("ds"), 64, 50, 80);
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    for k in 0..4u32 {
+        let inserts = number(&format!(
+            "SELECT max(max_block_number) - min(min_block_number) + 1 FROM system.parts \
+             WHERE active AND database = '{db}' AND table = 'files_{k}'"
+        ));
+        assert_eq!(inserts, 2, "files_{k}");
+        found.extend(
+            held_hashes(&format!("{db}.files_{k}"))
+                .into_iter()
+                .map(|h| (k, h)),
+        );
+    }
+    let want: std::collections::BTreeSet<(u32, String)> = ds
+        .manifest
+        .files
+        .iter()
+        .map(|f| (layout.container_of(f), f.blake3.clone()))
+        .collect();
+    assert_eq!(found, want);
+    assert_eq!(sys.count().await.unwrap(), want.len() as u64);
     cli(&format!("DROP DATABASE {db}"));
 }
