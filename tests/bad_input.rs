@@ -397,6 +397,16 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "ClickHouse MergeTree with content keys",
+        config: Some("[systems.clickhouse]\nengine = \"MergeTree\"\nkeys = \"content\"\n"),
+        args: &["run", "--config", "{config}", "--systems", "clickhouse"],
+        code: 2,
+        words: &[
+            "[systems.clickhouse] engine = \"MergeTree\" with keys = \"content\"",
+            "use engine = \"ReplacingMergeTree\"",
+        ],
+    },
+    Case {
         name: "unknown sink",
         config: Some("[export.kafak]\nbootstrap = \"127.0.0.1:9092\"\n"),
         args: &["run", "--config", "{config}"],

@@ -1,6 +1,8 @@
 //! ClickHouse against the lab server: counts, the native probe checked with clickhouse-client,
 //! deletes awaited, identical blocks all stored, foreign databases left alone, lost
-//! connections classified.
+//! connections classified, content keys (ReplacingMergeTree: counted once per content before
+//! merges, stored once after OPTIMIZE FINAL; shared contents deleted with their last file) and
+//! containers (tables `files_<k>`).
 
 mod common;
 
@@ -11,9 +13,10 @@ use std::process::Command;
 use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
 };
-use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
+use dedup_lab::dataset::{DataSet, DataSetSpec, FileEntry, PayloadType, SizeSpec};
 use dedup_lab::model::ErrorKind;
-use dedup_lab::model::Stage;
+use dedup_lab::model::{KeyMode, Layout, Stage};
+use dedup_lab::results::derive::{Row, rows as derived_rows};
 use dedup_lab::systems::{self, System};
 
 /// Native-protocol port of the lab server (the config section names only the HTTP port).
@@ -340,5 +343,384 @@ async fn the_table_engine_is_a_setting_and_an_unknown_codec_is_the_servers_error
     let e = common::reset(sys.as_mut()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Failed, "{}", e.message);
     assert!(e.message.contains("creating files"), "{}", e.message);
+    cli(&format!("DROP DATABASE {db}"));
+}
+
+/// Random files of `kib` KiB at `grade`, from a fixed seed.
+fn random_files(dir: &std::path::Path, kib: u64, grade: u8, files: u32) -> DataSet {
+    DataSet::generate(
+        &DataSetSpec {
+            payload: PayloadType::RandomBinary,
+            grade,
+            files,
+            sizes: SizeSpec::Fixed(kib << 10),
+            seed: 11,
+            ..Default::default()
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+/// The adapter on database `db` with `layout`.
+async fn layout_adapter(db: &str, layout: Layout) -> Box<dyn System> {
+    adapter(&[
+        ("database", db.into()),
+        ("keys", layout.keys.name().into()),
+        ("containers", layout.containers.into()),
+    ])
+    .await
+}
+
+const CONTENT: Layout = Layout {
+    keys: KeyMode::Content,
+    containers: 1,
+};
+
+/// Bytes on disk of the active parts of `db`'s tables, by hand.
+fn bytes_on_disk(db: &str) -> u64 {
+    number(&format!(
+        "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '{db}'"
+    ))
+}
+
+/// The hashes a content-keyed table holds as of FINAL, in order, each checked byte-exact: its
+/// content hashes to it.
+fn held_hashes(table: &str) -> Vec<String> {
+    cli(&format!(
+        "SELECT hash, hex(content) FROM {table} FINAL ORDER BY hash"
+    ))
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|line| {
+        let (hash, hex) = line.split_once('\t').unwrap();
+        let content: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(blake3::hash(&content).to_hex().as_str(), hash);
+        hash.to_string()
+    })
+    .collect()
+}
+
+/// `db.files` as of FINAL holds exactly `held` (hashes), each byte-exact; and no row of any
+/// other hash is left, merged or not.
+fn assert_holds(db: &str, held: &std::collections::BTreeSet<&str>) {
+    let want: Vec<String> = held.iter().map(|h| h.to_string()).collect();
+    assert_eq!(held_hashes(&format!("{db}.files")), want);
+    assert_eq!(
+        number(&format!("SELECT uniqExact(hash) FROM {db}.files")),
+        held.len() as u64
+    );
+}
+
+/// With content keys the table is a ReplacingMergeTree ordered by the hash: a load holds a row
+/// per file until a merge, but counts (FINAL) one per content from the start; OPTIMIZE FINAL
+/// then keeps one row per content and gives the copies' bytes back. The engine's delete plan
+/// removes a hash with the last file holding it and leaves the other contents intact.
+///
+/// The files are 96 KiB: sorted by hash, copies lie next to each other in the content column,
+/// and LZ4 (64 KiB window) would compress away the copies of smaller files before any merge.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_keys_count_once_merge_to_u_and_deletes_spare_shared_contents() {
+    let db = "dedup_lab_kkv_ch_del";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sys = layout_adapter(db, CONTENT).await;
+    // 12 files, 4 contents held by 3 files each.
+    let ds = random_files(&tmp.path().join("ds"), 96, 67, 12);
+    let files = &ds.manifest.files;
+    let all: std::collections::BTreeSet<&str> = files.iter().map(|f| f.blake3.as_str()).collect();
+    assert_eq!(all.len(), 4);
+
+    common::reset(sys.as_mut()).await.unwrap();
+    assert_eq!(
+        cli(&format!(
+            "SELECT engine, sorting_key FROM system.tables WHERE database = '{db}' AND name = 'files'"
+        )),
+        "ReplacingMergeTree\thash"
+    );
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    // One INSERT, one part: nothing merged, every copy is a row on disk.
+    assert_eq!(rows(db), 12);
+    assert_holds(db, &all);
+    assert_eq!(sys.count().await.unwrap(), 4);
+    let loaded = bytes_on_disk(db);
+    assert!(loaded >= ds.manifest.logical_bytes, "{loaded}");
+    sys.maintenance().await.unwrap();
+    sys.settle().await.unwrap();
+    assert_eq!(rows(db), 4, "OPTIMIZE FINAL keeps a row per hash");
+    assert_holds(db, &all);
+    let merged = bytes_on_disk(db);
+    assert!(
+        (ds.manifest.unique_bytes..ds.manifest.unique_bytes * 11 / 10).contains(&merged),
+        "after OPTIMIZE FINAL {merged} bytes for U {}",
+        ds.manifest.unique_bytes
+    );
+
+    common::reset(sys.as_mut()).await.unwrap();
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    sys.settle().await.unwrap();
+    assert_holds(db, &all);
+    let mut held = all.clone();
+    for (f, deletes) in files.iter().zip(CONTENT.deletes(files)) {
+        if deletes {
+            sys.delete_one(f).await.unwrap();
+            held.remove(f.blake3.as_str());
+            assert_eq!(
+                number(&format!(
+                    "SELECT count() FROM {db}.files WHERE hash = '{}'",
+                    f.blake3
+                )),
+                0,
+                "every row of the hash is gone"
+            );
+        }
+        assert_holds(db, &held);
+        assert_eq!(sys.count().await.unwrap(), held.len() as u64);
+    }
+    assert!(held.is_empty());
+    cli(&format!("DROP DATABASE {db}"));
+}
+
+/// The derived rows of a run of random data at U0 and U90 in `db` with `changes`, with the fs
+/// probe on the database's directory.
+fn run_rows(db: &str, changes: &[(&str, toml::Value)]) -> Vec<Row> {
+    let tmp = tempfile::tempdir().unwrap();
+    cli(&format!("CREATE DATABASE IF NOT EXISTS {db}"));
+    let probe = toml::Value::Array(vec![database_dir(db).display().to_string().into()]);
+    let mut all = vec![
+        ("database", db.into()),
+        ("fs_probe", probe),
+        ("wait_for_part_cleanup", true.into()),
+    ];
+    all.extend(changes.iter().cloned());
+    let config = config_with(tmp.path(), "clickhouse", &all);
+    let results = tmp.path().join("results");
+    let out = run_system(&config, "clickhouse", "random_binary", "0,90", 40, &results);
+    assert!(out.status.success(), "{}", text(&out));
+    derived_rows(&common::journal(&common::experiment_dir(&results)))
+}
+
+fn row<'a>(rows: &'a [Row], probe: &str, grade: u8, stage: Stage) -> &'a Row {
+    rows.iter()
+        .find(|r| r.probe == probe && r.grade == grade && r.stage == stage)
+        .unwrap_or_else(|| panic!("no {probe} row for U{grade} {stage}"))
+}
+
+/// Content keys at U90 through the engine: the count is one per content after each insert
+/// stage, but the bytes are not: 18.16 writes an inserted block as it is (no merge at insert),
+/// so the bulk load's one part holds every copy (ΔP ≈ L); the per-file insert's parts are
+/// merged by the server in the background as it pleases, so its growth lies between U and L.
+#[test]
+fn content_keys_count_u90_once_but_store_every_copy_until_merged() {
+    let db = "dedup_lab_kkv_ch_run";
+    let by_content = run_rows(db, &[("keys", "content".into())]);
+    for stage in [Stage::BulkInsert, Stage::PerfileInsert] {
+        assert_eq!(row(&by_content, "native", 0, stage).rows_after, 40);
+        let r = row(&by_content, "native", 90, stage);
+        assert_eq!(r.rows_after, 4, "{stage}: one row per content, as of FINAL");
+        let grown = r.delta_bytes.unwrap() as f64;
+        let (u, l) = (r.unique_bytes as f64, r.logical_bytes as f64);
+        assert!(
+            (u..1.05 * l).contains(&grown),
+            "{stage}: grew {grown} for U {u}, L {l}"
+        );
+    }
+    let bulk = row(&by_content, "native", 90, Stage::BulkInsert);
+    assert!(
+        bulk.delta_bytes.unwrap() as f64 >= 0.95 * bulk.logical_bytes as f64,
+        "the bulk load's part holds every copy: {bulk:?}"
+    );
+    for grade in [0, 90] {
+        // The mutations leave empty parts of a few hundred bytes.
+        let r = row(&by_content, "native", grade, Stage::PerfileDelete);
+        assert_eq!(r.rows_after, 0);
+        assert!(r.after_bytes.unwrap() < 4096, "{r:?}");
+    }
+    assert_eq!(rows(db), 0);
+    cli(&format!("DROP DATABASE {db}"));
+}
+
+/// Rows of each of `db`'s 4 container tables, as of FINAL with content keys.
+fn per_container(db: &str, keys: KeyMode) -> Vec<u64> {
+    let last = if keys == KeyMode::Content {
+        " FINAL"
+    } else {
+        ""
+    };
+    (0..4)
+        .map(|k| number(&format!("SELECT count() FROM {db}.files_{k}{last}")))
+        .collect()
+}
+
+/// What each of 4 containers should hold: its files' entries under `layout`.
+fn expected_per_container(layout: Layout, files: &[FileEntry]) -> Vec<u64> {
+    (0..4)
+        .map(|k| {
+            let mine: Vec<FileEntry> = files
+                .iter()
+                .filter(|f| layout.container_of(f) == k)
+                .cloned()
+                .collect();
+            layout.stored_entries(&mine)
+        })
+        .collect()
+}
+
+/// The lab tables of `db`, as system.tables lists them.
+fn file_tables(db: &str) -> Vec<String> {
+    cli(&format!(
+        "SELECT name FROM system.tables WHERE database = '{db}' AND name LIKE 'files%' \
+         ORDER BY name"
+    ))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// With 4 containers each file goes to the table `files_<id % 4>`, by name or content; runs
+/// complete with either; and a reset with one container drops the 4 tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_containers_are_tables_and_a_reset_drops_them_all() {
+    let db = "dedup_lab_kkv_ch_c4";
+    let tmp = tempfile::tempdir().unwrap();
+    // 22 files, 4 contents, in shuffled positions: a content lands in several containers.
+    let ds = random_files(&tmp.path().join("ds"), 32, 80, 22);
+    for keys in [KeyMode::Name, KeyMode::Content] {
+        let layout = Layout {
+            keys,
+            containers: 4,
+        };
+        let mut sys = layout_adapter(db, layout).await;
+        common::reset(sys.as_mut()).await.unwrap();
+        assert_eq!(
+            file_tables(db),
+            ["files_0", "files_1", "files_2", "files_3"]
+        );
+        sys.bulk_insert(&ds).await.unwrap();
+        sys.settle().await.unwrap();
+        let want = expected_per_container(layout, &ds.manifest.files);
+        assert!(want.iter().sum::<u64>() > 4, "{want:?}");
+        assert_eq!(per_container(db, keys), want, "{}", keys.name());
+        assert_eq!(
+            sys.count().await.unwrap(),
+            layout.stored_entries(&ds.manifest.files)
+        );
+        let note = sys.maintenance().await.unwrap();
+        assert!(
+            note.contains(&format!("OPTIMIZE TABLE {db}.files_3 FINAL")),
+            "{note}"
+        );
+        // A delete goes to the file's own table.
+        let f = &ds.manifest.files[7];
+        sys.delete_one(f).await.unwrap();
+        let column = if keys == KeyMode::Name { "id" } else { "hash" };
+        let value = if keys == KeyMode::Name {
+            f.id.to_string()
+        } else {
+            format!("'{}'", f.blake3)
+        };
+        assert_eq!(
+            number(&format!(
+                "SELECT count() FROM {db}.files_3 WHERE {column} = {value}"
+            )),
+            0
+        );
+    }
+    // The content-keyed tables are still there: a run with one container drops them.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let config = config_with(tmp2.path(), "clickhouse", &[("database", db.into())]);
+    let results = tmp2.path().join("results");
+    let out = tokio::task::spawn_blocking(move || {
+        run_system(&config, "clickhouse", "random_binary", "90", 20, &results)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(file_tables(db), ["files"]);
+    for keys in ["name", "content"] {
+        let rows = tokio::task::spawn_blocking(move || {
+            let tmp = tempfile::tempdir().unwrap();
+            let config = config_with(
+                tmp.path(),
+                "clickhouse",
+                &[
+                    ("database", db.into()),
+                    ("keys", keys.into()),
+                    ("containers", 4.into()),
+                ],
+            );
+            let results = tmp.path().join("results");
+            let out = run_system(&config, "clickhouse", "random_binary", "90", 40, &results);
+            assert!(out.status.success(), "{}", text(&out));
+            derived_rows(&common::journal(&common::experiment_dir(&results)))
+        })
+        .await
+        .unwrap();
+        // The engine checked each count against the layout's entries; content keys hold each
+        // of the 4 contents once in every container that has a copy.
+        let r = row(&rows, "native", 90, Stage::BulkInsert);
+        if keys == "name" {
+            assert_eq!(r.rows_after, 40);
+        } else {
+            assert!((4..=16).contains(&r.rows_after), "{}", r.rows_after);
+        }
+        // The final reset leaves the 4 tables, empty.
+        assert_eq!(
+            file_tables(db),
+            ["files_0", "files_1", "files_2", "files_3"]
+        );
+        assert_eq!(per_container(db, KeyMode::Name), [0; 4]);
+    }
+    cli(&format!("DROP DATABASE {db}"));
+}
+
+/// The bulk path keeps an INSERT open per container and ends each at `bulk_block_mib`: with
+/// 1 MiB blocks and 20 files of 64 KiB per container, every table gets two INSERTs (block
+/// numbers count them, merged or not), and every content of every container is there, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_blocks_end_per_container_with_content_keys() {
+    let db = "dedup_lab_kkv_ch_blocks";
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        keys: KeyMode::Content,
+        containers: 4,
+    };
+    let mut sys = adapter(&[
+        ("database", db.into()),
+        ("keys", "content".into()),
+        ("containers", 4.into()),
+        ("bulk_block_mib", 1.into()),
+    ])
+    .await;
+    let ds = random_files(&tmp.path().join("ds"), 64, 50, 80);
+    common::reset(sys.as_mut()).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    for k in 0..4u32 {
+        let inserts = number(&format!(
+            "SELECT max(max_block_number) - min(min_block_number) + 1 FROM system.parts \
+             WHERE active AND database = '{db}' AND table = 'files_{k}'"
+        ));
+        assert_eq!(inserts, 2, "files_{k}");
+        found.extend(
+            held_hashes(&format!("{db}.files_{k}"))
+                .into_iter()
+                .map(|h| (k, h)),
+        );
+    }
+    let want: std::collections::BTreeSet<(u32, String)> = ds
+        .manifest
+        .files
+        .iter()
+        .map(|f| (layout.container_of(f), f.blake3.clone()))
+        .collect();
+    assert_eq!(found, want);
+    assert_eq!(sys.count().await.unwrap(), want.len() as u64);
     cli(&format!("DROP DATABASE {db}"));
 }

@@ -1,6 +1,7 @@
 //! S3 against the lab's Garage (instance `garage` of kind `s3`): counts and logical bytes checked with rclone
 //! as an independent client, pagination, multipart, deletes, Garage's block dedup seen by the
-//! fs probe, the namespace marker, and bad endpoints and credentials.
+//! fs probe, the namespace marker, bad endpoints and credentials, content keys (one object per
+//! content, shared contents deleted with their last file) and containers (key prefixes).
 //!
 //! The fs probe reads the whole server, so the one test that measures it holds [`QUIET`]
 //! exclusively; the others share it and run in parallel, each under its own key prefix. Seeds
@@ -12,8 +13,9 @@ mod common;
 use std::process::{Command, Output, Stdio};
 
 use common::{assert_fails_with, config_with, lab_section, run, run_in_namespace, stages, text};
-use dedup_lab::dataset::{DataSet, DataSetSpec, PayloadType, SizeSpec};
-use dedup_lab::model::{Stage, StageRecord};
+use dedup_lab::dataset::{DataSet, DataSetSpec, FileEntry, PayloadType, SizeSpec};
+use dedup_lab::model::{KeyMode, Layout, Stage, StageRecord};
+use dedup_lab::results::derive::{Row, rows};
 use dedup_lab::systems::s3::{MARKER, S3};
 use dedup_lab::systems::{Instance, System};
 
@@ -391,4 +393,222 @@ fn bad_endpoint_credentials_and_bucket_are_named() {
     let (code, t) = preflight(&[("bucket", "dedup_lab".into())]);
     assert_eq!(code, Some(2), "{t}");
     assert!(t.contains("no _"), "{t}");
+}
+
+/// The adapter on `prefix` with `layout`, connected.
+async fn layout_adapter(prefix: &str, layout: Layout) -> S3 {
+    let mut sys = adapter(&[
+        ("prefix", prefix.into()),
+        ("keys", layout.keys.name().into()),
+        ("containers", layout.containers.into()),
+    ]);
+    sys.connect().await.unwrap();
+    sys
+}
+
+const CONTENT: Layout = Layout {
+    keys: KeyMode::Content,
+    containers: 1,
+};
+
+/// The objects under `<prefix>/files/` are exactly `held` (hashes), each byte-exact: its
+/// content, read back with rclone, hashes to its key.
+fn assert_holds(prefix: &str, held: &std::collections::BTreeSet<&str>) {
+    let mut keys = rclone_keys(&format!("{prefix}/files"));
+    keys.sort();
+    let want: Vec<String> = held.iter().map(|h| h.to_string()).collect();
+    assert_eq!(keys, want);
+    for h in held {
+        let got = rclone(&["cat", &remote(&format!("{prefix}/files/{h}"))], None);
+        assert_eq!(blake3::hash(&got.stdout).to_hex().as_str(), *h);
+    }
+}
+
+/// With content keys a repeated content is a PUT to the same key: both insert paths leave one
+/// object per content (as rclone lists them), and the engine's delete plan removes an object
+/// with the last file holding it, leaving the others whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_keys_hold_one_object_per_content_and_deletes_spare_shared_ones() {
+    let _shared = QUIET.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_kkv_s3_del";
+    let mut sys = layout_adapter(prefix, CONTENT).await;
+    // 12 files, 4 contents held by 3 files each.
+    let ds = dataset(&tmp.path().join("ds"), 12, SizeSpec::Fixed(32 << 10), 67);
+    let files = &ds.manifest.files;
+    let all: std::collections::BTreeSet<&str> = files.iter().map(|f| f.blake3.as_str()).collect();
+    assert_eq!(all.len(), 4);
+
+    common::reset(&mut sys).await.unwrap();
+    sys.bulk_insert(&ds).await.unwrap();
+    sys.settle().await.unwrap();
+    assert_holds(prefix, &all);
+    assert_eq!(sys.count().await.unwrap(), 4);
+
+    common::reset(&mut sys).await.unwrap();
+    assert_eq!(rclone_keys(prefix), [MARKER]);
+    for f in files {
+        sys.insert_one(f, ds.read(f).unwrap()).await.unwrap();
+    }
+    assert_holds(prefix, &all);
+    let mut held = all.clone();
+    for (f, deletes) in files.iter().zip(CONTENT.deletes(files)) {
+        if deletes {
+            sys.delete_one(f).await.unwrap();
+            held.remove(f.blake3.as_str());
+            assert_holds(prefix, &held);
+        }
+    }
+    assert!(held.is_empty());
+    assert_eq!(sys.count().await.unwrap(), 0);
+    common::reset(&mut sys).await.unwrap();
+}
+
+/// The derived rows of a run of random data at U0 and U90 with `changes`, on a fresh seed.
+fn run_rows(changes: &[(&str, toml::Value)]) -> Vec<Row> {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with(tmp.path(), "garage", changes);
+    let results = tmp.path().join("results");
+    let seed = fresh_seed().to_string();
+    let out = run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--systems",
+        "garage",
+        "--payloads",
+        "random_binary",
+        "--grades",
+        "0,90",
+        "--runs",
+        "1",
+        "--files",
+        "40",
+        "--seed",
+        &seed,
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    rows(&common::journal(&common::experiment_dir(&results)))
+}
+
+fn row(rows: &[Row], grade: u8, stage: Stage) -> &Row {
+    rows.iter()
+        .find(|r| r.probe == "fs" && r.grade == grade && r.stage == stage)
+        .unwrap_or_else(|| panic!("no fs row for U{grade} {stage}"))
+}
+
+/// Content keys at U90 on Garage: one object per content after each insert stage, and the
+/// bulk load grows the server by about U. By name, Garage's block dedup stores about U too:
+/// the overwrite changes the count, not what Garage stores. (The per-file insert follows the
+/// bulk load of the same content, whose blocks Garage still keeps: it is not compared.)
+#[test]
+fn content_keys_on_garage_count_u90_once_and_store_about_u_as_names_do() {
+    let _alone = QUIET.blocking_write();
+    let by_content = run_rows(&[
+        ("prefix", "dedup_lab_kkv_s3_run".into()),
+        ("keys", "content".into()),
+    ]);
+    for stage in [Stage::BulkInsert, Stage::PerfileInsert] {
+        assert_eq!(row(&by_content, 0, stage).rows_after, 40);
+        assert_eq!(row(&by_content, 90, stage).rows_after, 4, "{stage}");
+        assert_eq!(row(&by_content, 90, Stage::PerfileDelete).rows_after, 0);
+    }
+    let by_name = run_rows(&[("prefix", "dedup_lab_kkv_s3_run".into())]);
+    for (keys, rows) in [("content", &by_content), ("name", &by_name)] {
+        let r = row(rows, 90, Stage::BulkInsert);
+        let grown = r.delta_bytes.unwrap() as f64;
+        assert!(
+            grown < 0.3 * r.logical_bytes as f64 && grown >= 0.9 * r.unique_bytes as f64,
+            "{keys}: grew {grown} for U {} and L {}",
+            r.unique_bytes,
+            r.logical_bytes
+        );
+    }
+    assert_eq!(rclone_keys("dedup_lab_kkv_s3_run"), [MARKER]);
+}
+
+/// The objects under each of 4 containers of `prefix`, as rclone lists them.
+fn per_container(prefix: &str) -> Vec<usize> {
+    (0..4)
+        .map(|k| rclone_keys(&format!("{prefix}/c{k}/files")).len())
+        .collect()
+}
+
+/// What each of 4 containers should hold: its files' entries under `layout`.
+fn expected_per_container(layout: Layout, files: &[FileEntry]) -> Vec<usize> {
+    (0..4)
+        .map(|k| {
+            let mine: Vec<FileEntry> = files
+                .iter()
+                .filter(|f| layout.container_of(f) == k)
+                .cloned()
+                .collect();
+            layout.stored_entries(&mine) as usize
+        })
+        .collect()
+}
+
+/// With 4 containers each file goes to the key prefix `c<id % 4>/files/`, by name or content;
+/// runs complete with either; and a reset with one container removes what 4 left.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_containers_are_key_prefixes_and_a_reset_removes_them_all() {
+    let _shared = QUIET.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = "dedup_lab_kkv_s3_c4";
+    // 22 files, 4 contents, in shuffled positions: a content lands in several containers.
+    let ds = dataset(&tmp.path().join("ds"), 22, SizeSpec::Fixed(32 << 10), 80);
+    for keys in [KeyMode::Name, KeyMode::Content] {
+        let layout = Layout {
+            keys,
+            containers: 4,
+        };
+        let mut sys = layout_adapter(prefix, layout).await;
+        common::reset(&mut sys).await.unwrap();
+        sys.bulk_insert(&ds).await.unwrap();
+        let want = expected_per_container(layout, &ds.manifest.files);
+        assert!(want.iter().sum::<usize>() > 4, "{want:?}");
+        assert_eq!(per_container(prefix), want, "{}", keys.name());
+        assert!(rclone_keys(&format!("{prefix}/files")).is_empty());
+        let listing = sys.listing().await.unwrap();
+        assert_eq!(
+            listing.objects,
+            layout.stored_entries(&ds.manifest.files),
+            "{listing:?}"
+        );
+        assert_eq!(listing.pages, 4, "one listing per container");
+        // A file's key names its container and its name or content.
+        let f = &ds.manifest.files[7];
+        let path = format!("{prefix}/c3/files/{}", layout.key_of(f));
+        let got = rclone(&["cat", &remote(&path)], None);
+        assert_eq!(blake3::hash(&got.stdout).to_hex().as_str(), f.blake3);
+    }
+    // The content-keyed objects are still there: a run with one container resets them away.
+    let out = tokio::task::spawn_blocking(move || run_in_namespace("garage", "prefix", prefix))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rclone_keys(prefix), [MARKER]);
+    for keys in ["name", "content"] {
+        let rows = tokio::task::spawn_blocking(move || {
+            run_rows(&[
+                ("prefix", prefix.into()),
+                ("keys", keys.into()),
+                ("containers", 4.into()),
+            ])
+        })
+        .await
+        .unwrap();
+        // The engine checked each count against the layout's entries; content keys hold each
+        // of the 4 contents once in every container that has a copy.
+        let r = row(&rows, 90, Stage::BulkInsert);
+        if keys == "name" {
+            assert_eq!(r.rows_after, 40);
+        } else {
+            assert!((4..=16).contains(&r.rows_after), "{}", r.rows_after);
+        }
+        assert_eq!(rclone_keys(prefix), [MARKER], "the final reset empties");
+    }
 }

@@ -43,9 +43,15 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The credentials go in a mode-0600 client config next to the input, not on the command
-/// line. The section names only the HTTP port: the lab's native port is used.
+/// line. The section names only the HTTP port: the lab's native port is used. The input's
+/// rows are those of the default layout (name keys, one table).
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
     let t = target(ctx)?;
+    anyhow::ensure!(
+        t.layout.is_default(),
+        "the clickhouse native loader writes rows by name into the one table files: run it on \
+         an instance with the default layout"
+    );
     let config = input.with_extension("client.xml");
     let mut file = std::fs::OpenOptions::new()
         .write(true)

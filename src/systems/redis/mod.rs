@@ -1,5 +1,10 @@
 //! `redis`: Redis (any RESP server). Namespace: keys under a lab prefix in a dedicated
-//! logical database, with a marker key. Bulk path: pipelined `SET`s; per-file `SET` / `DEL`;
+//! logical database, with a marker key. A file is the key `<prefix>:files:<key>`, its key
+//! its name or its content's hash (the layout's keys); with several containers, each is a
+//! key prefix of its own, `<prefix>:c<k>:files:<key>`. A content key written again is a
+//! `SET` of the same key: Redis overwrites it, so a content is one key in its container, and
+//! the count (the keys a `SCAN` finds) is what Redis holds. Bulk path: pipelined `SET`s;
+//! per-file `SET` / `DEL`;
 //! maintenance: `BGREWRITEAOF` (when the AOF is on) and `MEMORY PURGE`; a reset also rewrites
 //! the AOF, so every cell starts from a log without an earlier cell's garbage; settle: wait
 //! until no AOF rewrite or RDB save is in progress; native size: `MEMORY USAGE` summed over
@@ -22,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::toolkit::{Holding, Marker, Namespaced, Pacer, ServerDefaults, Target, Window, spawned};
 use super::{System, SystemContext, SystemDef, TestHooks};
 use crate::dataset::{DataSet, FileEntry};
-use crate::model::{ErrorKind, Measured, Meter, ServerInfo, SysError, SysResult};
+use crate::model::{ErrorKind, Layout, Measured, Meter, ServerInfo, SysError, SysResult};
 
 /// Registry entry.
 pub const DEF: SystemDef = SystemDef {
@@ -156,9 +161,24 @@ fn err(context: &str) -> impl FnOnce(redis::RedisError) -> SysError + '_ {
     move |e| classify(context, e)
 }
 
-/// The key of a file under a prefix.
-fn key(prefix: &str, f: &FileEntry) -> String {
-    format!("{prefix}:files:{}", f.name)
+/// The key of a file under a prefix: in its container, under its name or content hash. One
+/// container keeps today's `<prefix>:files:<name>`.
+fn key(prefix: &str, layout: &Layout, f: &FileEntry) -> String {
+    let key = layout.key_of(f);
+    if layout.containers == 1 {
+        format!("{prefix}:files:{key}")
+    } else {
+        format!("{prefix}:c{}:files:{key}", layout.container_of(f))
+    }
+}
+
+/// The `SCAN` pattern of every file key under a prefix, in all its containers.
+fn files_pattern(prefix: &str, layout: &Layout) -> String {
+    if layout.containers == 1 {
+        format!("{prefix}:files:*")
+    } else {
+        format!("{prefix}:c*:files:*")
+    }
 }
 
 /// Value of `field:` in an `INFO` section.
@@ -216,7 +236,8 @@ const SNAPSHOT_FIELDS: &[(&str, &str)] = &[
 /// The meter: a connection of its own.
 struct RedisMeter {
     conn: MultiplexedConnection,
-    namespace: String,
+    /// [`files_pattern`] of the namespace.
+    pattern: String,
 }
 
 #[async_trait]
@@ -227,7 +248,7 @@ impl Measured for RedisMeter {
 
     /// `MEMORY USAGE` of every key of the namespace's files, summed.
     async fn native_size(&mut self) -> SysResult<u64> {
-        let keys = scan(&mut self.conn, &format!("{}:files:*", self.namespace)).await?;
+        let keys = scan(&mut self.conn, &self.pattern).await?;
         let mut total = 0u64;
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
@@ -277,7 +298,11 @@ impl Redis {
     }
 
     fn key(&self, f: &FileEntry) -> String {
-        key(&self.t.namespace, f)
+        key(&self.t.namespace, &self.t.layout, f)
+    }
+
+    fn files_pattern(&self) -> String {
+        files_pattern(&self.t.namespace, &self.t.layout)
     }
 
     async fn info(&self, section: &str) -> SysResult<String> {
@@ -419,7 +444,7 @@ impl System for Redis {
     async fn meter(&mut self) -> SysResult<Box<dyn Meter>> {
         Ok(Box::new(RedisMeter {
             conn: self.open().await?,
-            namespace: self.t.namespace.clone(),
+            pattern: self.files_pattern(),
         }))
     }
 
@@ -549,7 +574,7 @@ impl System for Redis {
         if n != 1 {
             return Err(SysError::failed(format!(
                 "redis: DEL of {} removed {n} keys",
-                file.name
+                self.key(file)
             )));
         }
         Ok(())
@@ -576,16 +601,34 @@ impl System for Redis {
     }
 
     async fn count(&mut self) -> SysResult<u64> {
-        Ok(self
-            .scan(&format!("{}:files:*", self.t.namespace))
-            .await?
-            .len() as u64)
+        Ok(self.scan(&self.files_pattern()).await?.len() as u64)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::info_field;
+    use super::*;
+    use crate::model::KeyMode;
+
+    #[test]
+    fn keys_name_the_container_only_when_there_are_several() {
+        let f = FileEntry {
+            id: 6,
+            name: "f6".into(),
+            size: 1,
+            blake3: "ab12".into(),
+            copy_of: None,
+        };
+        let layout = |keys, containers| Layout { keys, containers };
+        assert_eq!(key("p", &Layout::default(), &f), "p:files:f6");
+        assert_eq!(key("p", &layout(KeyMode::Content, 1), &f), "p:files:ab12");
+        assert_eq!(key("p", &layout(KeyMode::Name, 4), &f), "p:c2:files:f6");
+        assert_eq!(files_pattern("p", &Layout::default()), "p:files:*");
+        assert_eq!(
+            files_pattern("p", &layout(KeyMode::Content, 4)),
+            "p:c*:files:*"
+        );
+    }
 
     #[test]
     fn reads_info_fields() {

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use super::{key, target};
 use crate::dataset::DataSet;
+use crate::model::Layout;
 use crate::systems::{NativeLoader, SystemContext};
 
 /// The loader.
@@ -15,8 +16,9 @@ pub const LOADER: NativeLoader = NativeLoader {
     load,
 };
 
-/// The file holds SETs for keys under `dedup_lab`, the prefix of an instance named `redis`
-/// (the file is written before the instance is known); [`load`] refuses any other prefix.
+/// The file holds SETs for keys under `dedup_lab`, the prefix of an instance named `redis`,
+/// in the default layout (the file is written before the instance is known); [`load`]
+/// refuses any other prefix or layout.
 const PREFIX: &str = "dedup_lab";
 
 fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -24,7 +26,7 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for f in &ds.manifest.files {
         let content = ds.read(f)?;
-        let key = key(PREFIX, f);
+        let key = key(PREFIX, &Layout::default(), f);
         write!(
             w,
             "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
@@ -41,9 +43,9 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
     let t = target(ctx)?;
     anyhow::ensure!(
-        t.namespace == PREFIX,
-        "the redis native loader writes keys under {PREFIX}: run it on an instance with that \
-         prefix"
+        t.namespace == PREFIX && t.layout.is_default(),
+        "the redis native loader writes keys under {PREFIX}, by name in one container: run it \
+         on an instance with that prefix and the default layout"
     );
     let mut c = Command::new("sh");
     if let Some(pw) = &t.server.password {

@@ -2,7 +2,13 @@
 //! `minio` is accepted as the kind's old name.
 //!
 //! Namespace: the key prefix `<prefix>/` inside a lab bucket, marked by the object
-//! `<prefix>/.dedup-lab-owner`; files are `<prefix>/files/<name>`. Bulk path: concurrent PUTs
+//! `<prefix>/.dedup-lab-owner`; files are `<prefix>/files/<key>`, the key a file's name or its
+//! content's hash (the layout's keys). Several containers are key prefixes
+//! `<prefix>/c<k>/files/`, not buckets: the lab has one bucket, and creating buckets needs
+//! rights the adapter does not assume. A content key written again is a PUT to the same key,
+//! which S3 overwrites: one object per content in its container, and the count (a listing) is
+//! what the server holds. A reset deletes everything under `<prefix>/` but the marker, so no
+//! container of an earlier layout survives it. Bulk path: concurrent PUTs
 //! (bounded), multipart above a threshold; per file: one PUT (acknowledged) / one
 //! DeleteObject; count and logical size: ListObjectsV2 page by page (continuation tokens),
 //! never a HEAD per object; maintenance: none exists in S3, the note says what the server
@@ -40,7 +46,7 @@ use super::toolkit::{Holding, Marker, Window, check_namespace, parse, spawned};
 use super::{System, SystemContext, SystemDef, TEST_HOOKS};
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
-use crate::model::{Measured, Meter, ServerInfo, SysError, SysResult, error_chain};
+use crate::model::{Layout, Measured, Meter, ServerInfo, SysError, SysResult, error_chain};
 use crate::secret::{Secret, SecretSource};
 use garage::GarageAdmin;
 use http::{Observed, classify, err};
@@ -201,7 +207,7 @@ fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
     Ok(Box::new(S3::new(ctx)?))
 }
 
-/// Objects under a key prefix as a paginated listing saw them.
+/// Objects under key prefixes as paginated listings saw them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
     /// Number of objects.
@@ -222,6 +228,7 @@ struct Conn {
 pub struct S3 {
     name: String,
     prefix: String,
+    layout: Layout,
     settings: Settings,
     access_key: Secret,
     secret_key: Secret,
@@ -324,6 +331,7 @@ impl S3 {
         Ok(S3 {
             name: instance.to_string(),
             prefix,
+            layout: ctx.layout,
             settings: s,
             access_key,
             secret_key,
@@ -349,12 +357,28 @@ impl S3 {
         Path::from(format!("{}/{MARKER}", self.prefix))
     }
 
-    fn files_prefix(&self) -> String {
-        format!("{}/files/", self.prefix)
+    /// The key prefix of container `k`: `<prefix>/files/` when there is one, as ever.
+    fn files_prefix(&self, k: u32) -> String {
+        if self.layout.containers == 1 {
+            format!("{}/files/", self.prefix)
+        } else {
+            format!("{}/c{k}/files/", self.prefix)
+        }
+    }
+
+    /// The key prefixes of every container.
+    fn files_prefixes(&self) -> Vec<String> {
+        (0..self.layout.containers)
+            .map(|k| self.files_prefix(k))
+            .collect()
     }
 
     fn key(&self, f: &FileEntry) -> Path {
-        Path::from(format!("{}{}", self.files_prefix(), f.name))
+        Path::from(format!(
+            "{}{}",
+            self.files_prefix(self.layout.container_of(f)),
+            self.layout.key_of(f)
+        ))
     }
 
     fn uploader(&self) -> SysResult<Uploader> {
@@ -375,11 +399,11 @@ impl S3 {
         page(&self.conn()?.store, prefix, token, max_keys).await
     }
 
-    /// The lab's files as a listing sees them (see [`listing`]).
+    /// The lab's files in every container as listings see them (see [`listing`]).
     pub async fn listing(&self) -> SysResult<Listing> {
         listing(
             &self.conn()?.store,
-            &self.files_prefix(),
+            &self.files_prefixes(),
             self.settings.list_page_size,
         )
         .await
@@ -449,28 +473,32 @@ async fn page(
         .map_err(err("ListObjectsV2"))
 }
 
-/// Counts the objects under `prefix` and sums their sizes, page by page (continuation
-/// tokens), with `page_size` keys per page. Sizes come from the listing, never a HEAD per
-/// object.
-async fn listing(store: &AmazonS3, prefix: &str, page_size: usize) -> SysResult<Listing> {
+/// Counts the objects under each of `prefixes` and sums their sizes, page by page
+/// (continuation tokens), with `page_size` keys per page. Sizes come from the listing, never a
+/// HEAD per object.
+async fn listing(store: &AmazonS3, prefixes: &[String], page_size: usize) -> SysResult<Listing> {
     let mut out = Listing::default();
-    let mut token = None;
-    loop {
-        let page = page(store, prefix, token, page_size).await?;
-        out.pages += 1;
-        out.objects += page.result.objects.len() as u64;
-        out.bytes += page.result.objects.iter().map(|o| o.size).sum::<u64>();
-        match page.page_token {
-            Some(t) => token = Some(t),
-            None => return Ok(out),
+    for prefix in prefixes {
+        let mut token = None;
+        loop {
+            let page = page(store, prefix, token, page_size).await?;
+            out.pages += 1;
+            out.objects += page.result.objects.len() as u64;
+            out.bytes += page.result.objects.iter().map(|o| o.size).sum::<u64>();
+            match page.page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
         }
     }
+    Ok(out)
 }
 
 /// The meter: a store of its own, which lists the lab's files.
 struct S3Meter {
     store: Arc<AmazonS3>,
-    prefix: String,
+    /// The key prefixes of the containers.
+    prefixes: Vec<String>,
     page_size: usize,
 }
 
@@ -493,7 +521,7 @@ impl Meter for S3Meter {
     /// What S3 offers: the listing's objects and the sum of their sizes (logical bytes), and
     /// the ListObjectsV2 pages it took.
     async fn snapshot(&mut self) -> SysResult<BTreeMap<String, f64>> {
-        let l = listing(&self.store, &self.prefix, self.page_size).await?;
+        let l = listing(&self.store, &self.prefixes, self.page_size).await?;
         Ok(BTreeMap::from([
             ("objects".to_string(), l.objects as f64),
             ("listed_bytes".to_string(), l.bytes as f64),
@@ -568,7 +596,7 @@ impl System for S3 {
         // Its requests are not the stages': they count in an observer of their own.
         Ok(Box::new(S3Meter {
             store: self.open(&Observed::default())?.store,
-            prefix: self.files_prefix(),
+            prefixes: self.files_prefixes(),
             page_size: self.settings.list_page_size,
         }))
     }
@@ -709,6 +737,11 @@ mod tests {
 
     /// Builds from a section with credentials in a secret file, plus `extra`.
     fn build(extra: &str) -> anyhow::Result<S3> {
+        build_with(extra, Layout::default())
+    }
+
+    /// [`build`] with `layout`.
+    fn build_with(extra: &str, layout: Layout) -> anyhow::Result<S3> {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         std::fs::write(&key, "unit-test-key-value\n").unwrap();
@@ -721,8 +754,36 @@ mod tests {
             instance: "s3",
             section: Some(&section),
             experiment_dir: std::path::Path::new("."),
-            layout: Default::default(),
+            layout,
         })
+    }
+
+    #[test]
+    fn keys_name_the_container_prefix_only_when_there_are_several() {
+        let f = FileEntry {
+            id: 6,
+            name: "f6".into(),
+            size: 1,
+            blake3: "ab12".into(),
+            copy_of: None,
+        };
+        let key = |keys, containers| {
+            let s3 = build_with("prefix = \"dedup_lab_x\"", Layout { keys, containers }).unwrap();
+            (s3.key(&f).to_string(), s3.files_prefixes())
+        };
+        use crate::model::KeyMode::{Content, Name};
+        assert_eq!(
+            key(Name, 1),
+            (
+                "dedup_lab_x/files/f6".into(),
+                vec!["dedup_lab_x/files/".into()]
+            )
+        );
+        assert_eq!(key(Content, 1).0, "dedup_lab_x/files/ab12");
+        let (k, prefixes) = key(Content, 4);
+        assert_eq!(k, "dedup_lab_x/c2/files/ab12");
+        assert_eq!(prefixes.len(), 4);
+        assert_eq!(prefixes[3], "dedup_lab_x/c3/files/");
     }
 
     fn refused(extra: &str) -> String {

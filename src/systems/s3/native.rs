@@ -32,8 +32,14 @@ fn prepare(ds: &DataSet, dir: &Path) -> anyhow::Result<PathBuf> {
 /// `rclone copy` into `<prefix>/files/<name>`, with as many transfers as the adapter has PUTs
 /// in flight, and without the destination checks and per-object HEADs that an empty lab
 /// prefix does not need. Its S3 config, keys included, is only in the child's environment.
+/// The keys are the files' names in one container: the default layout.
 fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
     let s3 = S3::new(ctx)?;
+    anyhow::ensure!(
+        s3.layout.is_default(),
+        "the s3 native loader copies files by name into one prefix: run it on an instance \
+         with the default layout"
+    );
     let s = &s3.settings;
     let transfers = s.concurrency.to_string();
     let mut c = Command::new("rclone");
@@ -56,7 +62,7 @@ fn load(ctx: &SystemContext<'_>, input: &Path) -> anyhow::Result<Command> {
         .arg(format!(
             "lab:{}/{}",
             s.bucket,
-            s3.files_prefix().trim_end_matches('/')
+            s3.files_prefix(0).trim_end_matches('/')
         ))
         .args(["--transfers", &transfers, "--checkers", &transfers])
         .args(["--no-check-dest", "--s3-no-check-bucket", "--s3-no-head"]);
