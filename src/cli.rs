@@ -101,14 +101,15 @@ pub struct ConfigArgs {
     /// Directory of a preset payload type, e.g. gutenberg_text=/data/gutenberg (repeatable).
     #[arg(long, value_name = "PRESET=DIR", value_parser = parse_source)]
     pub source: Vec<(String, PathBuf)>,
-    /// What every instance stores a file under: its name, or its content's hash (an
-    /// instance's own `keys` wins).
-    #[arg(long, value_enum, value_name = "KEYS")]
-    pub keys: Option<KeyMode>,
+    /// What every instance stores a file under: its name, or its content's hash; both
+    /// (name,content) run each instance both ways (an instance's own `keys` wins).
+    #[arg(long, value_enum, value_name = "KEYS", value_delimiter = ',')]
+    pub keys: Option<Vec<KeyMode>>,
     /// Containers (tables, prefixes, topics, streams) every instance spreads files over,
-    /// 1 to 64 (an instance's own `containers` wins).
-    #[arg(long, value_name = "N")]
-    pub containers: Option<u32>,
+    /// 1 to 64; several (1,4) run each instance once per number (an instance's own
+    /// `containers` wins).
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    pub containers: Option<Vec<u32>>,
 }
 
 fn parse_source(s: &str) -> Result<(String, PathBuf), String> {
@@ -141,8 +142,8 @@ impl ConfigArgs {
             shift: self.shift,
             compress: self.compress,
             sources: self.source.clone(),
-            keys: self.keys,
-            containers: self.containers,
+            keys: self.keys.clone(),
+            containers: self.containers.clone(),
         }
     }
 }

@@ -37,9 +37,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "is_default")]
     pub potential: PotentialConfig,
     /// What files are stored under and how many containers they go to, for every instance
-    /// whose section does not say.
-    #[serde(skip_serializing_if = "Layout::is_default")]
-    pub layout: Layout,
+    /// whose section does not say; lists run each instance once per combination.
+    #[serde(skip_serializing_if = "is_default")]
+    pub layout: LayoutConfig,
     /// The trace of sizes while stages run. Not part of the experiment's identity: it looks,
     /// it does not change what is measured (BENCHMARKS.md has what it costs).
     #[serde(skip_serializing_if = "is_default")]
@@ -69,6 +69,92 @@ impl Default for StorageConfig {
         StorageConfig {
             dedupe: true,
             dedupe_block: "128KiB".into(),
+        }
+    }
+}
+
+/// `[layout]`: a key mode and a number of containers, or lists of them. Each instance whose
+/// section sets neither runs once per combination: the first under its own name, each other as
+/// `<name>_<variant>` (`content`, `c4`, `content_c4`, `name`) in a namespace of its own, so that
+/// the report shows them side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayoutConfig {
+    /// `"name"`, `"content"`, or both.
+    pub keys: OneOrMany<KeyMode>,
+    /// 1 to 64, or several.
+    pub containers: OneOrMany<u32>,
+}
+
+impl Default for LayoutConfig {
+    fn default() -> Self {
+        LayoutConfig {
+            keys: OneOrMany(vec![KeyMode::Name]),
+            containers: OneOrMany(vec![1]),
+        }
+    }
+}
+
+impl LayoutConfig {
+    /// Every combination, the first one first.
+    pub fn layouts(&self) -> Vec<Layout> {
+        self.keys
+            .0
+            .iter()
+            .flat_map(|&keys| {
+                self.containers
+                    .0
+                    .iter()
+                    .map(move |&containers| Layout { keys, containers })
+            })
+            .collect()
+    }
+
+    /// Refuses empty or repeated lists and containers out of range.
+    fn check(&self) -> anyhow::Result<()> {
+        let repeats = |n: usize, distinct: usize| n == 0 || distinct < n;
+        let keys: std::collections::BTreeSet<_> = self.keys.0.iter().map(|k| k.name()).collect();
+        let containers: std::collections::BTreeSet<_> = self.containers.0.iter().collect();
+        if repeats(self.keys.0.len(), keys.len())
+            || repeats(self.containers.0.len(), containers.len())
+        {
+            return Err(usage(
+                "[layout] keys and containers each need at least one value and no value twice, \
+                 e.g. keys = [\"name\", \"content\"], containers = [1, 4]",
+            ));
+        }
+        self.layouts()
+            .iter()
+            .try_for_each(|l| systems::check_layout("[layout]", l))
+    }
+}
+
+/// One value or a list of them, written back as it was given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "OneOrManyRaw<T>", into = "OneOrManyRaw<T>")]
+pub struct OneOrMany<T: Clone>(pub Vec<T>);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum OneOrManyRaw<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> From<OneOrManyRaw<T>> for OneOrMany<T> {
+    fn from(raw: OneOrManyRaw<T>) -> Self {
+        match raw {
+            OneOrManyRaw::One(v) => OneOrMany(vec![v]),
+            OneOrManyRaw::Many(v) => OneOrMany(v),
+        }
+    }
+}
+
+impl<T: Clone> From<OneOrMany<T>> for OneOrManyRaw<T> {
+    fn from(v: OneOrMany<T>) -> Self {
+        match v.0.as_slice() {
+            [one] => OneOrManyRaw::One(one.clone()),
+            _ => OneOrManyRaw::Many(v.0),
         }
     }
 }
@@ -438,9 +524,9 @@ pub struct Overrides {
     /// `--source PRESET=DIR`, each replacing that preset's directory.
     pub sources: Vec<(String, PathBuf)>,
     /// `--keys`
-    pub keys: Option<KeyMode>,
+    pub keys: Option<Vec<KeyMode>>,
     /// `--containers`
-    pub containers: Option<u32>,
+    pub containers: Option<Vec<u32>>,
 }
 
 /// The config after validation: names resolved, ranges checked.
@@ -573,11 +659,11 @@ impl Config {
         for (name, dir) in &o.sources {
             d.sources.insert(name.clone(), dir.clone());
         }
-        if let Some(v) = o.keys {
-            self.layout.keys = v;
+        if let Some(v) = &o.keys {
+            self.layout.keys = OneOrMany(v.clone());
         }
-        if let Some(v) = o.containers {
-            self.layout.containers = v;
+        if let Some(v) = &o.containers {
+            self.layout.containers = OneOrMany(v.clone());
         }
     }
 
@@ -617,7 +703,7 @@ impl Config {
                  to run every cell in one process",
             ));
         }
-        crate::systems::check_layout("[layout]", &self.layout)?;
+        self.layout.check()?;
         let systems = self.resolve_systems()?;
         crate::sinks::check_names(&self.export)?;
         let payloads = resolve_payloads(&e.payloads)?;
@@ -674,11 +760,15 @@ impl Config {
     pub fn instances(&self) -> anyhow::Result<Vec<Instance>> {
         let mut out = Vec::new();
         for (name, section) in &self.systems {
-            out.push(Instance::new(name, Some(section), self.layout)?);
+            out.push(Instance::new(
+                name,
+                Some(section),
+                self.layout.layouts()[0],
+            )?);
         }
         for def in systems::REGISTRY.iter().filter(|d| d.embedded) {
             if !self.systems.contains_key(def.kind) {
-                out.push(Instance::new(def.kind, None, self.layout)?);
+                out.push(Instance::new(def.kind, None, self.layout.layouts()[0])?);
             }
         }
         let rank = |i: &Instance| {
@@ -725,10 +815,22 @@ impl Config {
             }));
         }
         let every = wanted.iter().any(|n| n == "all");
-        Ok(all
+        let layouts = self.layout.layouts();
+        let mut out = Vec::new();
+        for i in all
             .into_iter()
             .filter(|i| every || wanted.contains(&i.name))
-            .collect())
+        {
+            match i.own_layout {
+                true => out.push(i),
+                false => {
+                    for (n, layout) in layouts.iter().enumerate() {
+                        out.push(i.variant(*layout, n > 0)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A hash of everything that decides what is measured (not where results go, not how
@@ -860,6 +962,87 @@ pub fn diff(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layout_lists_run_each_instance_once_per_combination_in_its_own_namespace() {
+        let mut c: Config = toml::from_str(
+            "[layout]\nkeys = [\"name\", \"content\"]\ncontainers = [1, 4]\n\
+             [systems.pg]\nkind = \"postgres\"\nschema = \"dedup_lab_x\"\n\
+             [systems.sqlite]\nfile = \"dedup_lab.sqlite\"\n\
+             [systems.fixed]\nkind = \"fs\"\ndir = \"/tmp/dedup_lab_f\"\ncontainers = 2\n",
+        )
+        .unwrap();
+        c.experiment.systems = vec!["all".into()];
+        let r = c.resolve().unwrap();
+        let got: Vec<(String, String, u32, Option<String>)> = r
+            .systems
+            .iter()
+            .map(|i| {
+                let key = i.def.tests.namespace_key;
+                let ns = i
+                    .section
+                    .as_ref()
+                    .and_then(|s| s.get(key))
+                    .map(|v| v.as_str().unwrap().to_string());
+                (
+                    i.name.clone(),
+                    i.layout.keys.name().into(),
+                    i.layout.containers,
+                    ns,
+                )
+            })
+            .collect();
+        let ns = |s: &str| Some(s.to_string());
+        assert_eq!(
+            got,
+            [
+                ("sqlite".into(), "name".into(), 1, ns("dedup_lab.sqlite")),
+                (
+                    "sqlite_c4".into(),
+                    "name".into(),
+                    4,
+                    ns("dedup_lab_c4.sqlite")
+                ),
+                (
+                    "sqlite_content".into(),
+                    "content".into(),
+                    1,
+                    ns("dedup_lab_content.sqlite")
+                ),
+                (
+                    "sqlite_content_c4".into(),
+                    "content".into(),
+                    4,
+                    ns("dedup_lab_content_c4.sqlite")
+                ),
+                // Its own layout: no variants.
+                ("fixed".into(), "name".into(), 2, ns("/tmp/dedup_lab_f")),
+                ("fs".into(), "name".into(), 1, None),
+                ("fs_c4".into(), "name".into(), 4, None),
+                ("fs_content".into(), "content".into(), 1, None),
+                ("fs_content_c4".into(), "content".into(), 4, None),
+                ("pg".into(), "name".into(), 1, ns("dedup_lab_x")),
+                ("pg_c4".into(), "name".into(), 4, ns("dedup_lab_x_c4")),
+                (
+                    "pg_content".into(),
+                    "content".into(),
+                    1,
+                    ns("dedup_lab_x_content")
+                ),
+                (
+                    "pg_content_c4".into(),
+                    "content".into(),
+                    4,
+                    ns("dedup_lab_x_content_c4")
+                ),
+            ]
+        );
+        // A list with a value twice is refused.
+        let mut c = Config::default();
+        c.layout.containers = OneOrMany(vec![4, 4]);
+        let e = c.resolve().unwrap_err().to_string();
+        assert!(e.contains("no value twice"), "{e}");
+    }
 
     #[test]
     fn defaults_resolve_to_embedded_matrix() {

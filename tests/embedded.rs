@@ -387,3 +387,66 @@ fn fs_four_directories_then_the_store_alone() {
         }
     }
 }
+
+/// `--keys name,content --containers 1,4` runs each embedded instance four ways, each its own
+/// column of the report: content keys store each content once per container.
+#[test]
+fn layout_lists_put_each_variant_beside_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let out = run(&[
+        "run",
+        "--results-dir",
+        results.to_str().unwrap(),
+        "--keys",
+        "name,content",
+        "--containers",
+        "1,4",
+        "--payloads",
+        "random_binary",
+        "--grades",
+        "0,90",
+        "--runs",
+        "1",
+        "--files",
+        "20",
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = experiment_dir(&results);
+    let stages = stage_records(&journal(&exp));
+    let manifest = Manifest::read(&exp.join("datasets/run-1/random_binary-U90")).unwrap();
+    let entries = |containers: u32| {
+        manifest
+            .files
+            .iter()
+            .map(|f| (f.id % containers, f.blake3.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
+    };
+    for kind in ["sqlite", "fs"] {
+        for (variant, expected) in [
+            (kind.to_string(), 20),
+            (format!("{kind}_c4"), 20),
+            (format!("{kind}_content"), entries(1)),
+            (format!("{kind}_content_c4"), entries(4)),
+        ] {
+            let bulk = stages
+                .iter()
+                .find(|s| {
+                    s.cell.system == variant && s.cell.grade == 90 && s.stage == Stage::BulkInsert
+                })
+                .unwrap_or_else(|| panic!("no U90 bulk insert of {variant}"));
+            assert_eq!(bulk.rows_after, expected, "{variant}");
+        }
+    }
+    assert!(
+        entries(1) < entries(4),
+        "copies sit in other containers too"
+    );
+    // The answer names every variant.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["sqlite_content_c4", "fs_c4", "fs_content"] {
+        assert!(stdout.contains(name), "{name}: {stdout}");
+    }
+}

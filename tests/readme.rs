@@ -57,3 +57,16 @@ fn the_snapshot_table_names_every_registered_kind() {
         "README snapshot table vs systems::REGISTRY"
     );
 }
+
+#[test]
+fn the_layout_table_names_every_registered_kind() {
+    let listed = first_column(&readme(), "### Content keys and containers");
+    let registered: BTreeSet<String> = dedup_lab::systems::REGISTRY
+        .iter()
+        .map(|d| d.kind.to_string())
+        .collect();
+    assert_eq!(
+        listed, registered,
+        "README layout table vs systems::REGISTRY"
+    );
+}

@@ -123,6 +123,7 @@ impl Fake {
             section: None,
             probe_keys: ProbeKeys::default(),
             layout,
+            own_layout: true,
         };
         let probes = Probes::build(name, &ProbeKeys::default()).expect("native probe");
         let fake = Fake {

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::dataset::{DataSet, FileEntry};
 use crate::error::usage;
 use crate::lab::{Recipe, Server};
-use crate::model::{Layout, MAX_CONTAINERS, Meter, ServerInfo, SysResult};
+use crate::model::{KeyMode, Layout, MAX_CONTAINERS, Meter, ServerInfo, SysResult};
 use crate::probe::{ProbeKeys, Probes};
 pub use toolkit::{Holding, Marker};
 
@@ -90,7 +90,7 @@ pub struct NativeLoader {
 #[derive(Clone, Copy, Debug)]
 pub struct TestHooks {
     /// The config key naming the namespace (`schema`, `database`, `prefix`, …), so that tests
-    /// can give each run its own.
+    /// can give each run its own, and `[layout]` variants of an instance get theirs.
     pub namespace_key: &'static str,
     /// Files and file size of a data set whose per-file stages last long enough for a server
     /// stop to land in them.
@@ -156,6 +156,9 @@ pub struct Instance {
     pub probe_keys: ProbeKeys,
     /// Its layout: the section's `keys` and `containers`, else the experiment's.
     pub layout: Layout,
+    /// Whether its section set `keys` or `containers` (then `[layout]` lists do not make
+    /// variants of it).
+    pub own_layout: bool,
 }
 
 impl Instance {
@@ -215,6 +218,7 @@ impl Instance {
             }
         };
         let probe_keys = ProbeKeys::take(&mut rest);
+        let own_layout = rest.contains_key("keys") || rest.contains_key("containers");
         let layout = take_layout(name, &mut rest, layout)?;
         Ok(Instance {
             name: name.to_string(),
@@ -222,7 +226,53 @@ impl Instance {
             section: section.map(|_| rest),
             probe_keys,
             layout,
+            own_layout,
         })
+    }
+
+    /// This instance with `layout`; `renamed` makes it `<name>_<variant>` (`content`, `c4`,
+    /// `content_c4`, `name`) with a namespace of its own: the configured one with the same
+    /// suffix, or the default one of the new name.
+    pub fn variant(&self, layout: Layout, renamed: bool) -> anyhow::Result<Instance> {
+        let mut out = Instance {
+            layout,
+            ..self.clone()
+        };
+        if !renamed {
+            return Ok(out);
+        }
+        let suffix = match (layout.keys, layout.containers) {
+            (KeyMode::Name, 1) => "name".to_string(),
+            (KeyMode::Name, n) => format!("c{n}"),
+            (KeyMode::Content, 1) => "content".to_string(),
+            (KeyMode::Content, n) => format!("content_c{n}"),
+        };
+        out.name = format!("{}_{suffix}", self.name);
+        if out.name.len() > 40 {
+            crate::bail_usage!(
+                "config [systems.{}]: its [layout] variant would be named {}, longer than 40 \
+                 characters; give the instance a shorter name",
+                self.name,
+                out.name
+            );
+        }
+        // A configured namespace (a name, or a path whose last component is one) gets the
+        // suffix before any extension: `dedup_lab.sqlite` → `dedup_lab_content.sqlite`.
+        let key = self.def.tests.namespace_key;
+        if let Some(toml::Value::String(ns)) = out.section.as_mut().and_then(|s| s.get_mut(key)) {
+            let path = Path::new(ns.as_str());
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let ext = path
+                .extension()
+                .map(|e| format!(".{}", e.to_string_lossy()));
+            let renamed = format!(
+                "{}_{suffix}{}",
+                stem.unwrap_or_default(),
+                ext.unwrap_or_default()
+            );
+            *ns = path.with_file_name(renamed).to_string_lossy().into_owned();
+        }
+        Ok(out)
     }
 
     /// What its adapter is built from.

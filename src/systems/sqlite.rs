@@ -62,7 +62,9 @@ fn lab_section(dir: &Path) -> toml::Table {
 
 fn build(ctx: &SystemContext<'_>) -> anyhow::Result<Box<dyn System>> {
     let s: Settings = parse(ctx.instance, ctx.section)?;
-    let file = s.file.unwrap_or_else(|| "dedup_lab.sqlite".into());
+    let file = s
+        .file
+        .unwrap_or_else(|| format!("{}.sqlite", ctx.default_namespace(DEF.kind)));
     let stem = file.strip_suffix(".sqlite").unwrap_or(&file);
     check_namespace(ctx.instance, "file", stem)?;
     let synchronous = s.synchronous.unwrap_or_else(|| "full".into());
