@@ -130,32 +130,44 @@ impl LayoutConfig {
 }
 
 /// One value or a list of them, written back as it was given.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(from = "OneOrManyRaw<T>", into = "OneOrManyRaw<T>")]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OneOrMany<T: Clone>(pub Vec<T>);
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum OneOrManyRaw<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T: Clone> From<OneOrManyRaw<T>> for OneOrMany<T> {
-    fn from(raw: OneOrManyRaw<T>) -> Self {
-        match raw {
-            OneOrManyRaw::One(v) => OneOrMany(vec![v]),
-            OneOrManyRaw::Many(v) => OneOrMany(v),
+impl<T: Clone + Serialize> Serialize for OneOrMany<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
         }
     }
 }
 
-impl<T: Clone> From<OneOrMany<T>> for OneOrManyRaw<T> {
-    fn from(v: OneOrMany<T>) -> Self {
-        match v.0.as_slice() {
-            [one] => OneOrManyRaw::One(one.clone()),
-            _ => OneOrManyRaw::Many(v.0),
+// By hand rather than `#[serde(untagged)]`: an untagged enum replaces the element's own error
+// ("unknown variant `hash`, expected one of ...") with "did not match any variant".
+impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, IntoDeserializer};
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visit<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one value or a list of values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
+            }
         }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+            .map(OneOrMany)
     }
 }
 
