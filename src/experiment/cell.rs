@@ -135,8 +135,10 @@ impl Attempt<'_> {
         };
         let (probes, layers) = (self.probes, self.layers);
         let meter = self.meter().await.map_err(at)?;
+        let looking = tokio::time::Instant::now();
         let before = probes.read_all(meter).await.map_err(at)?;
         let snapshot_before = snapshot_of(meter.snapshot().await);
+        let look = looking.elapsed();
         // The storage layer is looked at around the stages that write the data set.
         let scan_paths = match stage.inserts() {
             true => layers.scan_paths(probes, meter),
@@ -160,7 +162,9 @@ impl Attempt<'_> {
         self.tracer.event(&here, Event::StageStart);
         self.tracer.readings(&here, &before, &snapshot_before);
         let meter = self.meter.take().expect("made above");
-        let sampling = self.tracer.start(here.clone(), Arc::clone(probes), meter);
+        let sampling = self
+            .tracer
+            .start(here.clone(), look, Arc::clone(probes), meter);
         let work = self.work(stage, &here).await;
         *self.meter = sampling.stop().await;
         let work = work.map_err(at)?;

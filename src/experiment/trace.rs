@@ -96,9 +96,16 @@ impl Tracer {
         }
     }
 
-    /// Starts sampling `meter` with `probes` for the stage at `at`; the meter comes back from
-    /// [`Sampling::stop`]. With the trace off it is only held.
-    pub fn start(&self, at: At, probes: Arc<Probes>, meter: Box<dyn Meter>) -> Sampling {
+    /// Starts sampling `meter` with `probes` for the stage at `at`, the engine's own look
+    /// before it having taken `look` (it spaces the first sample as a sample's would); the
+    /// meter comes back from [`Sampling::stop`]. With the trace off it is only held.
+    pub fn start(
+        &self,
+        at: At,
+        look: Duration,
+        probes: Arc<Probes>,
+        meter: Box<dyn Meter>,
+    ) -> Sampling {
         let (stop, stopped) = oneshot::channel();
         let task = match &self.file {
             None => tokio::spawn(async move {
@@ -106,10 +113,10 @@ impl Tracer {
                 meter
             }),
             Some(file) => tokio::spawn(sample(
-                Arc::clone(file),
-                Arc::clone(&self.sinks),
+                (Arc::clone(file), Arc::clone(&self.sinks)),
                 self.interval,
                 at,
+                look,
                 probes,
                 meter,
                 stopped,
@@ -148,30 +155,42 @@ impl Drop for Sampling {
     }
 }
 
-/// The sampler task: a sample one `interval` after the start and every `interval` after that
-/// (the engine's own look is the one at the start) until stopped; a sample that takes longer
-/// than the interval delays the next instead of bunching them.
+/// At most this share of the wall time goes to looking: a look that takes `d` is followed by
+/// the next no sooner than `d / MAX_DUTY` after its start. On a server whose snapshot grows
+/// with the data (an S3 listing, ClickHouse's parts), sampling every 100 ms would otherwise
+/// compete with the stage it measures.
+const MAX_DUTY: f64 = 0.02;
+
+/// The sampler task: a sample one `interval` after the start (the engine's look) and then
+/// every `interval`, or later after a slow look (see [`MAX_DUTY`]), until stopped; a slow
+/// look delays the next instead of bunching them.
 async fn sample(
-    file: Arc<Mutex<File>>,
-    sinks: Arc<Sinks>,
+    (file, sinks): (Arc<Mutex<File>>, Arc<Sinks>),
     interval: Duration,
     at: At,
+    first_look: Duration,
     probes: Arc<Probes>,
     mut meter: Box<dyn Meter>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Box<dyn Meter> {
-    let mut tick = tokio::time::interval_at(at.started + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = at.started + spacing(interval, first_look);
     loop {
         tokio::select! {
             biased;
             _ = &mut stopped => return meter,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        let began = tokio::time::Instant::now();
         for line in look(&at, &probes, meter.as_mut()).await {
             write(&file, &sinks, &line);
         }
+        next = began + spacing(interval, began.elapsed());
     }
+}
+
+/// The time from one look's start to the next: the interval, or longer for a slow look.
+fn spacing(interval: Duration, look: Duration) -> Duration {
+    interval.max(look.div_f64(MAX_DUTY))
 }
 
 /// One look through the meter: every probe and the snapshot, failures as failures.
@@ -215,4 +234,19 @@ fn write(file: &Mutex<File>, sinks: &Sinks, line: &TraceLine) {
         tracing::warn!("writing {FILE}: {e} (the trace goes on without the lines it cannot write)");
     }
     sinks.sample(line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_look_stretches_the_spacing_to_keep_looking_under_the_duty_cap() {
+        let ms = Duration::from_millis;
+        assert_eq!(spacing(ms(100), ms(0)), ms(100));
+        assert_eq!(spacing(ms(100), ms(2)), ms(100));
+        // 20 ms of looking every 100 ms would be 20 %: the next look comes 1 s after.
+        assert_eq!(spacing(ms(100), ms(20)), ms(1000));
+        assert_eq!(spacing(ms(5000), ms(20)), ms(5000));
+    }
 }
