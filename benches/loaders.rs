@@ -63,7 +63,10 @@ fn main() {
         let Some(native) = &instance.def.native_loader else {
             continue;
         };
-        let input = (native.prepare)(&ds, tmp.path()).expect("native input");
+        // Per instance: two instances of a kind (garage, s3s) prepare the same input names.
+        let own = tmp.path().join(name);
+        std::fs::create_dir_all(&own).expect("bench dir");
+        let input = (native.prepare)(&ds, &own).expect("native input");
         let (mut sys, _) = instance.build(tmp.path()).expect("build");
         let ctx = instance.context(tmp.path());
         let mut claim = Claim::new("bench", name, Duration::from_secs(3600));
