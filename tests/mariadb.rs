@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use common::layout::{
-    Peek, assert_content_run, blake3_hex, exercise, key_column, layout, layout_keys, run_u90,
-    shared_contents, table,
+    Peek, assert_content_run, blake3_hex, exercise, four_then_one, key_column, layout, layout_keys,
+    run_u90, shared_contents, table,
 };
 use common::{
     assert_fails_with, config_with, lab_section, run_in_namespace, run_system, stages, text,
@@ -530,27 +530,9 @@ async fn the_meter_and_maintenance_cover_every_table() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_tables_then_one_in_the_same_database() {
-    let tmp = tempfile::tempdir().unwrap();
     let db = "dedup_lab_ksql_four";
     let (_, mut hand, _) = laid_out(db, Layout::default()).await;
-    for (i, l) in [
-        layout(KeyMode::Name, 4),
-        layout(KeyMode::Content, 4),
-        layout(KeyMode::Name, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut changes = vec![("database", db.into())];
-        changes.extend(layout_keys(l));
-        let cfg = config_with(tmp.path(), "mariadb", &changes);
-        let results = tmp.path().join(format!("results-{i}"));
-        let out = run_system(&cfg, "mariadb", "random_binary", "50", 24, &results);
-        assert!(out.status.success(), "{l:?}: {}", text(&out));
-        // The final reset leaves the layout's tables, empty, and none of an earlier layout.
-        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
-        assert_eq!(hand.containers().await, want, "{l:?}");
-    }
+    four_then_one("mariadb", "database", db, &mut hand).await;
     hand.c
         .query_drop(format!("DROP DATABASE {db}"))
         .await

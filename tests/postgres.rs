@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::layout::{
-    Peek, assert_content_run, blake3_hex, exercise, key_column, layout, layout_keys, run_u90,
-    shared_contents, table,
+    Peek, assert_content_run, blake3_hex, exercise, four_then_one, key_column, layout, layout_keys,
+    run_u90, shared_contents, table,
 };
 use common::{
     assert_fails_with, config_with, experiment_dir, journal, lab_section, run, run_in_namespace,
@@ -552,27 +552,9 @@ async fn content_key_bulk_path_compresses_with_the_lab_tables_setting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_tables_then_one_in_the_same_schema() {
-    let tmp = tempfile::tempdir().unwrap();
     let schema = "dedup_lab_ksql_four";
     let mut hand = adapter(schema, Layout::default()).await.1;
-    for (i, l) in [
-        layout(KeyMode::Name, 4),
-        layout(KeyMode::Content, 4),
-        layout(KeyMode::Name, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut changes = vec![("schema", schema.into())];
-        changes.extend(layout_keys(l));
-        let cfg = config_with(tmp.path(), "postgres", &changes);
-        let results = tmp.path().join(format!("results-{i}"));
-        let out = run_system(&cfg, "postgres", "random_binary", "50", 24, &results);
-        assert!(out.status.success(), "{l:?}: {}", text(&out));
-        // The final reset leaves the layout's tables, empty, and none of an earlier layout.
-        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
-        assert_eq!(hand.containers().await, want, "{l:?}");
-    }
+    four_then_one("postgres", "schema", schema, &mut hand).await;
     hand.c
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

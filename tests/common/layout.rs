@@ -154,6 +154,30 @@ pub async fn exercise(sys: &mut dyn System, peek: &mut impl Peek, l: Layout, ds:
     super::reset(sys).await.unwrap();
 }
 
+/// Runs `system` in namespace `ns` (its config key `ns_key`) with four containers, then four
+/// with content keys, then one, and checks by hand after each run that the final reset left
+/// the run's tables, empty, and none of an earlier layout's.
+pub async fn four_then_one(system: &str, ns_key: &str, ns: &str, peek: &mut impl Peek) {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, l) in [
+        layout(KeyMode::Name, 4),
+        layout(KeyMode::Content, 4),
+        layout(KeyMode::Name, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut changes = vec![(ns_key, ns.into())];
+        changes.extend(layout_keys(l));
+        let cfg = super::config_with(tmp.path(), system, &changes);
+        let results = tmp.path().join(format!("results-{i}"));
+        let out = run_system(&cfg, system, "random_binary", "50", 24, &results);
+        assert!(out.status.success(), "{l:?}: {}", text(&out));
+        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
+        assert_eq!(peek.containers().await, want, "{l:?}");
+    }
+}
+
 /// Writes a config holding `[systems.<name>]` = `section` into `dir`: for embedded systems,
 /// which need no lab config.
 pub fn config_of(dir: &Path, name: &str, section: toml::Table) -> std::path::PathBuf {
