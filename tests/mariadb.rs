@@ -532,7 +532,13 @@ async fn the_meter_and_maintenance_cover_every_table() {
 async fn four_tables_then_one_in_the_same_database() {
     let db = "dedup_lab_ksql_four";
     let (_, mut hand, _) = laid_out(db, Layout::default()).await;
-    four_then_one("mariadb", "database", db, &mut hand).await;
+    let tmp = tempfile::tempdir().unwrap();
+    four_then_one("mariadb", tmp.path(), &mut hand, |l| {
+        let mut changes = vec![("database", db.into())];
+        changes.extend(layout_keys(l));
+        config_with(tmp.path(), "mariadb", &changes)
+    })
+    .await;
     hand.c
         .query_drop(format!("DROP DATABASE {db}"))
         .await

@@ -554,7 +554,13 @@ async fn content_key_bulk_path_compresses_with_the_lab_tables_setting() {
 async fn four_tables_then_one_in_the_same_schema() {
     let schema = "dedup_lab_ksql_four";
     let mut hand = adapter(schema, Layout::default()).await.1;
-    four_then_one("postgres", "schema", schema, &mut hand).await;
+    let tmp = tempfile::tempdir().unwrap();
+    four_then_one("postgres", tmp.path(), &mut hand, |l| {
+        let mut changes = vec![("schema", schema.into())];
+        changes.extend(layout_keys(l));
+        config_with(tmp.path(), "postgres", &changes)
+    })
+    .await;
     hand.c
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

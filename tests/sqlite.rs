@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::layout::{
-    Peek, assert_content_run, blake3_hex, config_of, exercise, key_column, layout, layout_keys,
-    run_u90, shared_contents, table,
+    Peek, assert_content_run, blake3_hex, config_of, exercise, four_then_one, key_column, layout,
+    layout_keys, run_u90, shared_contents, table,
 };
-use common::text;
 use dedup_lab::model::{KeyMode, Layout};
 use dedup_lab::systems;
 use rusqlite::{Connection, OpenFlags};
@@ -114,20 +113,8 @@ async fn four_tables_then_one_in_the_same_file() {
         path: tmp.path().join("db").join(FILE),
         layout: Layout::default(),
     };
-    for (i, l) in [
-        layout(KeyMode::Name, 4),
-        layout(KeyMode::Content, 4),
-        layout(KeyMode::Name, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let cfg = config_of(tmp.path(), "sqlite", section(tmp.path(), l));
-        let results = tmp.path().join(format!("results-{i}"));
-        let out = common::run_system(&cfg, "sqlite", "random_binary", "50", 24, &results);
-        assert!(out.status.success(), "{l:?}: {}", text(&out));
-        // The final reset leaves the layout's tables, empty, and none of an earlier layout.
-        let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
-        assert_eq!(hand.containers().await, want, "{l:?}");
-    }
+    four_then_one("sqlite", tmp.path(), &mut hand, |l| {
+        config_of(tmp.path(), "sqlite", section(tmp.path(), l))
+    })
+    .await;
 }

@@ -4,7 +4,7 @@
 //! layout code under test.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dedup_lab::dataset::{DataSet, DataSetSpec, FileEntry, Manifest, PayloadType, SizeSpec};
 use dedup_lab::model::{KeyMode, Layout, Stage, StageRecord};
@@ -154,11 +154,15 @@ pub async fn exercise(sys: &mut dyn System, peek: &mut impl Peek, l: Layout, ds:
     super::reset(sys).await.unwrap();
 }
 
-/// Runs `system` in namespace `ns` (its config key `ns_key`) with four containers, then four
-/// with content keys, then one, and checks by hand after each run that the final reset left
-/// the run's tables, empty, and none of an earlier layout's.
-pub async fn four_then_one(system: &str, ns_key: &str, ns: &str, peek: &mut impl Peek) {
-    let tmp = tempfile::tempdir().unwrap();
+/// Runs `system` from `dir` with four containers, then four with content keys, then one (the
+/// config of each written by `config`), and checks by hand after each run that the final reset
+/// left the run's tables, empty, and none of an earlier layout's.
+pub async fn four_then_one(
+    system: &str,
+    dir: &Path,
+    peek: &mut impl Peek,
+    config: impl Fn(Layout) -> PathBuf,
+) {
     for (i, l) in [
         layout(KeyMode::Name, 4),
         layout(KeyMode::Content, 4),
@@ -167,10 +171,8 @@ pub async fn four_then_one(system: &str, ns_key: &str, ns: &str, peek: &mut impl
     .into_iter()
     .enumerate()
     {
-        let mut changes = vec![(ns_key, ns.into())];
-        changes.extend(layout_keys(l));
-        let cfg = super::config_with(tmp.path(), system, &changes);
-        let results = tmp.path().join(format!("results-{i}"));
+        let cfg = config(l);
+        let results = dir.join(format!("results-{i}"));
         let out = run_system(&cfg, system, "random_binary", "50", 24, &results);
         assert!(out.status.success(), "{l:?}: {}", text(&out));
         let want: Vec<String> = (0..l.containers).map(|k| table(l.containers, k)).collect();
