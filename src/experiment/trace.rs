@@ -26,9 +26,15 @@ use crate::sinks::Sinks;
 
 /// Where trace lines go: `trace.jsonl` and the sinks that take samples.
 pub struct Tracer {
-    /// The file, appended a whole line per write; `None` when the trace is off.
-    file: Option<Arc<Mutex<File>>>,
+    /// `None` when the trace is off.
+    out: Option<Out>,
     interval: Duration,
+}
+
+/// The file, appended a whole line per write, and the sinks; shared with the sampler task.
+#[derive(Clone)]
+struct Out {
+    file: Arc<Mutex<File>>,
     sinks: Arc<Sinks>,
 }
 
@@ -61,7 +67,7 @@ impl At {
 impl Tracer {
     /// A tracer writing to `dir`'s trace every `interval`, or one that writes nothing.
     pub fn open(dir: &Path, interval: Option<Duration>, sinks: Arc<Sinks>) -> anyhow::Result<Self> {
-        let file = match interval {
+        let out = match interval {
             None => None,
             Some(_) => {
                 let path = dir.join(FILE);
@@ -70,29 +76,31 @@ impl Tracer {
                     .append(true)
                     .open(&path)
                     .with_context(|| format!("opening {}", path.display()))?;
-                Some(Arc::new(Mutex::new(file)))
+                Some(Out {
+                    file: Arc::new(Mutex::new(file)),
+                    sinks,
+                })
             }
         };
         Ok(Tracer {
-            file,
+            out,
             interval: interval.unwrap_or(Duration::MAX),
-            sinks,
         })
     }
 
     /// Writes an event marker.
     pub fn event(&self, at: &At, event: Event) {
-        if let Some(file) = &self.file {
-            write(file, &self.sinks, &at.line(TraceItem::Event { event }));
+        if let Some(out) = &self.out {
+            out.write(&at.line(TraceItem::Event { event }));
         }
     }
 
     /// Writes the engine's own look before or after a stage (its readings and snapshot) as
     /// samples, so that every stage's line starts and ends where its record does.
     pub fn readings(&self, at: &At, readings: &BTreeMap<String, Reading>, snapshot: &Snapshot) {
-        let Some(file) = &self.file else { return };
+        let Some(out) = &self.out else { return };
         for line in lines(at, readings.clone(), snapshot.clone()) {
-            write(file, &self.sinks, &line);
+            out.write(&line);
         }
     }
 
@@ -107,13 +115,13 @@ impl Tracer {
         meter: Box<dyn Meter>,
     ) -> Sampling {
         let (stop, stopped) = oneshot::channel();
-        let task = match &self.file {
+        let task = match &self.out {
             None => tokio::spawn(async move {
                 let _ = stopped.await;
                 meter
             }),
-            Some(file) => tokio::spawn(sample(
-                (Arc::clone(file), Arc::clone(&self.sinks)),
+            Some(out) => tokio::spawn(sample(
+                out.clone(),
                 self.interval,
                 at,
                 look,
@@ -165,7 +173,7 @@ const MAX_DUTY: f64 = 0.02;
 /// every `interval`, or later after a slow look (see [`MAX_DUTY`]), until stopped; a slow
 /// look delays the next instead of bunching them.
 async fn sample(
-    (file, sinks): (Arc<Mutex<File>>, Arc<Sinks>),
+    out: Out,
     interval: Duration,
     at: At,
     first_look: Duration,
@@ -182,7 +190,7 @@ async fn sample(
         }
         let began = tokio::time::Instant::now();
         for line in look(&at, &probes, meter.as_mut()).await {
-            write(&file, &sinks, &line);
+            out.write(&line);
         }
         next = began + spacing(interval, began.elapsed());
     }
@@ -217,23 +225,28 @@ pub fn snapshot_of(result: Result<BTreeMap<String, f64>, SysError>) -> Snapshot 
     }
 }
 
-/// Appends one line (secrets redacted, as in the journal) and hands it to the sinks. A trace
-/// that cannot be written is logged once, not fatal: the stage's own record is the
-/// measurement.
-fn write(file: &Mutex<File>, sinks: &Sinks, line: &TraceLine) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    let mut text = redact(&serde_json::to_string(line).expect("trace line serializes"));
-    text.push('\n');
-    let written = file
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .write_all(text.as_bytes());
-    if let Err(e) = written
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        tracing::warn!("writing {FILE}: {e} (the trace goes on without the lines it cannot write)");
+impl Out {
+    /// Appends one line (secrets redacted, as in the journal) and hands it to the sinks. A
+    /// trace that cannot be written is logged once, not fatal: the stage's own record is the
+    /// measurement.
+    fn write(&self, line: &TraceLine) {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let mut text = redact(&serde_json::to_string(line).expect("trace line serializes"));
+        text.push('\n');
+        let written = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(text.as_bytes());
+        if let Err(e) = written
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "writing {FILE}: {e} (the trace goes on without the lines it cannot write)"
+            );
+        }
+        self.sinks.sample(line);
     }
-    sinks.sample(line);
 }
 
 #[cfg(test)]
