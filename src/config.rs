@@ -147,6 +147,11 @@ impl<T: Clone + Serialize> Serialize for OneOrMany<T> {
 impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{self, IntoDeserializer};
+        fn one<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<T>, D::Error> {
+            T::deserialize(d).map(|one| vec![one])
+        }
         struct Visit<T>(std::marker::PhantomData<T>);
         impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visit<T> {
             type Value = Vec<T>;
@@ -154,13 +159,13 @@ impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
                 f.write_str("one value or a list of values")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+                one(v.into_deserializer())
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+                one(v.into_deserializer())
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+                one(v.into_deserializer())
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
                 Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
